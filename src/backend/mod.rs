@@ -1,0 +1,199 @@
+//! The backends, one module each behind one trait, so the benchmark protocol cannot treat them
+//! differently: every backend gets the prompt *text* and returns the same [`Measurement`].
+//!
+//! TTFT, for all backends: the clock starts when the prompt text is handed to the backend and stops
+//! when the first generated token's text is on the host. Everything a backend must do to get there
+//! (tokenize, prefill, sample, detokenize; or serialise, send, wait, parse) is inside the clock.
+
+pub mod api;
+#[cfg(feature = "llama")]
+pub mod inproc;
+pub mod server;
+pub mod sse;
+
+use serde::Serialize;
+use std::fmt;
+use thiserror::Error;
+
+/// The backends ttft knows about, built or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Hugging Face checkpoint on libtorch (tch).
+    Hf,
+    /// GGUF in-process through llama.cpp (llama-cpp-2).
+    Inproc,
+    /// GGUF behind llama-server (or any OpenAI-compatible server) over HTTP/SSE.
+    Api,
+}
+
+impl BackendKind {
+    /// Every backend in the order `all` runs them.
+    pub const ALL: [BackendKind; 3] = [BackendKind::Hf, BackendKind::Inproc, BackendKind::Api];
+
+    /// Name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Hf => "hf",
+            BackendKind::Inproc => "inproc",
+            BackendKind::Api => "api",
+        }
+    }
+
+    /// Whether this binary was built with the backend (cargo features).
+    pub fn is_built(self) -> bool {
+        match self {
+            BackendKind::Hf => false,
+            BackendKind::Inproc => cfg!(feature = "llama"),
+            BackendKind::Api => true,
+        }
+    }
+
+    /// Why a backend is not available in this build, and how to get it.
+    pub fn not_built_reason(self) -> &'static str {
+        match self {
+            BackendKind::Hf => "the hf backend (libtorch) is not built yet in this version of ttft",
+            BackendKind::Inproc => {
+                "the inproc backend was not compiled in: rebuild with `--features llama` (on by default)"
+            }
+            BackendKind::Api => "",
+        }
+    }
+
+    /// Parse `inproc`, `api`, `hf` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "hf" => Some(BackendKind::Hf),
+            "inproc" => Some(BackendKind::Inproc),
+            "api" => Some(BackendKind::Api),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything measured in one successful timed run. Times are milliseconds; a part a backend
+/// cannot observe is `None` (never a made-up zero).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Measurement {
+    /// Time to first token: prompt text handed over → first token text on the host.
+    pub ttft_ms: f64,
+    /// Prompt tokens the backend actually evaluated (BOS included when the model adds one).
+    pub prompt_tokens: Option<u32>,
+    /// Text → token ids (in-process backends).
+    pub tokenize_ms: Option<f64>,
+    /// Forward pass over the prompt, up to the last position's logits being readable.
+    pub prefill_ms: Option<f64>,
+    /// Greedy argmax over the last logits until the token id is on the host.
+    pub first_sample_ms: Option<f64>,
+    /// First token id → its text.
+    pub detokenize_ms: Option<f64>,
+    /// api: the server's own prompt-processing time (`timings.prompt_ms`).
+    pub server_prompt_ms: Option<f64>,
+    /// api: prompt tokens the server processed (`timings.prompt_n`).
+    pub server_prompt_n: Option<u32>,
+    /// api: prompt tokens the server reused from its cache; must be 0 for a fair run.
+    pub cache_n: Option<u32>,
+    /// api: everything in TTFT that is not server prompt processing: `ttft - server_prompt_ms`.
+    pub api_overhead_ms: Option<f64>,
+    /// Tokens generated in total (the first included).
+    pub generated_tokens: u32,
+    /// Mean time per token after the first, (end - first token) / (generated - 1).
+    pub decode_ms_per_token: Option<f64>,
+    /// Prompt handed over → last token text on the host.
+    pub e2e_ms: f64,
+    /// Text of the first generated token.
+    pub first_token: String,
+    /// All generated text.
+    pub output: String,
+}
+
+/// A timed run that did not produce a first token. The message becomes the row's error.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("{0}")]
+pub struct RunError(pub String);
+
+impl RunError {
+    /// Build from anything printable.
+    pub fn new(msg: impl Into<String>) -> Self {
+        RunError(msg.into())
+    }
+}
+
+/// A backend that cannot start (bad model file, dead server, missing binary): reported before
+/// timing, naming the file or flag and what to do.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The model file is missing or not usable.
+    #[error("{0}")]
+    Model(String),
+    /// The server could not be spawned or reached.
+    #[error("{0}")]
+    Server(String),
+    /// The backend is not compiled into this binary.
+    #[error("{0}")]
+    NotBuilt(String),
+}
+
+/// One benchmarkable backend. Opening it (loading the model or starting the server) happens
+/// outside any timed region; `measure` is one timed run on a fresh KV state.
+pub trait Backend {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Model load (and context/server start) time in milliseconds, reported apart from TTFT.
+    fn load_ms(&self) -> f64;
+    /// Static facts for the report (model, build, commit, settings actually used).
+    fn info(&self) -> serde_json::Value;
+    /// Tokens this backend would evaluate for `prompt`, without generating (used to check that
+    /// backends see the same tokens).
+    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError>;
+    /// One timed run: TTFT and its parts, then `max_new_tokens - 1` greedy decode steps.
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError>;
+}
+
+/// The llama.cpp commit linked in-process: `llama-cpp-sys-2 =0.1.153` vendors this tree, and setup
+/// builds llama-server from the identical commit. Changing the crate pin means changing this.
+pub const LLAMA_CPP_COMMIT: &str = "9e3b928fd8c9d14dbf15a8768b9fdd7e5c721d66";
+
+/// Check that `path` exists and starts with the GGUF magic, so a wrong file fails with a clear
+/// message instead of a llama.cpp abort or a silent null model.
+pub fn check_gguf(path: &std::path::Path) -> Result<(), OpenError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        OpenError::Model(format!(
+            "GGUF model {}: {e} (run scripts/setup.sh for the default model, or pass --gguf FILE)",
+            path.display()
+        ))
+    })?;
+    let mut magic = [0u8; 4];
+    if f.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        return Err(OpenError::Model(format!(
+            "{} is not a GGUF file (no GGUF magic): pass a .gguf model with --gguf",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// llama.cpp settings shared by `inproc` and the spawned llama-server, so both run the model the
+/// same way: one source of truth, passed to the context params and to the server's flags.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlamaParams {
+    /// The GGUF file.
+    pub gguf: std::path::PathBuf,
+    /// Context size in tokens (`-c`).
+    pub ctx_size: u32,
+    /// Threads for prompt processing and generation (`-t`, `-tb`).
+    pub threads: u32,
+    /// Logical batch size (`-b`); llama-server's default is 2048.
+    pub batch: u32,
+    /// Physical micro-batch size (`-ub`); llama-server's default is 512.
+    pub ubatch: u32,
+    /// Layers offloaded to the GPU (`-ngl`); 0 on CPU builds.
+    pub n_gpu_layers: u32,
+}

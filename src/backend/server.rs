@@ -1,0 +1,303 @@
+//! A llama-server child process with the same GGUF, context size, batch sizes and threads as
+//! `inproc`, bound to 127.0.0.1 on a free port.
+//!
+//! The child must never outlive ttft: it is killed on drop (also during a panic's unwinding), it
+//! gets `PR_SET_PDEATHSIG` so the kernel kills it if ttft itself is killed, and it runs in its own
+//! process group so a Ctrl-C in the terminal reaches ttft (which then stops it) and not the server
+//! in the middle of a request.
+
+use super::{LlamaParams, OpenError};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running llama-server that is stopped when this value is dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// Where the server's stdout and stderr go (kept in the output folder).
+    pub log_path: PathBuf,
+    /// The full argument list, for the report.
+    pub args: Vec<String>,
+    /// Spawn → `/health` answering 200, milliseconds.
+    pub start_ms: f64,
+}
+
+/// A port the OS considers free right now on 127.0.0.1.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The server's arguments for `params`: each llama.cpp knob is set explicitly rather than left to
+/// defaults that differ between the server and the library.
+pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> {
+    vec![
+        "--model".into(),
+        params.gguf.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--ctx-size".into(),
+        params.ctx_size.to_string(),
+        "--threads".into(),
+        params.threads.to_string(),
+        "--threads-batch".into(),
+        params.threads.to_string(),
+        "--batch-size".into(),
+        params.batch.to_string(),
+        "--ubatch-size".into(),
+        params.ubatch.to_string(),
+        "--n-gpu-layers".into(),
+        params.n_gpu_layers.to_string(),
+        // One slot: the whole context for one request, like the single in-process context.
+        "--parallel".into(),
+        "1".into(),
+        // No host-RAM prompt cache: it would restore an earlier prompt's KV state.
+        "--cache-ram".into(),
+        "0".into(),
+        "--alias".into(),
+        alias.into(),
+        "--no-webui".into(),
+    ]
+}
+
+impl ServerProcess {
+    /// Start `bin` and wait until `/health` answers 200 (or the child exits, or `timeout`).
+    pub fn spawn(
+        bin: &Path,
+        params: &LlamaParams,
+        alias: &str,
+        log_path: &Path,
+        timeout: Duration,
+    ) -> Result<Self, OpenError> {
+        if !bin.exists() {
+            return Err(OpenError::Server(format!(
+                "llama-server not found at {}: run scripts/setup.sh (or pass --server-bin)",
+                bin.display()
+            )));
+        }
+        // A port can be taken between our probe and the server's bind: try a few.
+        let mut last_err = None;
+        for _ in 0..3 {
+            match Self::try_spawn(bin, params, alias, log_path, timeout) {
+                Ok(s) => return Ok(s),
+                Err((e, retry)) => {
+                    last_err = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    fn try_spawn(
+        bin: &Path,
+        params: &LlamaParams,
+        alias: &str,
+        log_path: &Path,
+        timeout: Duration,
+    ) -> Result<Self, (OpenError, bool)> {
+        let port =
+            free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?;
+        let args = server_args(params, alias, port);
+        let log = std::fs::File::create(log_path).map_err(|e| {
+            (
+                OpenError::Server(format!(
+                    "cannot write server log {}: {e}",
+                    log_path.display()
+                )),
+                false,
+            )
+        })?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| (OpenError::Server(e.to_string()), false))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        let t0 = Instant::now();
+        let child = cmd.spawn().map_err(|e| {
+            (
+                OpenError::Server(format!(
+                    "cannot start {}: {e} (run scripts/setup.sh, or pass --server-bin)",
+                    bin.display()
+                )),
+                false,
+            )
+        })?;
+        let mut server = ServerProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log_path: log_path.to_path_buf(),
+            args,
+            start_ms: 0.0,
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let tail = log_tail(log_path, 5);
+                let port_clash = tail.contains("bind") || tail.contains("address already in use");
+                return Err((
+                    OpenError::Server(format!(
+                        "llama-server exited during startup ({status}); last log lines ({}): {}",
+                        log_path.display(),
+                        tail
+                    )),
+                    port_clash,
+                ));
+            }
+            if health_ok(addr) {
+                server.start_ms = t0.elapsed().as_secs_f64() * 1e3;
+                return Ok(server);
+            }
+            if t0.elapsed() > timeout {
+                return Err((
+                    OpenError::Server(format!(
+                        "llama-server did not become healthy within {:.0} s (log: {})",
+                        timeout.as_secs_f64(),
+                        log_path.display()
+                    )),
+                    false,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The process id (tests check it is gone after ttft ends).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stop the server: SIGTERM, then SIGKILL if it has not exited within two seconds.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET /health` with a plain socket: true on HTTP 200.
+fn health_ok(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")
+}
+
+/// The last `n` non-empty lines of a log file, joined with " | ".
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// The "CPU : ... |" part of the `system_info:` line llama-server logs at startup, comparable
+/// with `llama_print_system_info()` of the in-process build.
+pub fn system_info_from_log(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("system_info:"))?;
+    let start = line.find("CPU :")?;
+    Some(line[start..].trim().to_string())
+}
+
+/// The ggml feature flags of a system-info string, order-independent ("AVX2 = 1", ...), ignoring
+/// the thread-count prefix that differs between the two logs.
+pub fn cpu_features(system_info: &str) -> Vec<String> {
+    let start = system_info.find("CPU :").map(|i| i + 5).unwrap_or(0);
+    let mut v: Vec<String> = system_info[start..]
+        .split('|')
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.contains('='))
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_info_is_found_in_server_log() {
+        let log = "main: loading\nsystem_info: n_threads = 2 (n_threads_batch = 2) / 2 | CPU : SSE3 = 1 | AVX2 = 1 | \nmore";
+        let si = system_info_from_log(log).unwrap();
+        assert_eq!(si, "CPU : SSE3 = 1 | AVX2 = 1 |");
+        assert_eq!(cpu_features(&si), ["AVX2 = 1", "SSE3 = 1"]);
+        assert_eq!(
+            cpu_features("CPU : AVX2 = 1 | SSE3 = 1 | "),
+            cpu_features(&si)
+        );
+        assert_eq!(system_info_from_log("nothing here"), None);
+    }
+
+    #[test]
+    fn server_args_mirror_inproc_params() {
+        let p = LlamaParams {
+            gguf: "m.gguf".into(),
+            ctx_size: 2048,
+            threads: 3,
+            batch: 2048,
+            ubatch: 512,
+            n_gpu_layers: 0,
+        };
+        let a = server_args(&p, "alias", 8080).join(" ");
+        for want in [
+            "--ctx-size 2048",
+            "--threads 3",
+            "--threads-batch 3",
+            "--host 127.0.0.1",
+            "--parallel 1",
+            "--cache-ram 0",
+            "--batch-size 2048",
+            "--ubatch-size 512",
+        ] {
+            assert!(a.contains(want), "{want} missing in {a}");
+        }
+    }
+}

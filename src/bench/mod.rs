@@ -1,0 +1,5 @@
+//! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
+
+pub mod prompts;
+pub mod runner;
+pub mod stats;

@@ -1,0 +1,462 @@
+//! Command line: flags, the config file underneath them, validation before any timing, and the
+//! run itself. Exit codes: 0 every run succeeded, 1 some runs failed (they are rows in the
+//! reports), 2 usage or setup error (nothing was timed).
+
+use crate::backend::api::{ApiBackend, ApiSettings, Endpoint};
+use crate::backend::server::cpu_features;
+use crate::backend::{check_gguf, Backend, BackendKind, LlamaParams, OpenError};
+use crate::bench::prompts::{load_prompt_set, split_prompt_arg, PromptSet};
+use crate::bench::runner::{self, Plan, RunRecord};
+use crate::config::{self, LoadedConfig};
+use crate::report::{self, csv::CsvSink, Report};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+TTFT (time to first token), the same for every backend: the clock starts when the prompt text is \
+handed to the backend and stops when the first generated token's text is on the host.
+  inproc: tokenize + prefill + greedy sample + detokenize, KV cache cleared before each run.
+  api:    request built and sent -> first SSE event with non-empty token text parsed;
+          cache_prompt=false on every request, proven by the server's timings.cache_n == 0.
+Parts reported: tokenize, prefill, first sample, detokenize (inproc); server prompt_ms and
+overhead = TTFT - prompt_ms (api). Decode ms/token = (last token - first token) / (generated - 1).
+Warm-up runs are never recorded; model load / server start is reported apart from TTFT.
+
+Exit codes: 0 all runs succeeded, 1 some runs failed (kept as rows with their error),
+2 usage or setup error (nothing was timed).";
+
+/// ttft: time-to-first-token of one model, measured in-process, over HTTP and on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "ttft", version, about, after_long_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the benchmark (the default when no subcommand is given).
+    Run(RunArgs),
+}
+
+/// Flags of `ttft run`; every one overrides the `ttft.toml` key of the same name.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RunArgs {
+    /// Config file [default: ./ttft.toml when present]. Relative paths in it are relative to it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Backends to measure: inproc, api, hf, or all (comma-separated list allowed).
+    #[arg(long, short = 'b', value_delimiter = ',', value_name = "LIST")]
+    pub backend: Vec<String>,
+    /// GGUF model for inproc and the spawned llama-server [config: gguf].
+    #[arg(long, value_name = "FILE")]
+    pub gguf: Option<PathBuf>,
+    /// Prompt file, one prompt per line (blank lines ignored); NAME=FILE names the set. Repeatable;
+    /// replaces the config's short_prompts/long_prompts.
+    #[arg(long, value_name = "[NAME=]FILE")]
+    pub prompts: Vec<String>,
+    /// Timed repetitions of every prompt [config: runs, default 3].
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u32>,
+    /// Untimed warm-up runs per backend and prompt set [config: warmup, default 1].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u32>,
+    /// Tokens to generate per run; the first one ends TTFT [config: max_new_tokens, default 10].
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<u32>,
+    /// llama.cpp threads, the same for inproc and the spawned server; 0 = all cores [config: threads].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
+    /// Context size in tokens, the same for inproc and the spawned server [config: ctx_size, default 2048].
+    #[arg(long, value_name = "N")]
+    pub ctx_size: Option<u32>,
+    /// Layers offloaded to a GPU, the same on both llama.cpp sides [config: n_gpu_layers, default 0].
+    #[arg(long, value_name = "N")]
+    pub n_gpu_layers: Option<u32>,
+    /// Benchmark this server instead of spawning llama-server [config: api_url].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Streaming endpoint: completion (llama.cpp native /completion) or v1 (/v1/completions) [config: api_endpoint].
+    #[arg(long, value_enum, value_name = "ENDPOINT")]
+    pub api_endpoint: Option<Endpoint>,
+    /// Model name for OpenAI requests and the spawned server's --alias [config: model_alias].
+    #[arg(long, value_name = "NAME")]
+    pub model_alias: Option<String>,
+    /// llama-server binary to spawn [config: server_bin, default vendor/bin/llama-server].
+    #[arg(long, value_name = "FILE")]
+    pub server_bin: Option<PathBuf>,
+    /// Accept a server built from another llama.cpp commit than the one linked in-process.
+    #[arg(long)]
+    pub allow_commit_mismatch: bool,
+    /// TCP connect timeout for api requests, seconds.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// api: fail a run when no token arrived this many seconds after sending.
+    #[arg(long, value_name = "S", default_value_t = 300.0)]
+    pub first_token_timeout: f64,
+    /// api: fail a run that takes longer than this in total, seconds.
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// Output folder for the CSV, JSON and server log [config: out, default results].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Everything a run needs, resolved from defaults, config and flags.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    /// Backends, in run order.
+    pub backends: Vec<BackendKind>,
+    /// llama.cpp parameters shared by inproc and the spawned server.
+    pub llama: LlamaParams,
+    /// Prompt set names and files.
+    pub prompt_files: Vec<(String, PathBuf)>,
+    /// Timed runs per prompt.
+    pub runs: u32,
+    /// Warm-up runs per backend and prompt set.
+    pub warmup: u32,
+    /// Tokens generated per run.
+    pub max_new_tokens: u32,
+    /// Existing server, or spawn.
+    pub api_url: Option<String>,
+    /// Streaming endpoint.
+    pub api_endpoint: Endpoint,
+    /// Model alias.
+    pub model_alias: String,
+    /// Server binary.
+    pub server_bin: PathBuf,
+    /// Output folder.
+    pub out: PathBuf,
+    /// The config file used.
+    pub config: Option<PathBuf>,
+}
+
+/// Parse `--backend` values ("all" expands to every backend).
+pub fn parse_backends(list: &[String]) -> Result<Vec<BackendKind>> {
+    let mut out = Vec::new();
+    for item in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        if item.eq_ignore_ascii_case("all") {
+            for k in BackendKind::ALL {
+                if k.is_built() && !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+            continue;
+        }
+        let Some(k) = BackendKind::parse(item) else {
+            bail!("--backend {item}: unknown backend (choose from inproc, api, hf, all)");
+        };
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    if out.is_empty() {
+        bail!("--backend: no backend selected (choose from inproc, api, hf, all)");
+    }
+    Ok(out)
+}
+
+/// Merge built-in defaults, the config file and the flags.
+pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
+    let f = &cfg.file;
+    let backend_list = if !args.backend.is_empty() {
+        args.backend.clone()
+    } else {
+        f.backends.clone().unwrap_or_else(|| vec!["all".into()])
+    };
+    let backends = parse_backends(&backend_list)?;
+    let from_cfg = |flag: &Option<PathBuf>, key: &Option<PathBuf>, default: &str| -> PathBuf {
+        match (flag, key) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => cfg.resolve(p),
+            (None, None) => cfg.resolve(Path::new(default)),
+        }
+    };
+    let gguf = from_cfg(
+        &args.gguf,
+        &f.gguf,
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    );
+    let prompt_files = if !args.prompts.is_empty() {
+        args.prompts.iter().map(|a| split_prompt_arg(a)).collect()
+    } else {
+        vec![
+            (
+                "short".to_string(),
+                from_cfg(&None, &f.short_prompts, "data/short_prompts.txt"),
+            ),
+            (
+                "long".to_string(),
+                from_cfg(&None, &f.long_prompts, "data/long_prompts.txt"),
+            ),
+        ]
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let threads = match args.threads.or(f.threads).unwrap_or(0) {
+        0 => cores,
+        n => n,
+    };
+    let api_url = args
+        .api_url
+        .clone()
+        .or_else(|| f.api_url.clone())
+        .filter(|u| !u.trim().is_empty());
+    let max_new_tokens = args.max_new_tokens.or(f.max_new_tokens).unwrap_or(10);
+    if max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1 (the first token ends TTFT)");
+    }
+    let runs = args.runs.or(f.runs).unwrap_or(3);
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let ctx_size = args.ctx_size.or(f.ctx_size).unwrap_or(2048);
+    Ok(Settings {
+        backends,
+        llama: LlamaParams {
+            gguf,
+            ctx_size,
+            threads,
+            batch: 2048.min(ctx_size.max(1)),
+            ubatch: 512.min(ctx_size.max(1)),
+            n_gpu_layers: args.n_gpu_layers.or(f.n_gpu_layers).unwrap_or(0),
+        },
+        prompt_files,
+        runs,
+        warmup: args.warmup.or(f.warmup).unwrap_or(1),
+        max_new_tokens,
+        api_url,
+        api_endpoint: args
+            .api_endpoint
+            .or(f.api_endpoint)
+            .unwrap_or(Endpoint::Completion),
+        model_alias: args
+            .model_alias
+            .clone()
+            .or_else(|| f.model_alias.clone())
+            .unwrap_or_else(|| "default".into()),
+        server_bin: from_cfg(&args.server_bin, &f.server_bin, "vendor/bin/llama-server"),
+        out: from_cfg(&args.out, &f.out, "results"),
+        config: cfg.path.clone(),
+    })
+}
+
+/// Quick reachability check of `--api-url` before anything is timed.
+fn check_api_url(url: &str, timeout: Duration) -> Result<()> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--api-url {url}: not a valid URL"))?;
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("--api-url {url}: no host"))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("--api-url {url}: cannot resolve {host}"))?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match std::net::TcpStream::connect_timeout(a, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    bail!(
+        "--api-url {url} is unreachable ({}): start the server or fix the flag",
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into())
+    )
+}
+
+/// Check everything that can be checked before timing: a bad file costs nothing measured.
+fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
+    for k in &s.backends {
+        if !k.is_built() {
+            bail!("--backend {k}: {}", k.not_built_reason());
+        }
+    }
+    let mut sets = Vec::new();
+    for (name, path) in &s.prompt_files {
+        sets.push(load_prompt_set(name, path)?);
+    }
+    let spawn_server = s.backends.contains(&BackendKind::Api) && s.api_url.is_none();
+    if s.backends.contains(&BackendKind::Inproc) || spawn_server {
+        check_gguf(&s.llama.gguf)?;
+    }
+    if spawn_server && !s.server_bin.exists() {
+        bail!(
+            "llama-server not found at {}: run scripts/setup.sh (or pass --server-bin)",
+            s.server_bin.display()
+        );
+    }
+    if let (true, Some(url)) = (s.backends.contains(&BackendKind::Api), &s.api_url) {
+        check_api_url(url, Duration::from_secs(5))?;
+    }
+    std::fs::create_dir_all(&s.out)
+        .with_context(|| format!("--out {}: cannot create the output folder", s.out.display()))?;
+    let probe = s.out.join(".ttft-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: output folder is not writable", s.out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(sets)
+}
+
+fn open_backend(
+    kind: BackendKind,
+    s: &Settings,
+    args: &RunArgs,
+    server_log: &Path,
+) -> Result<Box<dyn Backend>, OpenError> {
+    match kind {
+        #[cfg(feature = "llama")]
+        BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open(
+            &s.llama,
+        )?)),
+        BackendKind::Api => {
+            let api = ApiSettings {
+                url: s.api_url.clone(),
+                endpoint: s.api_endpoint,
+                model_alias: s.model_alias.clone(),
+                server_bin: s.server_bin.clone(),
+                server_log: server_log.to_path_buf(),
+                allow_commit_mismatch: args.allow_commit_mismatch,
+                connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+                first_token_timeout: Duration::from_secs_f64(args.first_token_timeout),
+                total_timeout: Duration::from_secs_f64(args.request_timeout),
+            };
+            Ok(Box::new(ApiBackend::open(&s.llama, &api)?))
+        }
+        other => Err(OpenError::NotBuilt(other.not_built_reason().to_string())),
+    }
+}
+
+/// Parse the command line and run; returns the process exit code.
+pub fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(a)) => a,
+        None => cli.run,
+    };
+    let cfg = config::load(args.config.as_deref())?;
+    let settings = resolve(&args, &cfg)?;
+    let sets = validate(&settings)?;
+
+    let started = chrono::Local::now();
+    let stamp = started.format("%Y%m%d-%H%M%S").to_string();
+    let csv_path = settings.out.join(format!("ttft-{stamp}.csv"));
+    let json_path = settings.out.join(format!("ttft-{stamp}.json"));
+    let server_log = settings.out.join(format!("ttft-{stamp}-llama-server.log"));
+    let mut csv = CsvSink::create(&csv_path)
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+
+    let plan = Plan {
+        sets,
+        runs: settings.runs,
+        warmup: settings.warmup,
+        max_new_tokens: settings.max_new_tokens,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+    };
+    let mut runs: Vec<RunRecord> = Vec::new();
+    let mut backends = Vec::new();
+    let mut csv_error = None;
+    for &kind in &settings.backends {
+        let mut sink = |r: &RunRecord| {
+            if let Err(e) = csv.append(r) {
+                csv_error.get_or_insert(e);
+            }
+            runs.push(r.clone());
+        };
+        // The backend lives only inside this block: the model is unloaded / the server stopped
+        // before the next backend starts, so they never compete for cores or memory.
+        let rep = match open_backend(kind, &settings, &args, &server_log) {
+            Ok(mut b) => runner::run_backend(b.as_mut(), &plan, &mut sink),
+            Err(e) => {
+                eprintln!("ttft: {kind}: {e}");
+                runner::run_unopened(kind, &e.to_string(), &plan, &mut sink)
+            }
+        };
+        backends.push(rep);
+    }
+
+    let token_disagreements = runner::token_disagreements(&backends);
+    let report = Report {
+        backends,
+        runs,
+        token_disagreements,
+    };
+    let warnings = warnings(&report);
+    let env = report::env::collect(
+        settings.llama.threads,
+        Some(&cfg.resolve(Path::new("vendor/llama-build.json"))),
+    );
+    let mut settings_json = serde_json::to_value(&settings)?;
+    settings_json["warnings"] = serde_json::json!(warnings);
+    std::fs::write(
+        &json_path,
+        report::json::render(&report, &env, &settings_json, &started.to_rfc3339()),
+    )
+    .with_context(|| format!("cannot write {}", json_path.display()))?;
+
+    print!("{}", report::table::render(&report));
+    for w in &warnings {
+        eprintln!("ttft: warning: {w}");
+    }
+    if let Some(e) = csv_error {
+        eprintln!("ttft: warning: writing {} failed: {e}", csv_path.display());
+    }
+    println!("CSV:  {}", csv_path.display());
+    println!("JSON: {}", json_path.display());
+    Ok(if report.failures() > 0 { 1 } else { 0 })
+}
+
+/// Things a reader must know before trusting the table.
+fn warnings(report: &Report) -> Vec<String> {
+    let mut w = Vec::new();
+    for (set, idx, counts) in &report.token_disagreements {
+        let c: Vec<String> = counts
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.map_or("?".into(), |n| n.to_string())))
+            .collect();
+        w.push(format!(
+            "prompt {set}#{idx}: backends disagree on prompt tokens ({})",
+            c.join(", ")
+        ));
+    }
+    let hits = report
+        .runs
+        .iter()
+        .filter(|r| r.flags.iter().any(|f| f.starts_with("cache_hit")))
+        .count();
+    if hits > 0 {
+        w.push(format!("{hits} api runs reused the server's prompt cache (cache_n > 0): those TTFTs are not cold prefills"));
+    }
+    let si = |k: BackendKind| {
+        report
+            .backends
+            .iter()
+            .find(|b| b.name == k)
+            .and_then(|b| b.info.get("system_info"))
+            .and_then(|v| v.as_str())
+            .map(cpu_features)
+    };
+    if let (Some(a), Some(b)) = (si(BackendKind::Inproc), si(BackendKind::Api)) {
+        if a != b {
+            w.push(format!(
+                "ggml CPU features differ between inproc ({}) and llama-server ({}): rebuild with scripts/setup.sh",
+                a.join(" "),
+                b.join(" ")
+            ));
+        }
+    }
+    w
+}

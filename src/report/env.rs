@@ -1,0 +1,94 @@
+//! The environment fingerprint stored with every result: numbers are only comparable between runs
+//! on the same CPU, thread count, OS, llama.cpp commit and build flags.
+
+use serde::Serialize;
+
+/// Facts about the machine and this build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu: String,
+    /// Logical cores available to this process.
+    pub cores: usize,
+    /// Threads llama.cpp was told to use.
+    pub threads: u32,
+    /// OS name (os-release) and kernel.
+    pub os: String,
+    /// ttft version.
+    pub ttft_version: String,
+    /// Cargo features compiled in.
+    pub features: Vec<&'static str>,
+    /// Rust target triple, profile and `target-cpu` (the latter decides ggml's CPU flags in-process).
+    pub build: serde_json::Value,
+    /// llama.cpp commit linked in-process (and required of the server).
+    pub llama_cpp_commit: &'static str,
+    /// The vendored server build stamp written by setup (commit, cmake flags), if present.
+    pub server_build: Option<serde_json::Value>,
+}
+
+/// Cargo features this binary was built with.
+pub fn features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if cfg!(feature = "llama") {
+        f.push("llama");
+    }
+    if cfg!(feature = "cuda") {
+        f.push("cuda");
+    }
+    if cfg!(feature = "metal") {
+        f.push("metal");
+    }
+    f
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn os_name() -> String {
+    let pretty = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if kernel.is_empty() {
+        pretty
+    } else {
+        format!("{pretty}, kernel {kernel}")
+    }
+}
+
+/// Collect the fingerprint; `server_build_stamp` is setup's `vendor/llama-build.json`.
+pub fn collect(threads: u32, server_build_stamp: Option<&std::path::Path>) -> Environment {
+    Environment {
+        cpu: cpu_model(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads,
+        os: os_name(),
+        ttft_version: env!("CARGO_PKG_VERSION").to_string(),
+        features: features(),
+        build: serde_json::json!({
+            "target": env!("TTFT_TARGET"),
+            "profile": env!("TTFT_PROFILE"),
+            "target_cpu": env!("TTFT_TARGET_CPU"),
+        }),
+        llama_cpp_commit: crate::backend::LLAMA_CPP_COMMIT,
+        server_build: server_build_stamp
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| serde_json::from_str(&s).ok()),
+    }
+}

@@ -1,0 +1,29 @@
+//! The JSON document: settings, environment, every backend's facts, every run, the summaries.
+
+use super::env::Environment;
+use super::Report;
+use serde_json::{json, Value};
+
+/// Version of the document layout; bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Render the full report. `settings` is what was asked for (after config and flags).
+pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: &str) -> Vec<u8> {
+    let doc = json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool": "ttft",
+        "started_at": started_at,
+        "finished_at": chrono::Local::now().to_rfc3339(),
+        "settings": settings,
+        "environment": env,
+        "backends": report.backends,
+        "token_disagreements": report.token_disagreements.iter().map(|(set, idx, counts)| json!({
+            "prompt_type": set, "prompt_idx": idx, "counts": counts,
+        })).collect::<Vec<_>>(),
+        "summary": report.summaries(),
+        "runs": report.runs,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&doc).expect("report serialises");
+    bytes.push(b'\n');
+    bytes
+}

@@ -1,0 +1,229 @@
+//! The real binary: the main job end to end, and one clear line for every bad input.
+
+mod helpers;
+
+use helpers::*;
+use std::path::Path;
+
+fn one_error_line(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("ttft: error: "), "{err}");
+    lines[0].to_string()
+}
+
+fn out_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+#[test]
+fn missing_gguf_is_one_line_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc",
+        "--gguf",
+        "/nonexistent/model.gguf",
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("/nonexistent/model.gguf") && l.contains("--gguf"),
+        "{l}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let fake = d.path().join("notes.gguf");
+    std::fs::write(&fake, "just text, not a model").unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc",
+        "--gguf",
+        fake.to_str().unwrap(),
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(l.contains("notes.gguf") && l.contains("not a GGUF"), "{l}");
+}
+
+#[test]
+fn missing_and_empty_prompt_files_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--prompts",
+        "/nonexistent/p.txt",
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("/nonexistent/p.txt"));
+
+    let empty = d.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n  \n").unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--prompts",
+        empty.to_str().unwrap(),
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(l.contains("empty.txt") && l.contains("no prompts"), "{l}");
+}
+
+#[test]
+fn unreachable_api_url_is_refused_before_timing() {
+    let d = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens there.
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--api-url",
+        "http://127.0.0.1:1",
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("--api-url http://127.0.0.1:1") && l.contains("unreachable"),
+        "{l}"
+    );
+}
+
+#[test]
+fn missing_server_binary_says_run_setup() {
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--server-bin",
+        "/nonexistent/llama-server",
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("/nonexistent/llama-server") && l.contains("scripts/setup.sh"),
+        "{l}"
+    );
+}
+
+#[test]
+fn unknown_backend_and_unbuilt_hf_are_usage_errors() {
+    let o = ttft(&["--backend", "vllm"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("--backend vllm"));
+    let o = ttft(&["--backend", "hf"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("not built yet"));
+}
+
+#[test]
+fn main_job_writes_table_csv_json_and_leaves_no_server() {
+    let _ = (gguf(), server_bin());
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("p.txt");
+    std::fs::write(
+        &prompts,
+        "The capital of France is\nName a primary colour, \"quoted\", please.\n",
+    )
+    .unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--prompts",
+        &format!("mini={}", prompts.display()),
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        &out_arg(d.path()),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {out}\nstderr: {}",
+        stderr(&o)
+    );
+    for want in [
+        "Prompt Type",
+        "Avg TTFT (s)",
+        "Success Rate",
+        "inproc",
+        "api",
+        "100% (4/4)",
+    ] {
+        assert!(out.contains(want), "{want} missing from table:\n{out}");
+    }
+
+    let csv = std::fs::read_to_string(only_file(d.path(), "csv")).unwrap();
+    assert!(csv.starts_with("prompt_type,prompt_idx,prompt_text,runner,output_preview,ttft,"));
+    let rows = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with("mini,"))
+        .count();
+    assert_eq!(rows, 8, "{csv}");
+    assert!(csv.contains("\"Name a primary colour, \"\"quoted\"\", please.\""));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(only_file(d.path(), "json")).unwrap())
+            .unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8);
+    assert!(runs
+        .iter()
+        .all(|r| r["ok"] == true && r["ttft_ms"].as_f64().unwrap() > 0.0));
+    for r in runs.iter().filter(|r| r["prompt_idx"] == 0) {
+        assert_eq!(r["first_token"], " Paris", "{r}");
+    }
+    assert!(runs
+        .iter()
+        .filter(|r| r["runner"] == "api")
+        .all(|r| r["cache_n"] == 0));
+    assert_eq!(json["token_disagreements"].as_array().unwrap().len(), 0);
+    let env = &json["environment"];
+    assert_eq!(
+        env["llama_cpp_commit"],
+        "9e3b928fd8c9d14dbf15a8768b9fdd7e5c721d66"
+    );
+    assert!(env["server_build"]["cmake_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "-DGGML_NATIVE=OFF"));
+    let api = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "api")
+        .unwrap();
+    let pid = api["info"]["server_pid"].as_u64().unwrap() as u32;
+    assert!(
+        !pid_alive(pid),
+        "llama-server {pid} still running after ttft exited"
+    );
+    assert!(
+        json["settings"]["warnings"].as_array().unwrap().is_empty(),
+        "{}",
+        json["settings"]["warnings"]
+    );
+}

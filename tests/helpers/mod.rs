@@ -1,0 +1,115 @@
+//! Shared by the integration tests: where the real model and the real llama-server are, and how to
+//! run the real binary. Nothing here fakes a component; a missing piece fails with the fix.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require(p: PathBuf) -> PathBuf {
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// The bundled default GGUF (SmolLM2-135M-Instruct Q4_1), installed by setup.
+pub fn gguf() -> PathBuf {
+    require(root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+/// The vendored llama-server, built by setup from the same llama.cpp commit.
+pub fn server_bin() -> PathBuf {
+    require(root().join("vendor/bin/llama-server"))
+}
+
+/// Prompts of a data file.
+pub fn data_prompts(name: &str) -> Vec<String> {
+    ttft::bench::prompts::load_prompt_set(name, &root().join(format!("data/{name}_prompts.txt")))
+        .unwrap()
+        .prompts
+}
+
+/// llama.cpp parameters for tests: the default model, a context large enough for the long
+/// prompts, both cores.
+pub fn llama_params() -> ttft::backend::LlamaParams {
+    ttft::backend::LlamaParams {
+        gguf: gguf(),
+        ctx_size: 2048,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+        batch: 2048,
+        ubatch: 512,
+        n_gpu_layers: 0,
+    }
+}
+
+/// api settings that spawn the vendored server, logging into `dir`.
+pub fn api_settings(
+    dir: &Path,
+    endpoint: ttft::backend::api::Endpoint,
+) -> ttft::backend::api::ApiSettings {
+    use std::time::Duration;
+    ttft::backend::api::ApiSettings {
+        url: None,
+        endpoint,
+        model_alias: "smollm2-test".into(),
+        server_bin: server_bin(),
+        server_log: dir.join("server.log"),
+        allow_commit_mismatch: false,
+        connect_timeout: Duration::from_secs(5),
+        first_token_timeout: Duration::from_secs(120),
+        total_timeout: Duration::from_secs(300),
+    }
+}
+
+/// Run the real `ttft` binary in the repository root with `args`.
+pub fn ttft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ttft"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run ttft")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whether a process id is alive (a zombie counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The single file in `dir` with extension `ext`.
+pub fn only_file(dir: &Path, ext: &str) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "expected one .{ext} in {}: {files:?}",
+        dir.display()
+    );
+    files[0].clone()
+}

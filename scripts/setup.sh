@@ -115,7 +115,7 @@ else
   fi
   for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
   version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
-  case "$version" in *"${LLAMA_COMMIT:0:8}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:8}: $version";; esac
+  case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
   {
     printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
     sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done

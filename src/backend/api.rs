@@ -99,7 +99,11 @@ impl ApiBackend {
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(settings.connect_timeout)
-            .pool_max_idle_per_host(4)
+            // A fresh connection per request: llama-server closes a connection after a streamed
+            // answer, and reusing a pooled one races with that close ("connection closed before
+            // message completed"). Connecting on loopback costs well under a millisecond and is
+            // part of what a real client pays, so it stays inside the clock.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))?;
 
@@ -343,12 +347,8 @@ impl ApiBackend {
                         .unwrap_or_else(|| err.to_string());
                     return Err(RunError::new(format!("server error event: {msg}")));
                 }
-                let text = match self.settings.endpoint {
-                    Endpoint::Completion => v.get("content").and_then(Value::as_str),
-                    Endpoint::V1 => v.pointer("/choices/0/text").and_then(Value::as_str),
-                }
-                .unwrap_or("");
-                if !text.is_empty() {
+                let (text, arrived) = token_in_event(self.settings.endpoint, &v);
+                if arrived {
                     let now = Instant::now();
                     if t_first.is_none() {
                         t_first = Some(now);
@@ -407,6 +407,37 @@ impl ApiBackend {
     }
 }
 
+/// The token text an event carries, and whether it carries a generated token at all.
+///
+/// Usually the first token arrives as non-empty text. Two cases carry a token without text, and
+/// they end TTFT too (the in-process backend stops its clock at the same token): an
+/// end-of-generation token as the very first token, and a token that is an incomplete UTF-8
+/// sequence (the server holds its bytes back). The native endpoint shows them as a non-empty
+/// `tokens` array; the OpenAI endpoint as a `finish_reason` without text.
+pub fn token_in_event(endpoint: Endpoint, v: &Value) -> (&str, bool) {
+    match endpoint {
+        Endpoint::Completion => {
+            let text = v.get("content").and_then(Value::as_str).unwrap_or("");
+            let ids = v
+                .get("tokens")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            (text, !text.is_empty() || ids)
+        }
+        Endpoint::V1 => {
+            let choice = v.pointer("/choices/0");
+            let text = choice
+                .and_then(|c| c.get("text"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let finished = choice
+                .and_then(|c| c.get("finish_reason"))
+                .is_some_and(|f| !f.is_null());
+            (text, !text.is_empty() || finished)
+        }
+    }
+}
+
 impl Backend for ApiBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Api
@@ -452,5 +483,33 @@ impl Backend for ApiBackend {
 
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
         self.rt.block_on(self.stream_one(prompt, max_new_tokens))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_without_text_still_ends_ttft() {
+        let native = json!({"content": "", "tokens": [2], "stop": false});
+        assert_eq!(token_in_event(Endpoint::Completion, &native), ("", true));
+        let final_only = json!({"content": "", "tokens": [], "stop": true});
+        assert_eq!(
+            token_in_event(Endpoint::Completion, &final_only),
+            ("", false)
+        );
+        let text = json!({"content": " Paris", "tokens": [7042]});
+        assert_eq!(
+            token_in_event(Endpoint::Completion, &text),
+            (" Paris", true)
+        );
+
+        let oai = json!({"choices": [{"text": " Paris", "finish_reason": null}]});
+        assert_eq!(token_in_event(Endpoint::V1, &oai), (" Paris", true));
+        let eog = json!({"choices": [{"text": "", "finish_reason": "stop"}]});
+        assert_eq!(token_in_event(Endpoint::V1, &eog), ("", true));
+        let usage_only = json!({"choices": [], "usage": {"prompt_tokens": 5}});
+        assert_eq!(token_in_event(Endpoint::V1, &usage_only), ("", false));
     }
 }

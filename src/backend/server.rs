@@ -62,7 +62,7 @@ pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> 
         "0".into(),
         "--alias".into(),
         alias.into(),
-        "--no-webui".into(),
+        "--no-ui".into(),
     ]
 }
 

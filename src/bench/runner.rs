@@ -182,6 +182,10 @@ fn failed_record(
 /// a prompt token count that differs from what the backend's tokenizer said beforehand.
 pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
     let mut flags = Vec::new();
+    if m.first_token.is_empty() {
+        // End-of-generation or an incomplete UTF-8 piece: TTFT ended at a token with no text.
+        flags.push("first_token_without_text".to_string());
+    }
     if let Some(c) = m.cache_n.filter(|&c| c > 0) {
         flags.push(format!("cache_hit:{c}"));
     }
@@ -251,6 +255,7 @@ mod tests {
     #[test]
     fn cache_hits_and_token_mismatch_are_flagged() {
         let m = Measurement {
+            first_token: " x".into(),
             cache_n: Some(12),
             prompt_tokens: Some(20),
             ..Measurement::default()
@@ -258,11 +263,14 @@ mod tests {
         let f = row_flags(&m, Some(21));
         assert_eq!(f, ["cache_hit:12", "prompt_tokens_20_vs_tokenizer_21"]);
         let clean = Measurement {
+            first_token: " x".into(),
             cache_n: Some(0),
             prompt_tokens: Some(20),
             ..Measurement::default()
         };
         assert!(row_flags(&clean, Some(20)).is_empty());
+        let eog = Measurement::default();
+        assert_eq!(row_flags(&eog, None), ["first_token_without_text"]);
     }
 
     fn report(kind: BackendKind, counts: &[Option<u32>]) -> BackendReport {

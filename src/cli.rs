@@ -56,6 +56,18 @@ pub struct RunArgs {
     /// GGUF model for inproc and the spawned llama-server [config: gguf].
     #[arg(long, value_name = "FILE")]
     pub gguf: Option<PathBuf>,
+    /// hf: Hugging Face checkpoint folder or hub id (HF_HOME, HF_HUB_OFFLINE, HF_TOKEN honoured) [config: hf_model].
+    #[arg(long, value_name = "DIR|ID")]
+    pub hf_model: Option<String>,
+    /// hf: hub revision (branch, tag or commit) for a hub id [config: hf_revision, default main].
+    #[arg(long, value_name = "REV")]
+    pub hf_revision: Option<String>,
+    /// hf: cpu, cuda, cuda:N or mps [config: device, default cpu].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// hf: f32, f16 or bf16 [config: dtype, default f32].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
     /// Prompt file, one prompt per line (blank lines ignored); NAME=FILE names the set. Repeatable;
     /// replaces the config's short_prompts/long_prompts.
     #[arg(long, value_name = "[NAME=]FILE")]
@@ -117,6 +129,14 @@ pub struct Settings {
     pub backends: Vec<BackendKind>,
     /// llama.cpp parameters shared by inproc and the spawned server.
     pub llama: LlamaParams,
+    /// hf: checkpoint folder or hub id.
+    pub hf_model: String,
+    /// hf: hub revision.
+    pub hf_revision: Option<String>,
+    /// hf: device.
+    pub device: String,
+    /// hf: dtype.
+    pub dtype: String,
     /// Prompt set names and files.
     pub prompt_files: Vec<(String, PathBuf)>,
     /// Timed runs per prompt.
@@ -233,6 +253,31 @@ pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
             ubatch: 512.min(ctx_size.max(1)),
             n_gpu_layers: args.n_gpu_layers.or(f.n_gpu_layers).unwrap_or(0),
         },
+        hf_model: match (&args.hf_model, &f.hf_model) {
+            (Some(m), _) => m.clone(),
+            (None, m) => {
+                let m = m
+                    .clone()
+                    .unwrap_or_else(|| "models/SmolLM2-135M-Instruct-hf".into());
+                let local = cfg.resolve(Path::new(&m));
+                if local.exists() || !is_hub_id(&m, &cfg.base) {
+                    local.display().to_string()
+                } else {
+                    m
+                }
+            }
+        },
+        hf_revision: args.hf_revision.clone().or_else(|| f.hf_revision.clone()),
+        device: args
+            .device
+            .clone()
+            .or_else(|| f.device.clone())
+            .unwrap_or_else(|| "cpu".into()),
+        dtype: args
+            .dtype
+            .clone()
+            .or_else(|| f.dtype.clone())
+            .unwrap_or_else(|| "f32".into()),
         prompt_files,
         runs,
         warmup: args.warmup.or(f.warmup).unwrap_or(1),
@@ -251,6 +296,15 @@ pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
         out: from_cfg(&args.out, &f.out, "results"),
         config: cfg.path.clone(),
     })
+}
+
+/// `org/name` that is not a path relative to `base` (whose first component would exist).
+pub fn is_hub_id(s: &str, base: &Path) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && !s.starts_with('.')
+        && parts.iter().all(|p| !p.is_empty())
+        && !base.join(parts[0]).exists()
 }
 
 /// Quick reachability check of `--api-url` before anything is timed.
@@ -318,6 +372,16 @@ fn open_backend(
     server_log: &Path,
 ) -> Result<Box<dyn Backend>, OpenError> {
     match kind {
+        #[cfg(feature = "torch")]
+        BackendKind::Hf => Ok(Box::new(crate::backend::hf::HfBackend::open(
+            &crate::backend::hf::HfSettings {
+                model: s.hf_model.clone(),
+                revision: s.hf_revision.clone(),
+                device: s.device.clone(),
+                dtype: s.dtype.clone(),
+                threads: s.llama.threads,
+            },
+        )?)),
         #[cfg(feature = "llama")]
         BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open(
             &s.llama,
@@ -336,6 +400,7 @@ fn open_backend(
             };
             Ok(Box::new(ApiBackend::open(&s.llama, &api)?))
         }
+        #[allow(unreachable_patterns)] // reachable in builds without some backend features
         other => Err(OpenError::NotBuilt(other.not_built_reason().to_string())),
     }
 }

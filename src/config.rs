@@ -15,6 +15,12 @@ pub struct FileConfig {
     pub backends: Option<Vec<String>>,
     /// Hugging Face checkpoint for the `hf` baseline (folder or hub id).
     pub hf_model: Option<String>,
+    /// Hub revision for a hub id.
+    pub hf_revision: Option<String>,
+    /// Device for hf: cpu, cuda, cuda:N, mps.
+    pub device: Option<String>,
+    /// dtype for hf: f32, f16, bf16.
+    pub dtype: Option<String>,
     /// GGUF model for `inproc` and the spawned server.
     pub gguf: Option<PathBuf>,
     /// An already running server; empty = spawn the vendored llama-server.

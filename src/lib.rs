@@ -6,4 +6,6 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "torch")]
+pub mod models;
 pub mod report;

@@ -100,6 +100,11 @@ impl InprocBackend {
         })
     }
 
+    /// Token ids llama.cpp evaluates for `prompt` (the parity check compares them with hf's).
+    pub fn token_ids(&self, prompt: &str) -> Result<Vec<i32>, RunError> {
+        Ok(self.tokenize(prompt)?.iter().map(|t| t.0).collect())
+    }
+
     fn tokenize(&self, prompt: &str) -> Result<Vec<LlamaToken>, RunError> {
         // AddBos::Always = llama_tokenize(add_special = true): BOS only if the GGUF says the model
         // wants one, exactly like llama-server's prompt tokenization.

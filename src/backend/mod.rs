@@ -6,6 +6,8 @@
 //! (tokenize, prefill, sample, detokenize; or serialise, send, wait, parse) is inside the clock.
 
 pub mod api;
+#[cfg(feature = "torch")]
+pub mod hf;
 #[cfg(feature = "llama")]
 pub mod inproc;
 pub mod server;
@@ -43,7 +45,7 @@ impl BackendKind {
     /// Whether this binary was built with the backend (cargo features).
     pub fn is_built(self) -> bool {
         match self {
-            BackendKind::Hf => false,
+            BackendKind::Hf => cfg!(feature = "torch"),
             BackendKind::Inproc => cfg!(feature = "llama"),
             BackendKind::Api => true,
         }
@@ -52,7 +54,9 @@ impl BackendKind {
     /// Why a backend is not available in this build, and how to get it.
     pub fn not_built_reason(self) -> &'static str {
         match self {
-            BackendKind::Hf => "the hf backend (libtorch) is not built yet in this version of ttft",
+            BackendKind::Hf => {
+                "the hf backend (libtorch) was not compiled in: rebuild with `--features torch` (on by default) after scripts/setup.sh"
+            }
             BackendKind::Inproc => {
                 "the inproc backend was not compiled in: rebuild with `--features llama` (on by default)"
             }

@@ -32,6 +32,9 @@ pub fn features() -> Vec<&'static str> {
     if cfg!(feature = "llama") {
         f.push("llama");
     }
+    if cfg!(feature = "torch") {
+        f.push("torch");
+    }
     if cfg!(feature = "cuda") {
         f.push("cuda");
     }

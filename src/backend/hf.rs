@@ -1,0 +1,348 @@
+//! `hf`: a Hugging Face checkpoint (config.json + safetensors + tokenizer.json) run in this process
+//! on libtorch through tch, with the architectures of `crate::models`.
+//!
+//! Per timed run, with a fresh KV cache made before the clock starts: tokenize (the tokenizer's own
+//! post-processor decides BOS/EOS) → prefill (logits of the last position only) → greedy argmax →
+//! token id on the host → detokenize. On CUDA kernels run asynchronously: the prefill part ends with
+//! an explicit device synchronisation, and copying the argmax id to the host is itself a
+//! synchronisation point, so the clock can never stop before the GPU has finished.
+
+use super::{Backend, BackendKind, Measurement, OpenError, RunError};
+use crate::models::{self, layers::Decoder};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+/// How to run the hf backend.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HfSettings {
+    /// Local folder or hub id.
+    pub model: String,
+    /// Hub revision (branch, tag or commit) for hub ids.
+    pub revision: Option<String>,
+    /// "cpu", "cuda", "cuda:N" or "mps".
+    pub device: String,
+    /// "f32", "f16" or "bf16".
+    pub dtype: String,
+    /// libtorch intra-op threads (the same number llama.cpp gets).
+    pub threads: u32,
+}
+
+/// Parse `--device`.
+pub fn parse_device(s: &str) -> Result<Device, OpenError> {
+    let bad = || OpenError::Model(format!("--device {s}: expected cpu, cuda, cuda:N or mps"));
+    let d = match s {
+        "cpu" => Device::Cpu,
+        "mps" => Device::Mps,
+        "cuda" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => Device::Cuda(n.parse().map_err(|_| bad())?),
+            None => return Err(bad()),
+        },
+    };
+    match d {
+        Device::Cuda(n) => {
+            let count = tch::Cuda::device_count();
+            if count == 0 {
+                return Err(OpenError::Model(format!(
+                    "--device {s}: libtorch sees no CUDA device on this machine (use --device cpu)"
+                )));
+            }
+            if n as i64 >= count {
+                return Err(OpenError::Model(format!(
+                    "--device {s}: only {count} CUDA device(s) present"
+                )));
+            }
+        }
+        Device::Mps if !tch::utils::has_mps() => {
+            return Err(OpenError::Model(format!(
+                "--device {s}: this libtorch has no MPS support (use --device cpu)"
+            )))
+        }
+        _ => {}
+    }
+    Ok(d)
+}
+
+/// Parse `--dtype`.
+pub fn parse_dtype(s: &str) -> Result<Kind, OpenError> {
+    match s {
+        "f32" | "float32" => Ok(Kind::Float),
+        "f16" | "float16" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(OpenError::Model(format!(
+            "--dtype {s}: expected f32, f16 or bf16"
+        ))),
+    }
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+}
+
+/// A local folder, or a hub id resolved through the HF cache (HF_HOME), downloading unless
+/// HF_HUB_OFFLINE is set (HF_TOKEN for gated repositories).
+pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<PathBuf, OpenError> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    let looks_local =
+        spec.starts_with('.') || spec.starts_with('/') || spec.matches('/').count() != 1;
+    if p.exists() || looks_local {
+        return Err(OpenError::Model(format!(
+            "--hf-model {spec}: no such checkpoint folder (run scripts/setup.sh for the default model, or pass a folder or hub id)"
+        )));
+    }
+    use hf_hub::{Repo, RepoType};
+    let rev = revision.unwrap_or("main").to_string();
+    let repo = Repo::with_revision(spec.to_string(), RepoType::Model, rev.clone());
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .map(|v| truthy(&v))
+        .unwrap_or(false);
+    let cache = hf_hub::Cache::from_env();
+    if offline {
+        let cached = cache.repo(repo.clone());
+        return match cached.get("config.json") {
+            Some(cfg) => Ok(cfg.parent().expect("file in a folder").to_path_buf()),
+            None => Err(OpenError::Model(format!(
+                "--hf-model {spec} (revision {rev}): HF_HUB_OFFLINE is set and it is not in the cache {} (download it first or unset HF_HUB_OFFLINE)",
+                cache.path().display()
+            ))),
+        };
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_token(std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()))
+        .build()
+        .map_err(|e| OpenError::Model(format!("--hf-model {spec}: {e}")))?;
+    let r = api.repo(repo);
+    let fetch = |f: &str| {
+        r.get(f).map_err(|e| {
+            OpenError::Model(format!(
+                "--hf-model {spec} (revision {rev}): cannot fetch {f}: {e}"
+            ))
+        })
+    };
+    let cfg = fetch("config.json")?;
+    fetch("tokenizer.json")?;
+    let dir = cfg.parent().expect("file in a folder").to_path_buf();
+    match fetch("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let mut shards: Vec<String> = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                fetch(&s)?;
+            }
+        }
+        Err(_) => {
+            fetch("model.safetensors")?;
+        }
+    }
+    let _ = fetch("generation_config.json");
+    Ok(dir)
+}
+
+/// The libtorch version of the wheel the binary was linked against (its `version.py`).
+pub fn libtorch_version() -> Option<String> {
+    let lib = PathBuf::from(env!("TTFT_LIBTORCH_LIB"));
+    let text = std::fs::read_to_string(lib.parent()?.join("version.py")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim_matches(['\'', '"']).to_string())
+}
+
+fn eos_ids(dir: &Path, cfg: &serde_json::Value) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut add = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::Number(n)) => ids.extend(n.as_i64()),
+        Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_i64())),
+        _ => {}
+    };
+    add(cfg.get("eos_token_id"));
+    if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+        if let Ok(g) = serde_json::from_str::<serde_json::Value>(&text) {
+            add(g.get("eos_token_id"));
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The libtorch backend.
+pub struct HfBackend {
+    decoder: Decoder,
+    tokenizer: Tokenizer,
+    device: Device,
+    eos: Vec<i64>,
+    load_ms: f64,
+    info: serde_json::Value,
+}
+
+impl HfBackend {
+    /// Resolve, read and place the checkpoint (timed as load: read + to device + dtype cast).
+    pub fn open(s: &HfSettings) -> Result<Self, OpenError> {
+        let device = parse_device(&s.device)?;
+        let kind = parse_dtype(&s.dtype)?;
+        let dir = resolve_model(&s.model, s.revision.as_deref())?;
+        set_threads(s.threads);
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(OpenError::Model(format!(
+                "{}: missing (the hf backend needs the checkpoint's tokenizer.json)",
+                tok_path.display()
+            )));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| OpenError::Model(format!("{}: {e}", tok_path.display())))?;
+        let cfg = models::read_config(&dir).map_err(|e| OpenError::Model(e.to_string()))?;
+        let t0 = Instant::now();
+        let loaded =
+            models::load(&dir, device, kind).map_err(|e| OpenError::Model(e.to_string()))?;
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let info = serde_json::json!({
+            "model_dir": dir.display().to_string(),
+            "model_type": loaded.model_type,
+            "n_params": loaded.n_params,
+            "dtype": s.dtype,
+            "device": s.device,
+            "threads": tch::get_num_threads(),
+            "libtorch_version": libtorch_version(),
+            "tch_version": "0.26.0",
+            "cuda_available": tch::Cuda::is_available(),
+            "cuda_devices": tch::Cuda::device_count(),
+        });
+        Ok(Self {
+            eos: eos_ids(&dir, &cfg),
+            decoder: loaded.decoder,
+            tokenizer,
+            device,
+            load_ms,
+            info,
+        })
+    }
+
+    /// Token ids the tokenizer produces for `prompt`, special tokens as its post-processor adds them.
+    pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        self.tokenizer
+            .encode(prompt, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| RunError::new(format!("tokenize: {e}")))
+    }
+
+    fn detok(&self, id: i64) -> String {
+        // Special tokens render as nothing, like llama.cpp's token_to_piece(special = false).
+        self.tokenizer
+            .decode(&[id as u32], true)
+            .unwrap_or_default()
+    }
+
+    fn sync(&self) {
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Logits of the last position for `ids` given the cache (for tests and the parity gate).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+}
+
+fn set_threads(n: u32) {
+    static INTEROP: std::sync::Once = std::sync::Once::new();
+    // Inter-op parallelism stays at 1: one forward pass at a time, like llama.cpp.
+    INTEROP.call_once(|| tch::set_num_interop_threads(1));
+    tch::set_num_threads(n as i32);
+}
+
+fn ms(a: Instant, b: Instant) -> f64 {
+    (b - a).as_secs_f64() * 1e3
+}
+
+impl Backend for HfBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Hf
+    }
+
+    fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    fn info(&self) -> serde_json::Value {
+        self.info.clone()
+    }
+
+    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
+        Ok(self.token_ids(prompt)?.len() as u32)
+    }
+
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        let _guard = tch::no_grad_guard();
+        // Fresh KV cache for every timed run, outside the clock.
+        let mut cache = self.decoder.new_cache();
+
+        let t0 = Instant::now();
+        let ids = self.token_ids(prompt)?;
+        let t_tok = Instant::now();
+        if ids.is_empty() {
+            return Err(RunError::new("prompt tokenized to zero tokens"));
+        }
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let input = Tensor::from_slice(&ids).to_device(self.device);
+        let logits = self.decoder.forward(&input, &mut cache, false);
+        // CUDA: wait for the prefill kernels so their time is not booked as sampling.
+        self.sync();
+        let t_prefill = Instant::now();
+        // argmax on the device; int64_value copies the id to the host (a synchronisation point).
+        let mut next = logits.argmax(-1, false).int64_value(&[0]);
+        let t_sample = Instant::now();
+        let first = self.detok(next);
+        let t_first = Instant::now();
+
+        let mut output = first.clone();
+        let mut generated = 1u32;
+        while generated < max_new_tokens && !self.eos.contains(&next) {
+            let input = Tensor::from_slice(&[next]).to_device(self.device);
+            let logits = self.decoder.forward(&input, &mut cache, false);
+            next = logits.argmax(-1, false).int64_value(&[0]);
+            if self.eos.contains(&next) {
+                break;
+            }
+            output.push_str(&self.detok(next));
+            generated += 1;
+        }
+        let t_end = Instant::now();
+
+        Ok(Measurement {
+            ttft_ms: ms(t0, t_first),
+            prompt_tokens: Some(ids.len() as u32),
+            tokenize_ms: Some(ms(t0, t_tok)),
+            prefill_ms: Some(ms(t_tok, t_prefill)),
+            first_sample_ms: Some(ms(t_prefill, t_sample)),
+            detokenize_ms: Some(ms(t_sample, t_first)),
+            generated_tokens: generated,
+            decode_ms_per_token: (generated > 1)
+                .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
+            e2e_ms: ms(t0, t_end),
+            first_token: first,
+            output,
+            ..Measurement::default()
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! GPT-NeoX / Pythia (`model_type: gpt_neox`), mirroring transformers' `modeling_gpt_neox.py`.
+
+use super::common::{act, opt_bool, opt_f64, req_i64};
+use super::layers::{Attention, Block, Decoder, Linear, Mlp, Norm};
+use super::rope::{rope_spec, Rope};
+use super::weights::Weights;
+use super::ModelError;
+use serde_json::Value;
+
+fn linear(w: &Weights, name: &str, out: i64, inp: i64, bias: bool) -> Result<Linear, ModelError> {
+    Ok(Linear {
+        w: w.get(&format!("{name}.weight"), &[out, inp])?,
+        b: if bias {
+            Some(w.get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        },
+    })
+}
+
+fn layer_norm(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Norm, ModelError> {
+    Ok(Norm::Layer {
+        w: w.get(&format!("{name}.weight"), &[d])?,
+        b: w.get(&format!("{name}.bias"), &[d])?,
+        eps,
+    })
+}
+
+/// Build GPT-NeoX from its config.json and checkpoint.
+pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
+    let hidden = req_i64(cfg, "hidden_size")?;
+    let n_layers = req_i64(cfg, "num_hidden_layers")?;
+    let heads = req_i64(cfg, "num_attention_heads")?;
+    let inter = req_i64(cfg, "intermediate_size")?;
+    let vocab = req_i64(cfg, "vocab_size")?;
+    let max_pos = cfg
+        .get("max_position_embeddings")
+        .and_then(Value::as_i64)
+        .unwrap_or(2048);
+    let eps = opt_f64(cfg, "layer_norm_eps").unwrap_or(1e-5);
+    let activation = act(cfg, &["hidden_act"], "gelu")?;
+    let bias = opt_bool(cfg, "attention_bias").unwrap_or(true);
+    // GPTNeoXLayer: `x + attn(ln1(x)) + mlp(ln2(x))` when use_parallel_residual (default).
+    let parallel = opt_bool(cfg, "use_parallel_residual").unwrap_or(true);
+    let d = hidden / heads;
+    // Partial rotary: `rotary_pct` (older configs) / `partial_rotary_factor`, handled by RoPE.
+    let rope = Rope::new(&rope_spec(cfg, None)?, d, max_pos, w.device())?;
+
+    let mut blocks = Vec::new();
+    for i in 0..n_layers {
+        let p = format!("gpt_neox.layers.{i}");
+        // GPTNeoXAttention: `query_key_value(x).view(..., heads, 3 * head_dim).chunk(3, -1)`: the
+        // fused rows are interleaved per head [q_h, k_h, v_h]; regrouped here to [q; k; v].
+        let qkv = linear(
+            w,
+            &format!("{p}.attention.query_key_value"),
+            3 * hidden,
+            hidden,
+            bias,
+        )?;
+        let regroup = |t: &tch::Tensor, tail: &[i64]| {
+            let mut shape = vec![heads, 3, d];
+            shape.extend_from_slice(tail);
+            let mut out = vec![3 * hidden];
+            out.extend_from_slice(tail);
+            t.view(shape.as_slice())
+                .transpose(0, 1)
+                .contiguous()
+                .view(out.as_slice())
+        };
+        let qkv = Linear {
+            w: regroup(&qkv.w, &[hidden]),
+            b: qkv.b.as_ref().map(|b| regroup(b, &[])),
+        };
+        blocks.push(Block {
+            attn_norm: layer_norm(w, &format!("{p}.input_layernorm"), hidden, eps)?,
+            attn: Attention {
+                qkv,
+                o: linear(w, &format!("{p}.attention.dense"), hidden, hidden, bias)?,
+                n_heads: heads,
+                n_kv: heads,
+                head_dim: d,
+                scale: (d as f64).powf(-0.5),
+                softcap: None,
+                window: None,
+                q_norm: None,
+                k_norm: None,
+                rope: Some(0),
+            },
+            post_attn_norm: None,
+            mlp_norm: layer_norm(w, &format!("{p}.post_attention_layernorm"), hidden, eps)?,
+            mlp: Mlp::Plain {
+                fc: linear(w, &format!("{p}.mlp.dense_h_to_4h"), inter, hidden, true)?,
+                proj: linear(w, &format!("{p}.mlp.dense_4h_to_h"), hidden, inter, true)?,
+                act: activation,
+            },
+            post_mlp_norm: None,
+            parallel,
+        });
+    }
+    let embed = w.get("gpt_neox.embed_in.weight", &[vocab, hidden])?;
+    // GPTNeoXForCausalLM: separate `embed_out` unless tie_word_embeddings.
+    let lm_head = if opt_bool(cfg, "tie_word_embeddings").unwrap_or(false) {
+        Linear {
+            w: embed.shallow_clone(),
+            b: None,
+        }
+    } else {
+        linear(w, "embed_out", vocab, hidden, false)?
+    };
+    Ok(Decoder {
+        embed,
+        embed_scale: None,
+        pos_embed: None,
+        blocks,
+        final_norm: layer_norm(w, "gpt_neox.final_layer_norm", hidden, eps)?,
+        lm_head,
+        final_softcap: None,
+        ropes: vec![rope],
+        kind: w.kind(),
+    })
+}

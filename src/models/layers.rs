@@ -1,0 +1,416 @@
+//! The building blocks every architecture file assembles: linear, norms, attention with GQA /
+//! sliding window / soft-capping / q-k norm / partial rotary, MLP variants, the residual block and
+//! the decoder stack with its KV cache. Each quirk is switched on by the architecture file that
+//! needs it, which also names the transformers function it mirrors.
+
+use super::rope::{self, Rope};
+use tch::{Kind, Tensor};
+
+/// `y = x W^T + b`, W stored [out, in] as in HF checkpoints (GPT-2's Conv1D is transposed at load).
+#[derive(Debug)]
+pub struct Linear {
+    /// Weight [out, in].
+    pub w: Tensor,
+    /// Optional bias [out].
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    /// Apply to x [..., in].
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.w, self.b.as_ref())
+    }
+}
+
+/// Normalisation layers.
+#[derive(Debug)]
+pub enum Norm {
+    /// LlamaRMSNorm: normalise in f32, cast back, then multiply by the weight.
+    Rms {
+        /// Weight [d].
+        w: Tensor,
+        /// Epsilon inside the rsqrt.
+        eps: f64,
+    },
+    /// GemmaRMSNorm: normalise in f32 and multiply by `(1 + weight)` in f32, then cast back.
+    /// `w1` holds `1 + weight` in f32, precomputed at load.
+    RmsOnePlus {
+        /// `1 + weight`, f32.
+        w1: Tensor,
+        /// Epsilon inside the rsqrt.
+        eps: f64,
+    },
+    /// nn.LayerNorm with weight and bias.
+    Layer {
+        /// Weight [d].
+        w: Tensor,
+        /// Bias [d].
+        b: Tensor,
+        /// Epsilon.
+        eps: f64,
+    },
+}
+
+impl Norm {
+    /// Normalise over the last axis.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Norm::Rms { w, eps } => {
+                let xf = x.to_kind(Kind::Float);
+                let var = xf.square().mean_dim(-1, true, Kind::Float);
+                w * (xf * (var + *eps).rsqrt()).to_kind(x.kind())
+            }
+            Norm::RmsOnePlus { w1, eps } => {
+                let xf = x.to_kind(Kind::Float);
+                let var = xf.square().mean_dim(-1, true, Kind::Float);
+                (xf * (var + *eps).rsqrt() * w1).to_kind(x.kind())
+            }
+            Norm::Layer { w, b, eps } => {
+                let d = *x.size().last().expect("non-scalar");
+                x.layer_norm([d], Some(w), Some(b), *eps, false)
+            }
+        }
+    }
+}
+
+/// Activation functions by their HF names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    /// "silu" / "swish".
+    Silu,
+    /// "gelu": exact erf form.
+    Gelu,
+    /// "gelu_pytorch_tanh", "gelu_new", "gelu_fast": tanh approximation.
+    GeluTanh,
+    /// "relu".
+    Relu,
+}
+
+impl Act {
+    /// Parse an HF activation name.
+    pub fn parse(name: &str) -> Option<Act> {
+        match name {
+            "silu" | "swish" => Some(Act::Silu),
+            "gelu" => Some(Act::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Some(Act::GeluTanh),
+            "relu" => Some(Act::Relu),
+            _ => None,
+        }
+    }
+
+    fn forward(self, x: &Tensor) -> Tensor {
+        match self {
+            Act::Silu => x.silu(),
+            Act::Gelu => x.gelu("none"),
+            Act::GeluTanh => x.gelu("tanh"),
+            Act::Relu => x.relu(),
+        }
+    }
+}
+
+/// Feed-forward variants.
+#[derive(Debug)]
+pub enum Mlp {
+    /// `down(act(gate(x)) * up(x))`; gate and up are fused into one matmul (rows: gate, then up).
+    Gated {
+        /// [2 * intermediate, hidden].
+        gate_up: Linear,
+        /// [hidden, intermediate].
+        down: Linear,
+        /// Activation on the gate.
+        act: Act,
+    },
+    /// `proj(act(fc(x)))` (GPT-2, GPT-NeoX).
+    Plain {
+        /// Up projection.
+        fc: Linear,
+        /// Down projection.
+        proj: Linear,
+        /// Activation.
+        act: Act,
+    },
+}
+
+impl Mlp {
+    /// Apply to x [..., hidden].
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Mlp::Gated { gate_up, down, act } => {
+                let gu = gate_up.forward(x);
+                let parts = gu.chunk(2, -1);
+                down.forward(&(act.forward(&parts[0]) * &parts[1]))
+            }
+            Mlp::Plain { fc, proj, act } => proj.forward(&act.forward(&fc.forward(x))),
+        }
+    }
+}
+
+/// Self-attention with every quirk the supported architectures need.
+#[derive(Debug)]
+pub struct Attention {
+    /// Fused projection, output rows [q (heads*head_dim); k (kv*head_dim); v (kv*head_dim)].
+    pub qkv: Linear,
+    /// Output projection.
+    pub o: Linear,
+    /// Query heads.
+    pub n_heads: i64,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub n_kv: i64,
+    /// Head dimension.
+    pub head_dim: i64,
+    /// Multiplier of q·k (head_dim^-0.5, or query_pre_attn_scalar^-0.5 for Gemma 2/3).
+    pub scale: f64,
+    /// Gemma 2: `tanh(scores / cap) * cap` before the mask.
+    pub softcap: Option<f64>,
+    /// Sliding window: a query attends to keys with `q - k < window` (transformers'
+    /// `sliding_window_overlay`: `kv_idx > q_idx - sliding_window`).
+    pub window: Option<i64>,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen 3, Gemma 3).
+    pub q_norm: Option<Norm>,
+    /// Per-head RMSNorm of k.
+    pub k_norm: Option<Norm>,
+    /// Index into the model's RoPE table; None for learned positions (GPT-2).
+    pub rope: Option<usize>,
+}
+
+/// Key/value tensors of one layer, [1, kv_heads, seq, head_dim].
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+/// Which keys each query may see: `allowed[q][k]` for queries at `past..past+t`.
+fn mask(past: i64, t: i64, window: Option<i64>, device: tch::Device) -> Tensor {
+    let q = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
+    let causal = k.le_tensor(&q);
+    match window {
+        Some(w) => causal.logical_and(&(&q - &k).lt(w)),
+        None => causal,
+    }
+}
+
+fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
+    if rep == 1 {
+        return x.shallow_clone();
+    }
+    let s = x.size();
+    x.unsqueeze(2)
+        .expand([s[0], s[1], rep, s[2], s[3]], false)
+        .reshape([s[0], s[1] * rep, s[2], s[3]])
+}
+
+impl Attention {
+    /// x [1, t, hidden] → [1, t, hidden], appending this step's keys and values to `cache`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: Option<&(Tensor, Tensor)>,
+        cache: &mut LayerCache,
+        past: i64,
+    ) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (h, kv, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let qkv = self.qkv.forward(x);
+        let parts = qkv.split_with_sizes([h * d, kv * d, kv * d], -1);
+        let mut q = parts[0].view([b, t, h, d]);
+        let mut k = parts[1].view([b, t, kv, d]);
+        let v = parts[2].view([b, t, kv, d]).transpose(1, 2);
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q);
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k);
+        }
+        let mut q = q.transpose(1, 2);
+        let mut k = k.transpose(1, 2);
+        if let Some((cos, sin)) = cos_sin {
+            q = rope::apply(&q, cos, sin);
+            k = rope::apply(&k, cos, sin);
+        }
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.shallow_clone(), v.shallow_clone()));
+        let k = repeat_kv(&k, h / kv);
+        let v = repeat_kv(&v, h / kv);
+        let s = past + t;
+        let window_matters = self.window.is_some_and(|w| s > w);
+
+        let out = if let Some(cap) = self.softcap {
+            // Gemma 2 eager attention: scores * scale, soft-cap, mask, softmax in f32.
+            let scores = q.matmul(&k.transpose(2, 3)) * self.scale;
+            let scores = (scores / cap).tanh() * cap;
+            let allowed = mask(past, t, self.window, x.device());
+            let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+            scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+        } else if !window_matters && (past == 0 || t == 1) {
+            // Plain causal (or a single new token that may see everything): the fused kernel.
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                past == 0 && t > 1,
+                self.scale,
+                false,
+            )
+        } else {
+            let allowed = mask(past, t, self.window, x.device());
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(allowed),
+                0.0,
+                false,
+                self.scale,
+                false,
+            )
+        };
+        self.o.forward(&out.transpose(1, 2).reshape([b, t, h * d]))
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+pub struct Block {
+    /// Norm before attention (`input_layernorm`, `ln_1`).
+    pub attn_norm: Norm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Gemma 2/3: norm of the attention output before the residual add.
+    pub post_attn_norm: Option<Norm>,
+    /// Norm before the MLP (`post_attention_layernorm` in Llama, `pre_feedforward_layernorm` in Gemma 2/3).
+    pub mlp_norm: Norm,
+    /// Feed-forward.
+    pub mlp: Mlp,
+    /// Gemma 2/3: norm of the MLP output before the residual add.
+    pub post_mlp_norm: Option<Norm>,
+    /// GPT-NeoX `use_parallel_residual`: `x + attn(ln1(x)) + mlp(ln2(x))`.
+    pub parallel: bool,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: Option<&(Tensor, Tensor)>,
+        cache: &mut LayerCache,
+        past: i64,
+    ) -> Tensor {
+        let a = self
+            .attn
+            .forward(&self.attn_norm.forward(x), cos_sin, cache, past);
+        if self.parallel {
+            let m = self.mlp.forward(&self.mlp_norm.forward(x));
+            return m + a + x;
+        }
+        let a = match &self.post_attn_norm {
+            Some(n) => n.forward(&a),
+            None => a,
+        };
+        let h = x + a;
+        let m = self.mlp.forward(&self.mlp_norm.forward(&h));
+        let m = match &self.post_mlp_norm {
+            Some(n) => n.forward(&m),
+            None => m,
+        };
+        h + m
+    }
+}
+
+/// KV cache of a whole model; a fresh one per timed run.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+}
+
+impl KvCache {
+    /// Tokens already in the cache.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A decoder-only transformer assembled by an architecture file.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Token embedding [vocab, hidden].
+    pub embed: Tensor,
+    /// Gemma: embeddings times sqrt(hidden), the scalar cast to the model dtype first
+    /// (GemmaModel's `normalizer` / Gemma3TextScaledWordEmbedding).
+    pub embed_scale: Option<f64>,
+    /// GPT-2 learned absolute positions [n_positions, hidden].
+    pub pos_embed: Option<Tensor>,
+    /// The layers.
+    pub blocks: Vec<Block>,
+    /// Final norm.
+    pub final_norm: Norm,
+    /// LM head [vocab, hidden] (the embedding itself when tied).
+    pub lm_head: Linear,
+    /// Gemma 2: `tanh(logits / cap) * cap`.
+    pub final_softcap: Option<f64>,
+    /// RoPE variants referenced by the attention layers.
+    pub ropes: Vec<Rope>,
+    /// Compute dtype.
+    pub kind: Kind,
+}
+
+impl Decoder {
+    /// A fresh, empty cache.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.blocks.len()).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Run `ids` (positions continuing `cache`). Returns logits [n, vocab] for the last position
+    /// only (prefill for generation) or for every position (`all_logits`, parity tests).
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, all_logits: bool) -> Tensor {
+        let past = cache.len;
+        let t = ids.size()[0];
+        let mut x = self.embed.embedding_lookup(ids).unsqueeze(0);
+        if let Some(s) = self.embed_scale {
+            let s = Tensor::from(s).to_kind(self.kind).to_device(x.device());
+            x = x * s;
+        }
+        if let Some(p) = &self.pos_embed {
+            x = x + p.narrow(0, past, t).unsqueeze(0);
+        }
+        let cs: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|r| r.cos_sin(past, t, self.kind))
+            .collect();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let c = block.attn.rope.map(|r| &cs[r]);
+            x = block.forward(&x, c, &mut cache.layers[i], past);
+        }
+        cache.len += t;
+        let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };
+        let x = self.final_norm.forward(&x);
+        let logits = self.lm_head.forward(&x).squeeze_dim(0);
+        match self.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+}
+
+/// Gather rows of an embedding matrix.
+trait EmbeddingLookup {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor;
+}
+
+impl EmbeddingLookup for Tensor {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor {
+        self.index_select(0, ids)
+    }
+}

@@ -1,0 +1,141 @@
+//! Transformer architectures written in this project, run on libtorch through tch: one file per
+//! architecture, shared layers in `layers`, RoPE variants in `rope`, checkpoint loading in
+//! `weights`. transformers is the numerical oracle (tests/hf_parity.rs).
+
+pub mod common;
+pub mod gemma;
+pub mod gemma2;
+pub mod gemma3;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod layers;
+pub mod llama;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
+pub mod rope;
+pub mod weights;
+
+use layers::Decoder;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+use thiserror::Error;
+use weights::Weights;
+
+/// `model_type` values this project implements.
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+    "gpt_neox",
+    "phi3",
+];
+
+/// Why a checkpoint cannot be loaded. Every message names the file or tensor.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// A file is missing or unreadable.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A tensor the architecture needs is absent.
+    #[error("tensor `{name}` is missing from the checkpoint ({files})")]
+    MissingTensor {
+        /// HF tensor name.
+        name: String,
+        /// The safetensors files searched.
+        files: String,
+    },
+    /// A tensor has the wrong shape for config.json.
+    #[error("tensor `{name}` has shape {got:?} but config.json implies {want:?}")]
+    Shape {
+        /// HF tensor name.
+        name: String,
+        /// Shape in the file.
+        got: Vec<i64>,
+        /// Shape expected.
+        want: Vec<i64>,
+    },
+    /// config.json names an architecture this project does not implement.
+    #[error("config.json: model_type `{0}` is not supported (supported: {supported})", supported = SUPPORTED.join(", "))]
+    UnknownArchitecture(String),
+    /// config.json is missing a field or has a bad value.
+    #[error("config.json: {0}")]
+    Config(String),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    /// A file-level error.
+    pub fn file(path: &Path, msg: impl ToString) -> Self {
+        ModelError::File {
+            path: path.to_path_buf(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+/// A loaded model and what it is.
+pub struct LoadedModel {
+    /// The network.
+    pub decoder: Decoder,
+    /// config.json's model_type.
+    pub model_type: String,
+    /// Parameters in the checkpoint.
+    pub n_params: i64,
+}
+
+/// Read config.json (a JSON object).
+pub fn read_config(dir: &Path) -> Result<serde_json::Value, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::file(&path, format!("not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ModelError::file(&path, "not a JSON object"));
+    }
+    Ok(v)
+}
+
+/// Load the checkpoint in `dir` on `device` in `kind`.
+pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<LoadedModel, ModelError> {
+    let cfg = read_config(dir)?;
+    let model_type = cfg
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ModelError::Config("no `model_type`".into()))?
+        .to_string();
+    if !SUPPORTED.contains(&model_type.as_str()) {
+        return Err(ModelError::UnknownArchitecture(model_type));
+    }
+    let w = Weights::load(dir, device, kind)?;
+    let n_params = w.numel();
+    let decoder = match model_type.as_str() {
+        "llama" | "mistral" => common::build(&cfg, &llama::config(&cfg)?, &w)?,
+        "qwen2" => common::build(&cfg, &qwen2::config(&cfg)?, &w)?,
+        "qwen3" => common::build(&cfg, &qwen3::config(&cfg)?, &w)?,
+        "gemma" => common::build(&cfg, &gemma::config(&cfg)?, &w)?,
+        "gemma2" => common::build(&cfg, &gemma2::config(&cfg)?, &w)?,
+        "gemma3_text" => common::build(&cfg, &gemma3::config(&cfg)?, &w)?,
+        "phi3" => common::build(&cfg, &phi3::config(&cfg)?, &w)?,
+        "gpt2" => gpt2::build(&cfg, &w)?,
+        "gpt_neox" => gpt_neox::build(&cfg, &w)?,
+        other => return Err(ModelError::UnknownArchitecture(other.to_string())),
+    };
+    Ok(LoadedModel {
+        decoder,
+        model_type,
+        n_params,
+    })
+}

@@ -1,0 +1,195 @@
+//! Numerical parity of our libtorch architectures against transformers, the oracle.
+//!
+//! `scripts/make_parity_fixtures.py` (run by setup in the venv) builds a tiny random checkpoint per
+//! architecture with configs that exercise each quirk, and stores transformers' f32 logits for fixed
+//! ids at every position plus an 8-token greedy continuation (and the logits of each greedy step,
+//! decoded with the KV cache). Our models must match: max |Δlogit| ≤ 1e-4, identical tokens.
+
+mod helpers;
+
+use helpers::root;
+use tch::{Device, Kind, Tensor};
+use ttft::models;
+
+const TOL: f64 = 1e-4;
+
+fn fixtures() -> Vec<String> {
+    let manifest = root().join("vendor/parity/manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup.sh first", manifest.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["fixtures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn reference(dir: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(dir.join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+fn check(name: &str) -> Result<(), String> {
+    let _g = tch::no_grad_guard();
+    let dir = root().join("vendor/parity").join(name);
+    let model =
+        models::load(&dir, Device::Cpu, Kind::Float).map_err(|e| format!("{name}: load: {e}"))?;
+    let r = reference(&dir);
+    let ids = &r["input_ids"];
+    let want = &r["logits"];
+
+    let mut cache = model.decoder.new_cache();
+    let got = model.decoder.forward(ids, &mut cache, true);
+    if got.size() != want.size() {
+        return Err(format!(
+            "{name}: logits shape {:?} vs {:?}",
+            got.size(),
+            want.size()
+        ));
+    }
+    let d = max_abs_diff(&got, want);
+    if d > TOL {
+        // Report the first position that diverges, which usually names the broken quirk.
+        let per_pos: Vec<String> = (0..got.size()[0])
+            .map(|i| format!("{:.1e}", max_abs_diff(&got.get(i), &want.get(i))))
+            .collect();
+        return Err(format!(
+            "{name}: prefill max |Δlogit| {d:.3e} > {TOL:e}; per position [{}]",
+            per_pos.join(", ")
+        ));
+    }
+
+    // Greedy continuation with the KV cache, one token per step, from a fresh cache.
+    let greedy: Vec<i64> = Vec::<i64>::try_from(&r["greedy"]).unwrap();
+    let step_logits = &r["greedy_logits"];
+    let mut cache = model.decoder.new_cache();
+    let mut logits = model.decoder.forward(ids, &mut cache, false);
+    let mut tokens = Vec::new();
+    for (step, &want_tok) in greedy.iter().enumerate() {
+        let row = logits.get(0);
+        let dl = max_abs_diff(&row, &step_logits.get(step as i64));
+        if dl > TOL {
+            return Err(format!(
+                "{name}: greedy step {step} max |Δlogit| {dl:.3e} > {TOL:e}"
+            ));
+        }
+        let tok = row.argmax(-1, false).int64_value(&[]);
+        tokens.push(tok);
+        if tok != want_tok {
+            return Err(format!(
+                "{name}: greedy tokens {tokens:?} diverge from transformers {greedy:?}"
+            ));
+        }
+        logits = model
+            .decoder
+            .forward(&Tensor::from_slice(&[tok]), &mut cache, false);
+    }
+    Ok(())
+}
+
+#[test]
+fn every_architecture_matches_transformers_in_f32() {
+    let names = fixtures();
+    assert!(names.len() >= 9, "{names:?}");
+    let failures: Vec<String> = names.iter().filter_map(|n| check(n).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn unknown_architecture_is_named_with_the_supported_list() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    let e = models::load(d.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("mamba") && e.contains("llama") && e.contains("gpt_neox"),
+        "{e}"
+    );
+}
+
+/// Copy a fixture's files into a temp dir so a test can damage them.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let src = root().join("vendor/parity").join(name);
+    let d = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn missing_config_truncated_file_missing_and_misshapen_tensors_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let e = models::load(d.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+
+    let d = copy_fixture("llama");
+    let st = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let e = models::load(d.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+
+    // Drop one tensor / reshape one tensor and save the checkpoint again.
+    let d = copy_fixture("llama");
+    let st = d.path().join("model.safetensors");
+    let tensors = Tensor::read_safetensors(&st).unwrap();
+    let kept: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| n != "model.layers.1.mlp.down_proj.weight")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    Tensor::write_safetensors(&kept, &st).unwrap();
+    let e = models::load(d.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.1.mlp.down_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
+
+    let d = copy_fixture("llama");
+    let st = d.path().join("model.safetensors");
+    let reshaped: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let t = if n == "model.layers.0.self_attn.o_proj.weight" {
+                t.narrow(0, 0, t.size()[0] - 1)
+            } else {
+                t.shallow_clone()
+            };
+            (n.clone(), t)
+        })
+        .collect();
+    Tensor::write_safetensors(&reshaped, &st).unwrap();
+    let e = models::load(d.path(), Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.o_proj.weight")
+            && e.contains("[63, 64]")
+            && e.contains("[64, 64]"),
+        "{e}"
+    );
+}

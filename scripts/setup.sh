@@ -8,6 +8,11 @@
 #   3. llama-server and llama-bench built from the PyPI sdist llama-cpp-python==0.3.28, whose
 #      vendor/llama.cpp is the same commit (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process,
 #      with the same ggml CPU flags as the crate's build. Binaries land in vendor/bin/ (git-ignored).
+#   4. .venv with torch==2.13.0 (libtorch for the hf backend, linked as vendor/libtorch, which
+#      .cargo/config.toml points LIBTORCH at) and transformers (scripts/requirements.txt).
+#   5. The default model exported to a Hugging Face checkpoint (models/SmolLM2-135M-Instruct-hf),
+#      so hf, inproc and api run the same weights; and the transformers parity fixtures
+#      (vendor/parity) the tests compare our architectures against.
 #
 # Environment:
 #   TTFT_CACHE   download/build cache shared between clones (default ~/.cache/ttft)
@@ -123,5 +128,23 @@ else
   } > "$stamp"
   log "installed vendor/bin/llama-server and vendor/bin/llama-bench ($version)"
 fi
+
+# --- 4. Python venv with torch (libtorch) and transformers ---------------------------------------
+VENV="$ROOT/.venv"
+reqs="$ROOT/scripts/requirements.txt"
+reqs_id=$(sha256sum "$reqs" | cut -c1-16)
+if ! [ -x "$VENV/bin/python" ] || ! [ -f "$VENV/.ttft-reqs-$reqs_id" ]; then
+  log "installing torch, transformers into .venv (first time: ~3 GB download)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+  rm -f "$VENV"/.ttft-reqs-*; touch "$VENV/.ttft-reqs-$reqs_id"
+fi
+torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+[ -f "$torch_dir/lib/libtorch.so" ] || die "no libtorch.so under $torch_dir/lib"
+[ "$(readlink "$ROOT/vendor/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$ROOT/vendor/libtorch"
+
+# --- 5. HF export of the default model; transformers parity fixtures -----------------------------
+"$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2
+"$VENV/bin/python" "$ROOT/scripts/make_parity_fixtures.py" "$ROOT/vendor/parity" >&2
 
 log "ready: model $model"

@@ -353,6 +353,10 @@ fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
             s.server_bin.display()
         );
     }
+    #[cfg(feature = "torch")]
+    if s.backends.contains(&BackendKind::Hf) {
+        crate::backend::hf::preflight(&hf_settings(s))?;
+    }
     if let (true, Some(url)) = (s.backends.contains(&BackendKind::Api), &s.api_url) {
         check_api_url(url, Duration::from_secs(5))?;
     }
@@ -365,6 +369,18 @@ fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
     Ok(sets)
 }
 
+#[cfg(feature = "torch")]
+fn hf_settings(s: &Settings) -> crate::backend::hf::HfSettings {
+    crate::backend::hf::HfSettings {
+        model: s.hf_model.clone(),
+        revision: s.hf_revision.clone(),
+        device: s.device.clone(),
+        dtype: s.dtype.clone(),
+        // libtorch gets the same thread count as llama.cpp.
+        threads: s.llama.threads,
+    }
+}
+
 fn open_backend(
     kind: BackendKind,
     s: &Settings,
@@ -374,13 +390,7 @@ fn open_backend(
     match kind {
         #[cfg(feature = "torch")]
         BackendKind::Hf => Ok(Box::new(crate::backend::hf::HfBackend::open(
-            &crate::backend::hf::HfSettings {
-                model: s.hf_model.clone(),
-                revision: s.hf_revision.clone(),
-                device: s.device.clone(),
-                dtype: s.dtype.clone(),
-                threads: s.llama.threads,
-            },
+            &hf_settings(s),
         )?)),
         #[cfg(feature = "llama")]
         BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open(
@@ -434,6 +444,7 @@ pub fn run() -> Result<i32> {
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut backends = Vec::new();
     let mut csv_error = None;
+    let mut open_failed = false;
     for &kind in &settings.backends {
         let mut sink = |r: &RunRecord| {
             if let Err(e) = csv.append(r) {
@@ -446,7 +457,10 @@ pub fn run() -> Result<i32> {
         let rep = match open_backend(kind, &settings, &args, &server_log) {
             Ok(mut b) => runner::run_backend(b.as_mut(), &plan, &mut sink),
             Err(e) => {
-                eprintln!("ttft: {kind}: {e}");
+                // A backend that cannot start is a setup error (exit 2), but its rows are still
+                // written and the other backends' measurements are kept.
+                eprintln!("ttft: error: {kind}: {e}");
+                open_failed = true;
                 runner::run_unopened(kind, &e.to_string(), &plan, &mut sink)
             }
         };
@@ -481,7 +495,13 @@ pub fn run() -> Result<i32> {
     }
     println!("CSV:  {}", csv_path.display());
     println!("JSON: {}", json_path.display());
-    Ok(if report.failures() > 0 { 1 } else { 0 })
+    Ok(if open_failed {
+        2
+    } else if report.failures() > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// Things a reader must know before trusting the table.

@@ -127,9 +127,94 @@ fn unknown_backend_and_unbuilt_hf_are_usage_errors() {
     let o = ttft(&["--backend", "vllm"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(one_error_line(&o).contains("--backend vllm"));
-    let o = ttft(&["--backend", "hf"]);
+}
+
+fn hf_dir_with(files: &[(&str, &Path)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, src) in files {
+        std::fs::copy(src, d.path().join(name)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn hf_bad_checkpoints_are_one_line_and_exit_2() {
+    let fixture = root().join("vendor/parity/llama");
+    let tokenizer = root().join("models/SmolLM2-135M-Instruct-hf/tokenizer.json");
+    let out = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--backend",
+            "hf",
+            "--prompts",
+            "data/short_prompts.txt",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ];
+        let d = dir.display().to_string();
+        let o = out.path().display().to_string();
+        args.extend(["--hf-model", &d, "--out", &o]);
+        args.extend(extra);
+        ttft(&args)
+    };
+
+    let no_config = hf_dir_with(&[("tokenizer.json", &tokenizer)]);
+    let o = run(no_config.path(), &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(one_error_line(&o).contains("not built yet"));
+    assert!(one_error_line(&o).contains("config.json"));
+
+    let no_tok = hf_dir_with(&[
+        ("config.json", &fixture.join("config.json")),
+        ("model.safetensors", &fixture.join("model.safetensors")),
+    ]);
+    let o = run(no_tok.path(), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("tokenizer.json"));
+
+    let unknown = hf_dir_with(&[("tokenizer.json", &tokenizer)]);
+    std::fs::write(
+        unknown.path().join("config.json"),
+        r#"{"model_type": "rwkv"}"#,
+    )
+    .unwrap();
+    let o = run(unknown.path(), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(l.contains("rwkv") && l.contains("supported"), "{l}");
+
+    // Truncated weights fail at load: one line naming the file, rows kept, exit 2.
+    let trunc = hf_dir_with(&[
+        ("tokenizer.json", &tokenizer),
+        ("config.json", &fixture.join("config.json")),
+    ]);
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    std::fs::write(
+        trunc.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 3],
+    )
+    .unwrap();
+    let o = run(trunc.path(), &["--no-progress"]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("model.safetensors") && l.contains("truncated"),
+        "{l}"
+    );
+
+    if !tch::Cuda::is_available() {
+        let o = run(
+            &root().join("models/SmolLM2-135M-Instruct-hf"),
+            &["--device", "cuda"],
+        );
+        assert_eq!(o.status.code(), Some(2));
+        let l = one_error_line(&o);
+        assert!(
+            l.contains("--device cuda") && l.contains("no CUDA device"),
+            "{l}"
+        );
+    }
 }
 
 #[test]
@@ -144,7 +229,7 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
     .unwrap();
     let o = ttft(&[
         "--backend",
-        "inproc,api",
+        "all",
         "--prompts",
         &format!("mini={}", prompts.display()),
         "--runs",
@@ -181,14 +266,14 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         .skip(1)
         .filter(|l| l.starts_with("mini,"))
         .count();
-    assert_eq!(rows, 8, "{csv}");
+    assert_eq!(rows, 12, "{csv}");
     assert!(csv.contains("\"Name a primary colour, \"\"quoted\"\", please.\""));
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(only_file(d.path(), "json")).unwrap())
             .unwrap();
     let runs = json["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 8);
+    assert_eq!(runs.len(), 12);
     assert!(runs
         .iter()
         .all(|r| r["ok"] == true && r["ttft_ms"].as_f64().unwrap() > 0.0));

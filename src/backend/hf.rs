@@ -191,20 +191,35 @@ pub struct HfBackend {
     info: serde_json::Value,
 }
 
+/// The cheap checks, run before anything is timed: device, dtype, the checkpoint folder, its
+/// config.json (and a supported model_type) and tokenizer.json. Returns the folder.
+pub fn preflight(s: &HfSettings) -> Result<(PathBuf, Device, Kind), OpenError> {
+    let device = parse_device(&s.device)?;
+    let kind = parse_dtype(&s.dtype)?;
+    let dir = resolve_model(&s.model, s.revision.as_deref())?;
+    let cfg = models::read_config(&dir).map_err(|e| OpenError::Model(e.to_string()))?;
+    let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    if !models::SUPPORTED.contains(&model_type) {
+        return Err(OpenError::Model(
+            models::ModelError::UnknownArchitecture(model_type.to_string()).to_string(),
+        ));
+    }
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(OpenError::Model(format!(
+            "{}: missing (the hf backend needs the checkpoint's tokenizer.json)",
+            tok_path.display()
+        )));
+    }
+    Ok((dir, device, kind))
+}
+
 impl HfBackend {
     /// Resolve, read and place the checkpoint (timed as load: read + to device + dtype cast).
     pub fn open(s: &HfSettings) -> Result<Self, OpenError> {
-        let device = parse_device(&s.device)?;
-        let kind = parse_dtype(&s.dtype)?;
-        let dir = resolve_model(&s.model, s.revision.as_deref())?;
+        let (dir, device, kind) = preflight(s)?;
         set_threads(s.threads);
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.exists() {
-            return Err(OpenError::Model(format!(
-                "{}: missing (the hf backend needs the checkpoint's tokenizer.json)",
-                tok_path.display()
-            )));
-        }
         let tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| OpenError::Model(format!("{}: {e}", tok_path.display())))?;
         let cfg = models::read_config(&dir).map_err(|e| OpenError::Model(e.to_string()))?;

@@ -379,10 +379,10 @@ impl Decoder {
         let mut x = self.embed.embedding_lookup(ids).unsqueeze(0);
         if let Some(s) = self.embed_scale {
             let s = Tensor::from(s).to_kind(self.kind).to_device(x.device());
-            x = x * s;
+            x *= s;
         }
         if let Some(p) = &self.pos_embed {
-            x = x + p.narrow(0, past, t).unsqueeze(0);
+            x += p.narrow(0, past, t).unsqueeze(0);
         }
         let cs: Vec<(Tensor, Tensor)> = self
             .ropes

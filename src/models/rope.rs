@@ -150,7 +150,7 @@ impl Rope {
                 for x in inv.iter_mut() {
                     let wl = 2.0 * std::f64::consts::PI / *x;
                     let scaled = if wl > lo_wl { *x / f } else { *x };
-                    let medium = !(wl < hi_wl) && !(wl > lo_wl);
+                    let medium = wl >= hi_wl && wl <= lo_wl;
                     *x = if medium {
                         let s = (old / wl - lo) / (hi - lo);
                         (1.0 - s) * scaled / f + s * scaled

@@ -72,8 +72,15 @@ pub fn header() -> String {
 /// One record as a CSV line.
 pub fn row(r: &RunRecord) -> String {
     let m = r.measurement.as_ref();
+    // A one-line preview (line breaks shown as spaces); the full text is in the JSON.
     let preview: String = m
-        .map(|m| m.output.chars().take(PREVIEW_CHARS).collect())
+        .map(|m| {
+            m.output
+                .chars()
+                .take(PREVIEW_CHARS)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        })
         .unwrap_or_default();
     let fields = [
         escape(&r.prompt_type),
@@ -98,7 +105,11 @@ pub fn row(r: &RunRecord) -> String {
         opt(m.map(|m| m.generated_tokens)),
         ms(m.and_then(|m| m.decode_ms_per_token)),
         ms(m.map(|m| m.e2e_ms)),
-        text_cell(m.map(|m| m.first_token.as_str()).unwrap_or("")),
+        // Control characters shown escaped ("\n"), so the first token stays readable on one line.
+        text_cell(
+            &m.map(|m| m.first_token.escape_debug().to_string())
+                .unwrap_or_default(),
+        ),
         escape(&r.flags.join(";")),
     ];
     fields.join(",") + "\n"
@@ -161,7 +172,7 @@ mod tests {
                 ttft_ms: 1234.5,
                 prompt_tokens: Some(7),
                 cache_n: Some(0),
-                output: " Paris, France".into(),
+                output: " Paris, France\n".into(),
                 first_token: " Paris".into(),
                 ..Measurement::default()
             }),
@@ -171,8 +182,9 @@ mod tests {
     #[test]
     fn rows_have_one_field_per_column_and_seed_ttft_semantics() {
         let ok = row(&record(true));
-        assert!(ok
-            .starts_with("short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France\",1.234500,"));
+        assert!(ok.starts_with(
+            "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
+        ));
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -97,8 +97,20 @@ else
     sdist="$CACHE/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
     if ! [ -f "$sdist" ]; then
       log "downloading llama-cpp-python==$SDIST_VERSION source distribution (carries llama.cpp $LLAMA_COMMIT)"
-      "$PY" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d "$CACHE/dl" \
-        "llama-cpp-python==$SDIST_VERSION" 2>/dev/null || true
+      # Straight from PyPI's simple index (JSON form): `pip download` of an sdist would first build
+      # its metadata, which needs the sdist's build backend.
+      "$PY" - "llama_cpp_python-$SDIST_VERSION.tar.gz" "$sdist" <<'PYEOF' || true
+import json, os, sys, urllib.request
+name, dest = sys.argv[1], sys.argv[2]
+index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+req = urllib.request.Request(f"{index}/llama-cpp-python/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req, timeout=60))["files"]
+url = next(f["url"] for f in files if f["filename"] == name)
+with urllib.request.urlopen(url, timeout=600) as r, open(dest + ".part", "wb") as f:
+    while chunk := r.read(1 << 20):
+        f.write(chunk)
+os.replace(dest + ".part", dest)
+PYEOF
       [ -f "$sdist" ] || die "could not download llama-cpp-python==$SDIST_VERSION from PyPI"
     fi
     got=$(sha256sum "$sdist" | cut -d' ' -f1)

@@ -5,10 +5,11 @@
 use crate::backend::api::{ApiBackend, ApiSettings, Endpoint};
 use crate::backend::server::cpu_features;
 use crate::backend::{check_gguf, Backend, BackendKind, LlamaParams, OpenError};
+use crate::bench::interrupt;
 use crate::bench::prompts::{load_prompt_set, split_prompt_arg, PromptSet};
 use crate::bench::runner::{self, Plan, RunRecord};
 use crate::config::{self, LoadedConfig};
-use crate::report::{self, csv::CsvSink, Report};
+use crate::report::{self, csv::CsvSink, jsonl::JsonlSink, Report};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -120,6 +121,19 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// A prompt longer than the context becomes a failed row with the reason instead of an error.
+    #[arg(long)]
+    pub skip_too_long: bool,
+    /// Port for the spawned llama-server on 127.0.0.1 (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub server_port: Option<u16>,
+    /// File holding the API key for --api-url servers that need one. Without it the key comes from
+    /// the environment: TTFT_API_KEY, else OPENAI_API_KEY. Never pass a key as a flag value.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// More output on stderr: -v one line per run, -vv also HTTP details (never the API key).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// Everything a run needs, resolved from defaults, config and flags.
@@ -155,6 +169,14 @@ pub struct Settings {
     pub server_bin: PathBuf,
     /// Output folder.
     pub out: PathBuf,
+    /// Too-long prompts become failed rows instead of an error.
+    pub skip_too_long: bool,
+    /// Fixed port for the spawned server.
+    pub server_port: Option<u16>,
+    /// The API key (redacted when printed or serialised).
+    pub api_key: Option<crate::secret::Secret>,
+    /// Where the key came from ("environment variable TTFT_API_KEY", a file), for the report.
+    pub api_key_source: Option<String>,
     /// The config file used.
     pub config: Option<PathBuf>,
 }
@@ -294,6 +316,10 @@ pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
             .unwrap_or_else(|| "default".into()),
         server_bin: from_cfg(&args.server_bin, &f.server_bin, "vendor/bin/llama-server"),
         out: from_cfg(&args.out, &f.out, "results"),
+        skip_too_long: args.skip_too_long,
+        server_port: args.server_port,
+        api_key: None,
+        api_key_source: None,
         config: cfg.path.clone(),
     })
 }
@@ -332,8 +358,38 @@ fn check_api_url(url: &str, timeout: Duration) -> Result<()> {
     )
 }
 
+/// Prompts that do not fit the context: (set, index) → reason.
+pub type TooLong = std::collections::BTreeMap<(String, usize), String>;
+
+/// Tokenize every prompt with the GGUF's vocabulary (llama.cpp, vocab only: milliseconds) and find
+/// those that cannot fit `ctx_size` with `max_new_tokens`. Also proves llama.cpp can load the GGUF.
+#[cfg(feature = "llama")]
+fn too_long_prompts(s: &Settings, sets: &[PromptSet]) -> Result<TooLong> {
+    let vocab = crate::backend::inproc::VocabOnly::open(&s.llama.gguf)?;
+    let mut out = TooLong::new();
+    for set in sets {
+        for (i, p) in set.prompts.iter().enumerate() {
+            let n = vocab.count_tokens(p)?;
+            if n + s.max_new_tokens > s.llama.ctx_size {
+                let head: String = p.chars().take(40).collect();
+                out.insert(
+                    (set.name.clone(), i),
+                    format!(
+                        "prompt {}#{i} (\"{head}…\" in {}) has {n} tokens + {} new > --ctx-size {}",
+                        set.name,
+                        set.path.display(),
+                        s.max_new_tokens,
+                        s.llama.ctx_size
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Check everything that can be checked before timing: a bad file costs nothing measured.
-fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
+fn validate(s: &Settings) -> Result<(Vec<PromptSet>, TooLong)> {
     for k in &s.backends {
         if !k.is_built() {
             bail!("--backend {k}: {}", k.not_built_reason());
@@ -344,8 +400,24 @@ fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
         sets.push(load_prompt_set(name, path)?);
     }
     let spawn_server = s.backends.contains(&BackendKind::Api) && s.api_url.is_none();
+    #[allow(unused_mut)]
+    let mut too_long = TooLong::new();
     if s.backends.contains(&BackendKind::Inproc) || spawn_server {
         check_gguf(&s.llama.gguf)?;
+        #[cfg(feature = "llama")]
+        {
+            too_long = too_long_prompts(s, &sets)?;
+        }
+        if let (Some(reason), false) = (too_long.values().next(), s.skip_too_long) {
+            bail!("{reason}: raise --ctx-size, shorten the prompt, or pass --skip-too-long");
+        }
+    }
+    if let (true, Some(port)) = (spawn_server, s.server_port) {
+        if !crate::backend::server::port_is_free(port) {
+            bail!(
+                "--server-port {port} is already in use on 127.0.0.1: pick another or leave it out"
+            );
+        }
     }
     if spawn_server && !s.server_bin.exists() {
         bail!(
@@ -366,7 +438,7 @@ fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
     std::fs::write(&probe, b"")
         .with_context(|| format!("--out {}: output folder is not writable", s.out.display()))?;
     let _ = std::fs::remove_file(probe);
-    Ok(sets)
+    Ok((sets, too_long))
 }
 
 #[cfg(feature = "torch")]
@@ -407,6 +479,9 @@ fn open_backend(
                 connect_timeout: Duration::from_secs_f64(args.connect_timeout),
                 first_token_timeout: Duration::from_secs_f64(args.first_token_timeout),
                 total_timeout: Duration::from_secs_f64(args.request_timeout),
+                server_port: s.server_port,
+                api_key: s.api_key.clone(),
+                verbose: args.verbose,
             };
             Ok(Box::new(ApiBackend::open(&s.llama, &api)?))
         }
@@ -423,31 +498,48 @@ pub fn run() -> Result<i32> {
         None => cli.run,
     };
     let cfg = config::load(args.config.as_deref())?;
-    let settings = resolve(&args, &cfg)?;
-    let sets = validate(&settings)?;
+    let mut settings = resolve(&args, &cfg)?;
+    if let Some((key, source)) =
+        crate::secret::api_key(args.api_key_file.as_deref()).map_err(anyhow::Error::msg)?
+    {
+        settings.api_key = Some(key);
+        settings.api_key_source = Some(source);
+    }
+    let (sets, too_long) = validate(&settings)?;
+    interrupt::install();
 
     let started = chrono::Local::now();
     let stamp = started.format("%Y%m%d-%H%M%S").to_string();
     let csv_path = settings.out.join(format!("ttft-{stamp}.csv"));
     let json_path = settings.out.join(format!("ttft-{stamp}.json"));
+    let jsonl_path = settings.out.join(format!("ttft-{stamp}.jsonl"));
     let server_log = settings.out.join(format!("ttft-{stamp}-llama-server.log"));
     let mut csv = CsvSink::create(&csv_path)
         .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let mut jsonl = JsonlSink::create(&jsonl_path)
+        .with_context(|| format!("cannot write {}", jsonl_path.display()))?;
 
     let plan = Plan {
         sets,
         runs: settings.runs,
         warmup: settings.warmup,
         max_new_tokens: settings.max_new_tokens,
-        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        progress: !args.no_progress && args.verbose == 0 && std::io::stderr().is_terminal(),
+        too_long,
+        verbose: args.verbose,
     };
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut backends = Vec::new();
     let mut csv_error = None;
     let mut open_failed = false;
     for &kind in &settings.backends {
+        if interrupt::requested() {
+            break;
+        }
+        // Every finished run goes to disk at once (CSV and JSON lines, flushed), so a crash or a
+        // kill keeps it.
         let mut sink = |r: &RunRecord| {
-            if let Err(e) = csv.append(r) {
+            if let Err(e) = csv.append(r).and_then(|_| jsonl.append(r)) {
                 csv_error.get_or_insert(e);
             }
             runs.push(r.clone());
@@ -495,6 +587,13 @@ pub fn run() -> Result<i32> {
     }
     println!("CSV:  {}", csv_path.display());
     println!("JSON: {}", json_path.display());
+    if interrupt::requested() {
+        eprintln!(
+            "ttft: interrupted: {} runs measured and written; the rest were not run",
+            report.runs.len()
+        );
+        return Ok(interrupt::EXIT_INTERRUPTED);
+    }
     Ok(if open_failed {
         2
     } else if report.failures() > 0 {

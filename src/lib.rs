@@ -9,3 +9,4 @@ pub mod config;
 #[cfg(feature = "torch")]
 pub mod models;
 pub mod report;
+pub mod secret;

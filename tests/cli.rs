@@ -123,7 +123,7 @@ fn missing_server_binary_says_run_setup() {
 }
 
 #[test]
-fn unknown_backend_and_unbuilt_hf_are_usage_errors() {
+fn unknown_backend_is_a_usage_error() {
     let o = ttft(&["--backend", "vllm"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(one_error_line(&o).contains("--backend vllm"));
@@ -311,4 +311,163 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         "{}",
         json["settings"]["warnings"]
     );
+}
+
+/// A copy of the default GGUF whose `general.architecture` value is replaced by a same-length
+/// name llama.cpp does not know (offsets stay valid).
+fn gguf_with_unknown_architecture(dir: &Path) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(gguf()).unwrap();
+    let key = b"general.architecture";
+    let pos = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // value type (u32) + string length (u64) + the string "llama"
+    let value = pos + 4 + 8;
+    assert_eq!(&bytes[value..value + 5], b"llama");
+    bytes[value..value + 5].copy_from_slice(b"zzzzz");
+    let p = dir.join("unknown-arch.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_files_and_settings_exit_2_before_timing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o_arg = out.display().to_string();
+
+    let unknown = gguf_with_unknown_architecture(d.path());
+    let o = ttft(&[
+        "--backend",
+        "inproc",
+        "--gguf",
+        unknown.to_str().unwrap(),
+        "--out",
+        &o_arg,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("unknown-arch.gguf") && l.contains("zzzzz"),
+        "{l}"
+    );
+
+    let trunc = d.path().join("trunc.gguf");
+    let bytes = std::fs::read(gguf()).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--gguf",
+        trunc.to_str().unwrap(),
+        "--out",
+        &o_arg,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("truncated"));
+
+    let latin1 = d.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait\n").unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc",
+        "--prompts",
+        latin1.to_str().unwrap(),
+        "--out",
+        &o_arg,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(l.contains("latin1.txt") && l.contains("not UTF-8"), "{l}");
+
+    let cfg = d.path().join("bad.toml");
+    std::fs::write(&cfg, "runs = 3\nmax_new_tokns = 5\n").unwrap();
+    let o = ttft(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains("bad.toml") && l.contains("line 2") && l.contains("max_new_tokns"),
+        "{l}"
+    );
+    std::fs::write(&cfg, "runs = \"three\"\n").unwrap();
+    let o = ttft(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("line 1"));
+
+    // A path below a regular file cannot be created, even by root.
+    let o = ttft(&[
+        "--backend",
+        "inproc",
+        "--prompts",
+        "data/short_prompts.txt",
+        "--out",
+        "/etc/hostname/results",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_error_line(&o).contains("--out /etc/hostname/results"));
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let o = ttft(&["--backend", "api", "--server-port", &port, "--out", &o_arg]);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    assert!(
+        l.contains(&format!("--server-port {port}")) && l.contains("in use"),
+        "{l}"
+    );
+    assert!(
+        !out.exists()
+            || std::fs::read_dir(&out).unwrap().all(|e| e
+                .unwrap()
+                .path()
+                .extension()
+                .is_none_or(|x| x != "csv")),
+        "nothing may be timed or written when the input is bad"
+    );
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_named_or_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let o_arg = d.path().display().to_string();
+    let args = [
+        "--backend",
+        "inproc,api",
+        "--prompts",
+        "data/long_prompts.txt",
+        "--ctx-size",
+        "400",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        &o_arg,
+    ];
+    let o = ttft(&args);
+    assert_eq!(o.status.code(), Some(2));
+    let l = one_error_line(&o);
+    // long#1 has 498 tokens (long#0, 374 tokens, fits).
+    assert!(
+        l.contains("long#1") && l.contains("498 tokens") && l.contains("--ctx-size 400"),
+        "{l}"
+    );
+
+    let mut skip = args.to_vec();
+    skip.push("--skip-too-long");
+    let o = ttft(&skip);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(only_file(d.path(), "json")).unwrap())
+            .unwrap();
+    for r in json["runs"].as_array().unwrap() {
+        if r["prompt_idx"] == 0 {
+            assert_eq!(r["ok"], true, "{r}");
+        } else {
+            assert!(
+                r["error"].as_str().unwrap().contains("> --ctx-size 400"),
+                "{r}"
+            );
+        }
+    }
 }

@@ -59,6 +59,12 @@ pub struct ApiSettings {
     pub first_token_timeout: Duration,
     /// Whole request, before the run is failed.
     pub total_timeout: Duration,
+    /// Fixed port for the spawned server (None: a free one).
+    pub server_port: Option<u16>,
+    /// Bearer token for servers that need one (redacted in every print).
+    pub api_key: Option<crate::secret::Secret>,
+    /// 0 quiet, 1 a line per request, 2 also response details (never the key).
+    pub verbose: u8,
 }
 
 /// The HTTP backend. Holds its own single-threaded tokio runtime so the benchmark loop stays
@@ -123,6 +129,7 @@ impl ApiBackend {
                     &settings.server_bin,
                     params,
                     &settings.model_alias,
+                    settings.server_port,
                     &settings.server_log,
                     Duration::from_secs(120),
                 )?;
@@ -148,8 +155,7 @@ impl ApiBackend {
         let url = format!("{}{}", self.base, path);
         self.rt.block_on(async {
             let r = self
-                .client
-                .get(&url)
+                .authed(self.client.get(&url))
                 .timeout(self.settings.connect_timeout + Duration::from_secs(10))
                 .send()
                 .await
@@ -217,6 +223,14 @@ impl ApiBackend {
         self.server.as_ref().map(ServerProcess::pid)
     }
 
+    /// Add the Authorization header when a key is configured.
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.api_key {
+            Some(k) => rb.bearer_auth(k.expose()),
+            None => rb,
+        }
+    }
+
     fn request_body(&self, prompt: &str, max_new_tokens: u32) -> Value {
         match self.settings.endpoint {
             Endpoint::Completion => json!({
@@ -248,7 +262,7 @@ impl ApiBackend {
         let url = format!("{}{}", self.base, self.settings.endpoint.path());
         let resp = tokio::time::timeout(
             self.settings.first_token_timeout,
-            self.client.post(&url).json(&body).send(),
+            self.authed(self.client.post(&url).json(&body)).send(),
         )
         .await
         .map_err(|_| {
@@ -260,17 +274,35 @@ impl ApiBackend {
         .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))?;
 
         let status = resp.status();
+        if self.settings.verbose >= 2 {
+            eprintln!(
+                "ttft: api: POST {url} -> HTTP {} ({}) after {:.1} ms",
+                status.as_u16(),
+                resp.headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("no content-type"),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
         if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let msg = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            return Err(RunError::new(format!("HTTP {}: {msg}", status.as_u16())));
+            // Bounded read of the error body; keep the server's own message and type
+            // (llama-server: {"error": {"message": ..., "type": "exceed_context_size_error"}}).
+            let text = read_bounded(resp, 64 * 1024).await;
+            let v = serde_json::from_str::<Value>(&text).ok();
+            let field = |k: &str| {
+                v.as_ref()
+                    .and_then(|v| v.pointer(&format!("/error/{k}")))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let msg = field("message").unwrap_or_else(|| text.chars().take(300).collect());
+            let kind = field("type").map(|t| format!(" {t}")).unwrap_or_default();
+            return Err(RunError::new(format!(
+                "HTTP {}{kind}: {}",
+                status.as_u16(),
+                msg.trim()
+            )));
         }
         let ctype = resp
             .headers()
@@ -293,6 +325,8 @@ impl ApiBackend {
         let mut output = String::new();
         let mut text_events = 0u32;
         let mut timings: Option<Value> = None;
+        // The stream's own end marker: native `"stop": true`, OpenAI `[DONE]` or a finish_reason.
+        let mut completed = false;
         let mut usage: Option<Value> = None;
         let deadline_first = t0 + self.settings.first_token_timeout;
         let deadline_total = t0 + self.settings.total_timeout;
@@ -331,6 +365,7 @@ impl ApiBackend {
                 .map_err(|e| RunError::new(format!("malformed SSE: {e}")))?;
             for ev in events {
                 if ev.is_done() {
+                    completed = true;
                     break 'read;
                 }
                 let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
@@ -361,6 +396,13 @@ impl ApiBackend {
                 if let Some(t) = v.get("timings") {
                     timings = Some(t.clone());
                 }
+                let stop = v.get("stop").and_then(Value::as_bool) == Some(true);
+                let finish = v
+                    .pointer("/choices/0/finish_reason")
+                    .is_some_and(|f| !f.is_null());
+                if stop || finish {
+                    completed = true;
+                }
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     usage = Some(u.clone());
                 }
@@ -377,6 +419,11 @@ impl ApiBackend {
         let Some(t_first) = t_first else {
             return Err(RunError::new("stream ended with no token"));
         };
+        if !completed {
+            return Err(RunError::new(format!(
+                "stream closed after {text_events} tokens without its end marker (server died or connection dropped)"
+            )));
+        }
         let ttft_ms = (t_first - t0).as_secs_f64() * 1e3;
         let num =
             |v: &Option<Value>, k: &str| v.as_ref().and_then(|t| t.get(k)).and_then(Value::as_f64);
@@ -405,6 +452,22 @@ impl ApiBackend {
             ..Measurement::default()
         })
     }
+}
+
+/// Read at most `limit` bytes of a response body as text (an error page can be anything).
+async fn read_bounded(resp: reqwest::Response, limit: usize) -> String {
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+    {
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= limit {
+            buf.truncate(limit);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The token text an event carries, and whether it carries a generated token at all.
@@ -457,8 +520,7 @@ impl Backend for ApiBackend {
         let body = json!({"content": prompt, "add_special": true, "parse_special": true});
         self.rt.block_on(async {
             let r = self
-                .client
-                .post(&url)
+                .authed(self.client.post(&url))
                 .json(&body)
                 .timeout(self.settings.total_timeout)
                 .send()

@@ -18,14 +18,23 @@ use std::num::NonZeroU32;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// Silence llama.cpp's and ggml's own logging: ttft reports errors itself, one line each.
+pub fn quiet_llama_logs() {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        llama_cpp_2::send_logs_to_tracing(
+            llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+        )
+    });
+}
+
 /// llama.cpp's global backend may be initialised once per process.
 fn llama_backend() -> Result<&'static LlamaBackend, OpenError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }
-    // Silence llama.cpp's own logging: ttft reports errors itself, one line each.
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    quiet_llama_logs();
     let b = LlamaBackend::init().map_err(|e| OpenError::Model(format!("llama.cpp init: {e}")))?;
     Ok(BACKEND.get_or_init(|| b))
 }
@@ -39,6 +48,39 @@ pub fn system_info() -> String {
             .to_string_lossy()
             .trim()
             .to_string()
+    }
+}
+
+/// The GGUF's vocabulary alone (llama.cpp `vocab_only`): loads in milliseconds, proves llama.cpp
+/// knows the architecture, and tokenizes prompts before anything is timed.
+pub struct VocabOnly {
+    model: LlamaModel,
+}
+
+impl VocabOnly {
+    /// Load only the vocabulary of `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, OpenError> {
+        let info = super::gguf::inspect(path)?;
+        let backend = llama_backend()?;
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|_| {
+            OpenError::Model(format!(
+                "{}: llama.cpp {} cannot load this GGUF (architecture `{}`): an architecture or \
+                 tokenizer this llama.cpp does not know, or corrupt metadata",
+                path.display(),
+                &super::LLAMA_CPP_COMMIT[..7],
+                info.architecture.as_deref().unwrap_or("?")
+            ))
+        })?;
+        Ok(Self { model })
+    }
+
+    /// Tokens llama.cpp evaluates for `prompt` (BOS as the GGUF says).
+    pub fn count_tokens(&self, prompt: &str) -> Result<u32, RunError> {
+        self.model
+            .str_to_token(prompt, AddBos::Always)
+            .map(|t| t.len() as u32)
+            .map_err(|e| RunError::new(format!("tokenize: {e}")))
     }
 }
 

@@ -6,6 +6,8 @@
 //! (tokenize, prefill, sample, detokenize; or serialise, send, wait, parse) is inside the clock.
 
 pub mod api;
+#[cfg(feature = "llama")]
+pub mod gguf;
 #[cfg(feature = "torch")]
 pub mod hf;
 #[cfg(feature = "llama")]
@@ -164,9 +166,17 @@ pub trait Backend {
 /// builds llama-server from the identical commit. Changing the crate pin means changing this.
 pub const LLAMA_CPP_COMMIT: &str = "9e3b928fd8c9d14dbf15a8768b9fdd7e5c721d66";
 
-/// Check that `path` exists and starts with the GGUF magic, so a wrong file fails with a clear
-/// message instead of a llama.cpp abort or a silent null model.
+/// Check that `path` exists, starts with the GGUF magic and (with llama.cpp linked) that its header
+/// parses and the file holds every tensor it describes, so a wrong or truncated file fails with a
+/// clear message instead of a llama.cpp abort.
 pub fn check_gguf(path: &std::path::Path) -> Result<(), OpenError> {
+    check_gguf_magic(path)?;
+    #[cfg(feature = "llama")]
+    gguf::inspect(path)?;
+    Ok(())
+}
+
+fn check_gguf_magic(path: &std::path::Path) -> Result<(), OpenError> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| {
         OpenError::Model(format!(

@@ -32,6 +32,11 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Whether `port` can be bound on 127.0.0.1 right now (checked before timing for `--server-port`).
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
 /// The server's arguments for `params`: each llama.cpp knob is set explicitly rather than left to
 /// defaults that differ between the server and the library.
 pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> {
@@ -72,6 +77,7 @@ impl ServerProcess {
         bin: &Path,
         params: &LlamaParams,
         alias: &str,
+        port: Option<u16>,
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, OpenError> {
@@ -84,11 +90,11 @@ impl ServerProcess {
         // A port can be taken between our probe and the server's bind: try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_spawn(bin, params, alias, log_path, timeout) {
+            match Self::try_spawn(bin, params, alias, port, log_path, timeout) {
                 Ok(s) => return Ok(s),
                 Err((e, retry)) => {
                     last_err = Some(e);
-                    if !retry {
+                    if !retry || port.is_some() {
                         break;
                     }
                 }
@@ -101,11 +107,16 @@ impl ServerProcess {
         bin: &Path,
         params: &LlamaParams,
         alias: &str,
+        port: Option<u16>,
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, (OpenError, bool)> {
-        let port =
-            free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?;
+        let port = match port {
+            Some(p) => p,
+            None => {
+                free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?
+            }
+        };
         let args = server_args(params, alias, port);
         let log = std::fs::File::create(log_path).map_err(|e| {
             (
@@ -142,6 +153,7 @@ impl ServerProcess {
                 false,
             )
         })?;
+        crate::bench::interrupt::set_server_pid(child.id());
         let mut server = ServerProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -188,6 +200,7 @@ impl ServerProcess {
 
     /// Stop the server: SIGTERM, then SIGKILL if it has not exited within two seconds.
     pub fn stop(&mut self) {
+        crate::bench::interrupt::set_server_pid(0);
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }

@@ -8,6 +8,7 @@
 //!
 //! Backends run one after another, never concurrently, so they do not compete for the cores.
 
+use super::interrupt;
 use super::prompts::PromptSet;
 use crate::backend::{Backend, BackendKind, Measurement};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,6 +59,10 @@ pub struct Plan {
     pub max_new_tokens: u32,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// Prompts that do not fit the context (`--skip-too-long`): failed rows, never timed.
+    pub too_long: std::collections::BTreeMap<(String, usize), String>,
+    /// 1: a line per run on stderr.
+    pub verbose: u8,
 }
 
 /// Per-backend facts gathered outside the timed runs.
@@ -87,15 +92,26 @@ pub fn run_backend(
         let counts = set
             .prompts
             .iter()
-            .map(|p| backend.count_tokens(p).ok())
+            .map(|p| {
+                if interrupt::requested() {
+                    None
+                } else {
+                    backend.count_tokens(p).ok()
+                }
+            })
             .collect::<Vec<_>>();
         token_counts.insert(set.name.clone(), counts);
     }
 
     for set in &plan.sets {
         let bar = progress_bar(plan, kind, set);
-        if let Some(first) = set.prompts.first() {
+        let first_fit =
+            (0..set.prompts.len()).find(|i| !plan.too_long.contains_key(&(set.name.clone(), *i)));
+        if let Some(first) = first_fit.map(|i| &set.prompts[i]) {
             for _ in 0..plan.warmup {
+                if interrupt::requested() {
+                    break;
+                }
                 // Warm-ups are never recorded; a failing warm-up shows up in the timed runs anyway.
                 let _ = backend.measure(first, plan.max_new_tokens);
             }
@@ -103,6 +119,15 @@ pub fn run_backend(
         let counts = &token_counts[&set.name];
         for (idx, prompt) in set.prompts.iter().enumerate() {
             for run_idx in 0..plan.runs {
+                if interrupt::requested() {
+                    bar.abandon();
+                    return report(backend, token_counts);
+                }
+                if let Some(reason) = plan.too_long.get(&(set.name.clone(), idx)) {
+                    sink(&failed_record(set, idx, run_idx, kind, reason.clone()));
+                    bar.inc(1);
+                    continue;
+                }
                 let rec = match backend.measure(prompt, plan.max_new_tokens) {
                     Ok(m) => {
                         let flags = row_flags(&m, counts[idx]);
@@ -120,14 +145,36 @@ pub fn run_backend(
                     }
                     Err(e) => failed_record(set, idx, run_idx, kind, e.to_string()),
                 };
+                if plan.verbose >= 1 {
+                    match (&rec.measurement, &rec.error) {
+                        (Some(m), _) => eprintln!(
+                            "ttft: {kind} {}#{idx} run {run_idx}: ttft {:.2} ms, {} prompt tokens",
+                            set.name,
+                            m.ttft_ms,
+                            m.prompt_tokens.map_or("?".into(), |n| n.to_string())
+                        ),
+                        (None, e) => eprintln!(
+                            "ttft: {kind} {}#{idx} run {run_idx}: failed: {}",
+                            set.name,
+                            e.as_deref().unwrap_or("?")
+                        ),
+                    }
+                }
                 sink(&rec);
                 bar.inc(1);
             }
         }
         bar.finish();
     }
+    report(backend, token_counts)
+}
+
+fn report(
+    backend: &dyn Backend,
+    token_counts: BTreeMap<String, Vec<Option<u32>>>,
+) -> BackendReport {
     BackendReport {
-        name: kind,
+        name: backend.kind(),
         load_ms: Some(backend.load_ms()),
         open_error: None,
         info: backend.info(),

@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod env;
 pub mod json;
+pub mod jsonl;
 pub mod table;
 
 use crate::backend::BackendKind;

@@ -1,6 +1,9 @@
 //! Shared by the integration tests: where the real model and the real llama-server are, and how to
-//! run the real binary. Nothing here fakes a component; a missing piece fails with the fix.
+//! run the real binary. Nothing here fakes a component, except `fault_server`, which exists only
+//! to inject faults no real server produces on demand. A missing piece fails with the fix.
 #![allow(dead_code)]
+
+pub mod fault_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -65,6 +68,9 @@ pub fn api_settings(
         connect_timeout: Duration::from_secs(5),
         first_token_timeout: Duration::from_secs(120),
         total_timeout: Duration::from_secs(300),
+        server_port: None,
+        api_key: None,
+        verbose: 0,
     }
 }
 

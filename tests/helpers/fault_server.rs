@@ -1,0 +1,223 @@
+//! A deliberately misbehaving llama.cpp-like HTTP server on 127.0.0.1, for fault injection only:
+//! no real component produces these faults on demand. Prompts without "FAULT" get a correct
+//! stream (so the other runs of a benchmark must still succeed); prompts with "FAULT" get the fault.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server does to a "FAULT" prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Stops listening after the first completion request: later connections are refused.
+    StopListening,
+    /// HTTP 500 with a JSON error message.
+    Http500,
+    /// llama-server's answer to an over-long prompt: HTTP 400, plain JSON, even with stream=true.
+    ContextTooLong,
+    /// Two tokens, then the connection closes without the final event.
+    CloseMidStream,
+    /// A data line that is not JSON.
+    MalformedData,
+    /// Only the final event: no token at all.
+    NoToken,
+    /// An error object inside the stream.
+    ErrorEvent,
+    /// Token text bytes that are not UTF-8.
+    InvalidUtf8,
+    /// One SSE line of 4 MiB without a newline.
+    HugeLine,
+    /// HTTP 200 with a JSON body instead of an event stream.
+    NotEventStream,
+    /// Headers at once, then nothing for 3 seconds.
+    SlowFirstToken,
+}
+
+/// The running fake server; stops when dropped.
+pub struct FaultServer {
+    /// Base URL.
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    /// Every request's header block, for assertions (e.g. the Authorization header was sent).
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+fn event(s: &mut TcpStream, json: &str) -> std::io::Result<()> {
+    s.write_all(format!("data: {json}\n\n").as_bytes())?;
+    s.flush()
+}
+
+fn token(text: &str) -> String {
+    format!(
+        r#"{{"content":{},"tokens":[1],"stop":false}}"#,
+        serde_json::to_string(text).unwrap()
+    )
+}
+
+const FINAL: &str = r#"{"content":"","tokens":[],"stop":true,"timings":{"cache_n":0,"prompt_n":3,"prompt_ms":1.5,"predicted_n":3,"predicted_ms":3.0}}"#;
+
+fn stream_head(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+}
+
+fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
+    s.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+fn good_stream(s: &mut TcpStream) -> std::io::Result<()> {
+    stream_head(s)?;
+    for t in [" ok", " fine", "."] {
+        event(s, &token(t))?;
+    }
+    event(s, FINAL)
+}
+
+fn fault(s: &mut TcpStream, f: Fault) -> std::io::Result<()> {
+    match f {
+        Fault::StopListening => good_stream(s),
+        Fault::Http500 => respond(
+            s,
+            "500 Internal Server Error",
+            "application/json",
+            r#"{"error":{"code":500,"message":"model crashed while decoding","type":"server_error"}}"#,
+        ),
+        Fault::ContextTooLong => respond(
+            s,
+            "400 Bad Request",
+            "application/json",
+            r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":2048}}"#,
+        ),
+        Fault::CloseMidStream => {
+            stream_head(s)?;
+            event(s, &token(" half"))?;
+            event(s, &token(" way"))
+        }
+        Fault::MalformedData => {
+            stream_head(s)?;
+            event(s, &token(" a"))?;
+            event(s, "{this is not json")?;
+            event(s, FINAL)
+        }
+        Fault::NoToken => {
+            stream_head(s)?;
+            event(s, FINAL)
+        }
+        Fault::ErrorEvent => {
+            stream_head(s)?;
+            event(
+                s,
+                r#"{"error":{"code":500,"message":"slot crashed mid-generation","type":"server_error"}}"#,
+            )
+        }
+        Fault::InvalidUtf8 => {
+            stream_head(s)?;
+            s.write_all(b"data: {\"content\":\"\xff\xfe\",\"stop\":false}\n\n")?;
+            event(s, FINAL)
+        }
+        Fault::HugeLine => {
+            stream_head(s)?;
+            s.write_all(b"data: ")?;
+            let chunk = vec![b'a'; 64 * 1024];
+            for _ in 0..64 {
+                s.write_all(&chunk)?;
+            }
+            Ok(())
+        }
+        Fault::NotEventStream => respond(
+            s,
+            "200 OK",
+            "application/json",
+            r#"{"content":" ok","stop":true}"#,
+        ),
+        Fault::SlowFirstToken => {
+            stream_head(s)?;
+            s.flush()?;
+            std::thread::sleep(Duration::from_secs(3));
+            event(s, &token(" late"))?;
+            event(s, FINAL)
+        }
+    }
+}
+
+/// Read one request: the header block and the body (Content-Length).
+fn read_request(s: &TcpStream) -> Option<(String, String)> {
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+impl FaultServer {
+    /// Start serving `f` on a free loopback port.
+    pub fn start(f: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut s) = conn else { continue };
+                let Some((head, body)) = read_request(&s) else {
+                    continue;
+                };
+                requests2.lock().unwrap().push(head.clone());
+                let first = head.lines().next().unwrap_or("").to_string();
+                let is_completion = first.starts_with("POST /completion");
+                if is_completion && body.contains("FAULT") {
+                    let _ = fault(&mut s, f);
+                } else if is_completion {
+                    let _ = good_stream(&mut s);
+                } else {
+                    let _ = respond(&mut s, "404 Not Found", "text/plain", "not here");
+                }
+                drop(s);
+                if is_completion && f == Fault::StopListening {
+                    break; // the listener is dropped: connections are refused from now on
+                }
+            }
+        });
+        FaultServer {
+            url,
+            stop,
+            requests,
+        }
+    }
+}

@@ -6,6 +6,7 @@ use crate::backend::api::{ApiBackend, ApiSettings, Endpoint};
 use crate::backend::server::cpu_features;
 use crate::backend::{check_gguf, Backend, BackendKind, LlamaParams, OpenError};
 use crate::bench::interrupt;
+use crate::bench::parity::{self, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, split_prompt_arg, PromptSet};
 use crate::bench::runner::{self, Plan, RunRecord};
 use crate::config::{self, LoadedConfig};
@@ -42,7 +43,45 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the benchmark (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Compare two JSON reports case by case (prompt set × backend): change of the median TTFT and
+    /// Welch's t-test on the runs. Exits 1 when a case got significantly slower by more than the
+    /// threshold, 0 otherwise.
+    Compare {
+        /// The baseline report.
+        old: PathBuf,
+        /// The new report.
+        new: PathBuf,
+        /// Smallest change of the median, percent, that counts as a regression.
+        #[arg(long, default_value_t = 5.0)]
+        threshold: f64,
+        /// Significance level of the t-test.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+    },
+}
+
+fn compare_cmd(old: &Path, new: &Path, threshold: f64, alpha: f64) -> Result<i32> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
+    };
+    let changes = report::compare::compare(&read(old)?, &read(new)?, threshold, alpha)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if changes.is_empty() {
+        bail!(
+            "{} and {} have no case (prompt set × backend) in common",
+            old.display(),
+            new.display()
+        );
+    }
+    print!("{}", report::compare::render(&changes));
+    let slower = changes.iter().filter(|c| c.verdict == "slower").count();
+    if slower > 0 {
+        println!("{slower} case(s) regressed by more than {threshold}% (p < {alpha})");
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 /// Flags of `ttft run`; every one overrides the `ttft.toml` key of the same name.
@@ -131,6 +170,24 @@ pub struct RunArgs {
     /// the environment: TTFT_API_KEY, else OPENAI_API_KEY. Never pass a key as a flag value.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Exact-length synthetic prompts instead of prompt files: for each N, prompts of exactly N
+    /// tokens in every selected backend's tokenizer, a different text for every run; the report
+    /// then fits TTFT ≈ a + b·n per backend.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub prompt_tokens: Vec<u32>,
+    /// Seed of the synthetic prompts (the same seed gives the same texts).
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Fail (exit 2) before timing when backends tokenize any prompt differently.
+    #[arg(long)]
+    pub strict_parity: bool,
+    /// Show the TTFT parts (tokenize, prefill, first sample, detokenize; server prompt time and
+    /// HTTP overhead) and decode metrics in the table.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Also write the summary as a Markdown table to FILE (for pull requests).
+    #[arg(long, value_name = "FILE")]
+    pub export_markdown: Option<PathBuf>,
     /// More output on stderr: -v one line per run, -vv also HTTP details (never the API key).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -358,18 +415,107 @@ fn check_api_url(url: &str, timeout: Duration) -> Result<()> {
     )
 }
 
+/// One tokenizer per selected backend, cheap to load (no weights): the HF tokenizer.json, the GGUF
+/// vocabulary through llama.cpp (inproc, and the spawned server, which loads the same file with the
+/// same llama.cpp), and an external server's `/tokenize`.
+fn build_tokenizers(s: &Settings, args: &RunArgs) -> Result<Vec<Tokenizer>> {
+    #[allow(unused_mut)]
+    let mut out = Vec::new();
+    #[cfg(feature = "torch")]
+    if s.backends.contains(&BackendKind::Hf) {
+        let (dir, _, _) = crate::backend::hf::preflight(&hf_settings(s))?;
+        let path = dir.join("tokenizer.json");
+        let tok = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let bos = crate::backend::hf::bos_id(&dir, &tok);
+        out.push(Tokenizer::new(
+            BackendKind::Hf,
+            path.display().to_string(),
+            bos,
+            move |t| {
+                tok.encode(t, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| e.to_string())
+            },
+        ));
+    }
+    let spawn = s.backends.contains(&BackendKind::Api) && s.api_url.is_none();
+    #[cfg(feature = "llama")]
+    if s.backends.contains(&BackendKind::Inproc) || spawn {
+        let vocab = std::rc::Rc::new(crate::backend::inproc::VocabOnly::open(&s.llama.gguf)?);
+        for kind in [BackendKind::Inproc, BackendKind::Api] {
+            if s.backends.contains(&kind) && (kind == BackendKind::Inproc || spawn) {
+                let v = vocab.clone();
+                let source = format!("GGUF vocabulary of {} (llama.cpp)", s.llama.gguf.display());
+                out.push(Tokenizer::new(kind, source, Some(vocab.bos()), move |t| {
+                    v.token_ids(t).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
+    if let (true, Some(url)) = (s.backends.contains(&BackendKind::Api), &s.api_url) {
+        let api = api_settings(s, args, Path::new("/dev/null"));
+        if let Ok(mut b) = ApiBackend::open(&s.llama, &api) {
+            // Servers without llama.cpp's /tokenize (plain OpenAI-compatible ones) are not checked.
+            if b.token_ids("probe").is_ok() {
+                let b = std::cell::RefCell::new(b);
+                out.push(Tokenizer::new(
+                    BackendKind::Api,
+                    format!("{url}/tokenize"),
+                    None,
+                    move |t| b.borrow_mut().token_ids(t).map_err(|e| e.to_string()),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Synthetic prompt sets for `--prompt-tokens`: per length N, `runs` different texts of exactly N
+/// tokens (each timed once) plus one more for the warm-up.
+fn synthetic_sets(
+    lengths: &[u32],
+    runs: u32,
+    seed: u64,
+    toks: &mut [Tokenizer],
+) -> Result<Vec<PromptSet>> {
+    let mut sets = Vec::new();
+    for &n in lengths {
+        let mut prompts = Vec::new();
+        for r in 0..=runs {
+            let s = seed ^ (u64::from(n) << 32) ^ u64::from(r);
+            prompts.push(
+                crate::bench::synthetic::exact_prompt(n, s, toks)
+                    .map_err(|e| anyhow::anyhow!("--prompt-tokens {n}: {e}"))?,
+            );
+        }
+        let warmup = prompts.pop();
+        sets.push(PromptSet {
+            name: format!("n{n}"),
+            path: PathBuf::from(format!("(synthetic, exactly {n} tokens, seed {seed})")),
+            prompts,
+            repeat: Some(1),
+            warmup,
+        });
+    }
+    Ok(sets)
+}
+
 /// Prompts that do not fit the context: (set, index) → reason.
 pub type TooLong = std::collections::BTreeMap<(String, usize), String>;
 
-/// Tokenize every prompt with the GGUF's vocabulary (llama.cpp, vocab only: milliseconds) and find
-/// those that cannot fit `ctx_size` with `max_new_tokens`. Also proves llama.cpp can load the GGUF.
-#[cfg(feature = "llama")]
-fn too_long_prompts(s: &Settings, sets: &[PromptSet]) -> Result<TooLong> {
-    let vocab = crate::backend::inproc::VocabOnly::open(&s.llama.gguf)?;
+/// Find the prompts that cannot fit `ctx_size` with `max_new_tokens`, counted by the llama.cpp
+/// tokenizer (the GGUF vocabulary) when inproc or a spawned server is selected.
+fn too_long_prompts(s: &Settings, sets: &[PromptSet], toks: &mut [Tokenizer]) -> Result<TooLong> {
     let mut out = TooLong::new();
+    let Some(vocab) = toks.iter_mut().find(|t| {
+        t.backend == BackendKind::Inproc || (t.backend == BackendKind::Api && s.api_url.is_none())
+    }) else {
+        return Ok(out);
+    };
     for set in sets {
         for (i, p) in set.prompts.iter().enumerate() {
-            let n = vocab.count_tokens(p)?;
+            let n = vocab.encode(p).map_err(anyhow::Error::msg)?.len() as u32;
             if n + s.max_new_tokens > s.llama.ctx_size {
                 let head: String = p.chars().take(40).collect();
                 out.insert(
@@ -389,7 +535,7 @@ fn too_long_prompts(s: &Settings, sets: &[PromptSet]) -> Result<TooLong> {
 }
 
 /// Check everything that can be checked before timing: a bad file costs nothing measured.
-fn validate(s: &Settings) -> Result<(Vec<PromptSet>, TooLong)> {
+fn validate(s: &Settings) -> Result<Vec<PromptSet>> {
     for k in &s.backends {
         if !k.is_built() {
             bail!("--backend {k}: {}", k.not_built_reason());
@@ -400,17 +546,8 @@ fn validate(s: &Settings) -> Result<(Vec<PromptSet>, TooLong)> {
         sets.push(load_prompt_set(name, path)?);
     }
     let spawn_server = s.backends.contains(&BackendKind::Api) && s.api_url.is_none();
-    #[allow(unused_mut)]
-    let mut too_long = TooLong::new();
     if s.backends.contains(&BackendKind::Inproc) || spawn_server {
         check_gguf(&s.llama.gguf)?;
-        #[cfg(feature = "llama")]
-        {
-            too_long = too_long_prompts(s, &sets)?;
-        }
-        if let (Some(reason), false) = (too_long.values().next(), s.skip_too_long) {
-            bail!("{reason}: raise --ctx-size, shorten the prompt, or pass --skip-too-long");
-        }
     }
     if let (true, Some(port)) = (spawn_server, s.server_port) {
         if !crate::backend::server::port_is_free(port) {
@@ -438,7 +575,7 @@ fn validate(s: &Settings) -> Result<(Vec<PromptSet>, TooLong)> {
     std::fs::write(&probe, b"")
         .with_context(|| format!("--out {}: output folder is not writable", s.out.display()))?;
     let _ = std::fs::remove_file(probe);
-    Ok((sets, too_long))
+    Ok(sets)
 }
 
 #[cfg(feature = "torch")]
@@ -450,6 +587,23 @@ fn hf_settings(s: &Settings) -> crate::backend::hf::HfSettings {
         dtype: s.dtype.clone(),
         // libtorch gets the same thread count as llama.cpp.
         threads: s.llama.threads,
+    }
+}
+
+fn api_settings(s: &Settings, args: &RunArgs, server_log: &Path) -> ApiSettings {
+    ApiSettings {
+        url: s.api_url.clone(),
+        endpoint: s.api_endpoint,
+        model_alias: s.model_alias.clone(),
+        server_bin: s.server_bin.clone(),
+        server_log: server_log.to_path_buf(),
+        allow_commit_mismatch: args.allow_commit_mismatch,
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        first_token_timeout: Duration::from_secs_f64(args.first_token_timeout),
+        total_timeout: Duration::from_secs_f64(args.request_timeout),
+        server_port: s.server_port,
+        api_key: s.api_key.clone(),
+        verbose: args.verbose,
     }
 }
 
@@ -468,23 +622,10 @@ fn open_backend(
         BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open(
             &s.llama,
         )?)),
-        BackendKind::Api => {
-            let api = ApiSettings {
-                url: s.api_url.clone(),
-                endpoint: s.api_endpoint,
-                model_alias: s.model_alias.clone(),
-                server_bin: s.server_bin.clone(),
-                server_log: server_log.to_path_buf(),
-                allow_commit_mismatch: args.allow_commit_mismatch,
-                connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-                first_token_timeout: Duration::from_secs_f64(args.first_token_timeout),
-                total_timeout: Duration::from_secs_f64(args.request_timeout),
-                server_port: s.server_port,
-                api_key: s.api_key.clone(),
-                verbose: args.verbose,
-            };
-            Ok(Box::new(ApiBackend::open(&s.llama, &api)?))
-        }
+        BackendKind::Api => Ok(Box::new(ApiBackend::open(
+            &s.llama,
+            &api_settings(s, args, server_log),
+        )?)),
         #[allow(unreachable_patterns)] // reachable in builds without some backend features
         other => Err(OpenError::NotBuilt(other.not_built_reason().to_string())),
     }
@@ -494,7 +635,13 @@ fn open_backend(
 pub fn run() -> Result<i32> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(a)) => a,
+        Some(Command::Run(a)) => *a,
+        Some(Command::Compare {
+            old,
+            new,
+            threshold,
+            alpha,
+        }) => return compare_cmd(&old, &new, threshold, alpha),
         None => cli.run,
     };
     let cfg = config::load(args.config.as_deref())?;
@@ -505,7 +652,21 @@ pub fn run() -> Result<i32> {
         settings.api_key = Some(key);
         settings.api_key_source = Some(source);
     }
-    let (sets, too_long) = validate(&settings)?;
+    let mut sets = validate(&settings)?;
+    let mut toks = build_tokenizers(&settings, &args)?;
+    if !args.prompt_tokens.is_empty() {
+        sets = synthetic_sets(&args.prompt_tokens, settings.runs, args.seed, &mut toks)?;
+    }
+    let parity = parity::gate(&mut toks, &sets);
+    println!("{}", parity.summary());
+    if args.strict_parity && !parity.problems().is_empty() {
+        bail!("--strict-parity: the backends would not evaluate the same tokens (see above)");
+    }
+    let too_long = too_long_prompts(&settings, &sets, &mut toks)?;
+    if let (Some(reason), false) = (too_long.values().next(), settings.skip_too_long) {
+        bail!("{reason}: raise --ctx-size, shorten the prompt, or pass --skip-too-long");
+    }
+    drop(toks);
     interrupt::install();
 
     let started = chrono::Local::now();
@@ -546,6 +707,7 @@ pub fn run() -> Result<i32> {
         };
         // The backend lives only inside this block: the model is unloaded / the server stopped
         // before the next backend starts, so they never compete for cores or memory.
+        report::env::reset_peak_rss();
         let rep = match open_backend(kind, &settings, &args, &server_log) {
             Ok(mut b) => runner::run_backend(b.as_mut(), &plan, &mut sink),
             Err(e) => {
@@ -564,8 +726,10 @@ pub fn run() -> Result<i32> {
         backends,
         runs,
         token_disagreements,
+        parity,
     };
     let warnings = warnings(&report);
+    let first_token_mismatch = report.first_token_agreement().iter().any(|a| !a.agree);
     let env = report::env::collect(
         settings.llama.threads,
         Some(&cfg.resolve(Path::new("vendor/llama-build.json"))),
@@ -578,7 +742,8 @@ pub fn run() -> Result<i32> {
     )
     .with_context(|| format!("cannot write {}", json_path.display()))?;
 
-    print!("{}", report::table::render(&report));
+    print!("{}", report::table::render(&report, args.breakdown));
+    print!("{}", report::table::render_fits(&report));
     for w in &warnings {
         eprintln!("ttft: warning: {w}");
     }
@@ -587,12 +752,47 @@ pub fn run() -> Result<i32> {
     }
     println!("CSV:  {}", csv_path.display());
     println!("JSON: {}", json_path.display());
+    let mut plots = Vec::new();
+    if let Some(svg) = report::plot::ttft_vs_tokens(&report) {
+        plots.push((settings.out.join(format!("ttft-{stamp}-vs-tokens")), svg));
+    }
+    for (set, svg) in report::plot::bars_per_set(&report) {
+        let safe: String = set
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        plots.push((settings.out.join(format!("ttft-{stamp}-bars-{safe}")), svg));
+    }
+    for (base, svg) in plots {
+        let svg_path = base.with_extension("svg");
+        std::fs::write(&svg_path, &svg)
+            .with_context(|| format!("cannot write {}", svg_path.display()))?;
+        let png_path = base.with_extension("png");
+        match report::plot::svg_to_png(&svg) {
+            Ok(png) => std::fs::write(&png_path, png)
+                .with_context(|| format!("cannot write {}", png_path.display()))?,
+            Err(e) => eprintln!(
+                "ttft: warning: PNG of {} not written: {e}",
+                svg_path.display()
+            ),
+        }
+        println!("Plot: {} (+ .png)", svg_path.display());
+    }
+    if let Some(md) = &args.export_markdown {
+        std::fs::write(md, report::markdown::render(&report, args.breakdown))
+            .with_context(|| format!("--export-markdown {}: cannot write", md.display()))?;
+        println!("Markdown: {}", md.display());
+    }
     if interrupt::requested() {
         eprintln!(
             "ttft: interrupted: {} runs measured and written; the rest were not run",
             report.runs.len()
         );
         return Ok(interrupt::EXIT_INTERRUPTED);
+    }
+    if args.strict_parity && first_token_mismatch {
+        eprintln!("ttft: error: --strict-parity: the backends' greedy first tokens differ (see the warnings)");
+        return Ok(2);
     }
     Ok(if open_failed {
         2
@@ -606,6 +806,47 @@ pub fn run() -> Result<i32> {
 /// Things a reader must know before trusting the table.
 fn warnings(report: &Report) -> Vec<String> {
     let mut w = Vec::new();
+    for p in report.parity.problems() {
+        let counts: Vec<String> = p.counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        w.push(format!(
+            "prompt {}#{}: token ids differ between backends ({}){}",
+            p.prompt_type,
+            p.prompt_idx,
+            counts.join(", "),
+            if p.doubled_bos.is_empty() {
+                String::new()
+            } else {
+                ", doubled BOS".into()
+            }
+        ));
+    }
+    for a in report.first_token_agreement().iter().filter(|a| !a.agree) {
+        let t: Vec<String> = a
+            .first_tokens
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        w.push(format!(
+            "prompt {}#{}: greedy first tokens differ ({})",
+            a.prompt_type,
+            a.prompt_idx,
+            t.join(", ")
+        ));
+    }
+    for s in report.summaries() {
+        if !s.outliers.is_empty() {
+            w.push(format!(
+                "{} {}: {} statistical outlier(s) among {} runs (median/MAD); consider more --runs or a quieter machine",
+                s.runner, s.prompt_type, s.outliers.len(), s.ttft.ok
+            ));
+        }
+        if s.first_run_much_slower {
+            w.push(format!(
+                "{} {}: the first timed run was much slower than the rest; consider more --warmup",
+                s.runner, s.prompt_type
+            ));
+        }
+    }
     for (set, idx, counts) in &report.token_disagreements {
         let c: Vec<String> = counts
             .iter()

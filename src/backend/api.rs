@@ -322,6 +322,7 @@ impl ApiBackend {
         let mut t_first: Option<Instant> = None;
         let mut t_last = t0;
         let mut first = String::new();
+        let mut itl = Vec::new();
         let mut output = String::new();
         let mut text_events = 0u32;
         let mut timings: Option<Value> = None;
@@ -388,6 +389,8 @@ impl ApiBackend {
                     if t_first.is_none() {
                         t_first = Some(now);
                         first = text.to_string();
+                    } else {
+                        itl.push((now - t_last).as_secs_f64() * 1e3);
                     }
                     t_last = now;
                     text_events += 1;
@@ -444,6 +447,7 @@ impl ApiBackend {
             cache_n,
             api_overhead_ms: server_prompt_ms.map(|p| ttft_ms - p),
             generated_tokens: generated,
+            itl_ms: itl,
             decode_ms_per_token: (text_events > 1)
                 .then(|| (t_last - t_first).as_secs_f64() * 1e3 / f64::from(text_events - 1)),
             e2e_ms: (Instant::now() - t0).as_secs_f64() * 1e3,
@@ -511,10 +515,14 @@ impl Backend for ApiBackend {
     }
 
     fn info(&self) -> Value {
-        self.info.clone()
+        let mut v = self.info.clone();
+        if let Some(pid) = self.server_pid() {
+            v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
+        }
+        v
     }
 
-    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
         let url = format!("{}/tokenize", self.base);
         // add_special: BOS exactly as a completion request's prompt gets it.
         let body = json!({"content": prompt, "add_special": true, "parse_special": true});
@@ -538,7 +546,12 @@ impl Backend for ApiBackend {
                 .map_err(|e| RunError::new(format!("/tokenize: {}", error_chain(&e))))?;
             v.get("tokens")
                 .and_then(Value::as_array)
-                .map(|a| a.len() as u32)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .ok_or_else(|| RunError::new("/tokenize: no tokens array"))
         })
     }

@@ -163,6 +163,28 @@ pub fn libtorch_version() -> Option<String> {
         .map(|v| v.trim_matches(['\'', '"']).to_string())
 }
 
+/// The BOS id: tokenizer_config.json's `bos_token` (a string or {content}), else config.json's
+/// `bos_token_id`.
+pub fn bos_id(dir: &Path, tok: &Tokenizer) -> Option<u32> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    let from_tok = read("tokenizer_config.json").and_then(|c| {
+        let b = c.get("bos_token")?;
+        let s = b
+            .as_str()
+            .or_else(|| b.get("content").and_then(|x| x.as_str()))?;
+        tok.token_to_id(s)
+    });
+    from_tok.or_else(|| {
+        read("config.json")
+            .and_then(|c| c.get("bos_token_id").and_then(|x| x.as_u64()))
+            .map(|x| x as u32)
+    })
+}
+
 fn eos_ids(dir: &Path, cfg: &serde_json::Value) -> Vec<i64> {
     let mut ids = Vec::new();
     let mut add = |v: Option<&serde_json::Value>| match v {
@@ -253,7 +275,7 @@ impl HfBackend {
     }
 
     /// Token ids the tokenizer produces for `prompt`, special tokens as its post-processor adds them.
-    pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
+    pub fn ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
         self.tokenizer
             .encode(prompt, true)
             .map(|e| e.get_ids().to_vec())
@@ -303,8 +325,8 @@ impl Backend for HfBackend {
         self.info.clone()
     }
 
-    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
-        Ok(self.token_ids(prompt)?.len() as u32)
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        self.ids(prompt)
     }
 
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
@@ -313,7 +335,7 @@ impl Backend for HfBackend {
         let mut cache = self.decoder.new_cache();
 
         let t0 = Instant::now();
-        let ids = self.token_ids(prompt)?;
+        let ids = self.ids(prompt)?;
         let t_tok = Instant::now();
         if ids.is_empty() {
             return Err(RunError::new("prompt tokenized to zero tokens"));
@@ -332,6 +354,8 @@ impl Backend for HfBackend {
 
         let mut output = first.clone();
         let mut generated = 1u32;
+        let mut itl = Vec::new();
+        let mut t_prev = t_first;
         while generated < max_new_tokens && !self.eos.contains(&next) {
             let input = Tensor::from_slice(&[next]).to_device(self.device);
             let logits = self.decoder.forward(&input, &mut cache, false);
@@ -341,6 +365,9 @@ impl Backend for HfBackend {
             }
             output.push_str(&self.detok(next));
             generated += 1;
+            let now = Instant::now();
+            itl.push(ms(t_prev, now));
+            t_prev = now;
         }
         let t_end = Instant::now();
 
@@ -354,6 +381,7 @@ impl Backend for HfBackend {
             generated_tokens: generated,
             decode_ms_per_token: (generated > 1)
                 .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
+            itl_ms: itl,
             e2e_ms: ms(t0, t_end),
             first_token: first,
             output,

@@ -75,12 +75,17 @@ impl VocabOnly {
         Ok(Self { model })
     }
 
-    /// Tokens llama.cpp evaluates for `prompt` (BOS as the GGUF says).
-    pub fn count_tokens(&self, prompt: &str) -> Result<u32, RunError> {
+    /// Token ids llama.cpp evaluates for `prompt` (BOS as the GGUF says).
+    pub fn token_ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
         self.model
             .str_to_token(prompt, AddBos::Always)
-            .map(|t| t.len() as u32)
+            .map(|t| t.iter().map(|x| x.0 as u32).collect())
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
+    }
+
+    /// The BOS token id (to detect a doubled BOS).
+    pub fn bos(&self) -> u32 {
+        self.model.token_bos().0 as u32
     }
 }
 
@@ -143,8 +148,8 @@ impl InprocBackend {
     }
 
     /// Token ids llama.cpp evaluates for `prompt` (the parity check compares them with hf's).
-    pub fn token_ids(&self, prompt: &str) -> Result<Vec<i32>, RunError> {
-        Ok(self.tokenize(prompt)?.iter().map(|t| t.0).collect())
+    pub fn ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        Ok(self.tokenize(prompt)?.iter().map(|t| t.0 as u32).collect())
     }
 
     fn tokenize(&self, prompt: &str) -> Result<Vec<LlamaToken>, RunError> {
@@ -241,8 +246,8 @@ impl Backend for InprocBackend {
         })
     }
 
-    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError> {
-        Ok(self.tokenize(prompt)?.len() as u32)
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        self.ids(prompt)
     }
 
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
@@ -275,6 +280,8 @@ impl Backend for InprocBackend {
 
         let mut output = first.clone();
         let mut generated = 1u32;
+        let mut itl = Vec::new();
+        let mut t_prev = t_first;
         let mut pos = tokens.len();
         while generated < max_new_tokens && !self.model.is_eog_token(tok) {
             self.decode(&[tok], pos)?;
@@ -285,6 +292,9 @@ impl Backend for InprocBackend {
             }
             output.push_str(&self.piece(tok));
             generated += 1;
+            let now = Instant::now();
+            itl.push(ms(t_prev, now));
+            t_prev = now;
         }
         let t_end = Instant::now();
 
@@ -298,6 +308,7 @@ impl Backend for InprocBackend {
             generated_tokens: generated,
             decode_ms_per_token: (generated > 1)
                 .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
+            itl_ms: itl,
             e2e_ms: ms(t0, t_end),
             first_token: first,
             output,

@@ -109,8 +109,12 @@ pub struct Measurement {
     pub api_overhead_ms: Option<f64>,
     /// Tokens generated in total (the first included).
     pub generated_tokens: u32,
-    /// Mean time per token after the first, (end - first token) / (generated - 1).
+    /// Mean time per token after the first, (end - first token) / (generated - 1): vLLM's TPOT
+    /// for this request.
     pub decode_ms_per_token: Option<f64>,
+    /// Inter-token latencies: the gaps between consecutive generated tokens' arrival on the host
+    /// (vLLM's ITL), generated - 1 values.
+    pub itl_ms: Vec<f64>,
     /// Prompt handed over → last token text on the host.
     pub e2e_ms: f64,
     /// Text of the first generated token.
@@ -155,9 +159,9 @@ pub trait Backend {
     fn load_ms(&self) -> f64;
     /// Static facts for the report (model, build, commit, settings actually used).
     fn info(&self) -> serde_json::Value;
-    /// Tokens this backend would evaluate for `prompt`, without generating (used to check that
+    /// Token ids this backend would evaluate for `prompt`, without generating (used to check that
     /// backends see the same tokens).
-    fn count_tokens(&mut self, prompt: &str) -> Result<u32, RunError>;
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError>;
     /// One timed run: TTFT and its parts, then `max_new_tokens - 1` greedy decode steps.
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError>;
 }

@@ -1,6 +1,8 @@
 //! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
 
 pub mod interrupt;
+pub mod parity;
 pub mod prompts;
 pub mod runner;
 pub mod stats;
+pub mod synthetic;

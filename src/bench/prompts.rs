@@ -14,6 +14,10 @@ pub struct PromptSet {
     pub path: PathBuf,
     /// The prompts, in file order.
     pub prompts: Vec<String>,
+    /// Timed runs of each prompt, when not `--runs` (synthetic sets: one run per distinct prompt).
+    pub repeat: Option<u32>,
+    /// A prompt for the untimed warm-up runs, when not the set's first (synthetic sets).
+    pub warmup: Option<String>,
 }
 
 /// Why a prompt file cannot be used.
@@ -74,6 +78,8 @@ pub fn load_prompt_set(name: &str, path: &Path) -> Result<PromptSet, PromptError
         name: name.to_string(),
         path: path.to_path_buf(),
         prompts,
+        repeat: None,
+        warmup: None,
     })
 }
 

@@ -72,6 +72,9 @@ pub struct BackendReport {
     pub name: BackendKind,
     /// Load time in ms (model load + context, or server start); `None` when it did not open.
     pub load_ms: Option<f64>,
+    /// Peak resident memory of the ttft process while this backend ran, MiB (the mark is reset
+    /// before each backend). For api the server's own peak is in `info.server_peak_rss_mib`.
+    pub peak_rss_mib: Option<f64>,
     /// Why the backend could not be opened.
     pub open_error: Option<String>,
     /// Backend facts (build, commit, settings actually used).
@@ -96,7 +99,7 @@ pub fn run_backend(
                 if interrupt::requested() {
                     None
                 } else {
-                    backend.count_tokens(p).ok()
+                    backend.token_ids(p).ok().map(|ids| ids.len() as u32)
                 }
             })
             .collect::<Vec<_>>();
@@ -107,7 +110,8 @@ pub fn run_backend(
         let bar = progress_bar(plan, kind, set);
         let first_fit =
             (0..set.prompts.len()).find(|i| !plan.too_long.contains_key(&(set.name.clone(), *i)));
-        if let Some(first) = first_fit.map(|i| &set.prompts[i]) {
+        let warm = set.warmup.as_ref().or(first_fit.map(|i| &set.prompts[i]));
+        if let Some(first) = warm {
             for _ in 0..plan.warmup {
                 if interrupt::requested() {
                     break;
@@ -118,7 +122,7 @@ pub fn run_backend(
         }
         let counts = &token_counts[&set.name];
         for (idx, prompt) in set.prompts.iter().enumerate() {
-            for run_idx in 0..plan.runs {
+            for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
                 if interrupt::requested() {
                     bar.abandon();
                     return report(backend, token_counts);
@@ -176,6 +180,7 @@ fn report(
     BackendReport {
         name: backend.kind(),
         load_ms: Some(backend.load_ms()),
+        peak_rss_mib: crate::report::env::peak_rss_mib(None),
         open_error: None,
         info: backend.info(),
         token_counts,
@@ -191,7 +196,7 @@ pub fn run_unopened(
 ) -> BackendReport {
     for set in &plan.sets {
         for idx in 0..set.prompts.len() {
-            for run_idx in 0..plan.runs {
+            for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
                 sink(&failed_record(set, idx, run_idx, kind, reason.to_string()));
             }
         }
@@ -199,6 +204,7 @@ pub fn run_unopened(
     BackendReport {
         name: kind,
         load_ms: None,
+        peak_rss_mib: None,
         open_error: Some(reason.to_string()),
         info: serde_json::Value::Null,
         token_counts: BTreeMap::new(),
@@ -245,7 +251,7 @@ pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
 }
 
 fn progress_bar(plan: &Plan, kind: BackendKind, set: &PromptSet) -> ProgressBar {
-    let total = (set.prompts.len() as u64) * u64::from(plan.runs);
+    let total = (set.prompts.len() as u64) * u64::from(set.repeat.unwrap_or(plan.runs));
     if !plan.progress {
         return ProgressBar::hidden();
     }
@@ -324,6 +330,7 @@ mod tests {
         BackendReport {
             name: kind,
             load_ms: Some(1.0),
+            peak_rss_mib: None,
             open_error: None,
             info: serde_json::Value::Null,
             token_counts: [("short".to_string(), counts.to_vec())].into(),

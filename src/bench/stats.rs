@@ -25,6 +25,9 @@ pub fn percentile(xs: &[f64], p: f64) -> Option<f64> {
     Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
 }
 
+/// Seed of every bootstrap in reports (results are reproducible run to run).
+pub const BOOTSTRAP_SEED: u64 = 0x7474_6674;
+
 /// Median, the 50th percentile.
 pub fn median(xs: &[f64]) -> Option<f64> {
     percentile(xs, 50.0)
@@ -40,6 +43,213 @@ pub fn stddev(xs: &[f64]) -> Option<f64> {
     Some(var.sqrt())
 }
 
+/// Median absolute deviation (unscaled).
+pub fn mad(xs: &[f64]) -> Option<f64> {
+    let m = median(xs)?;
+    let dev: Vec<f64> = xs.iter().map(|x| (x - m).abs()).collect();
+    median(&dev)
+}
+
+/// Indices of statistical outliers by the modified z-score (Iglewicz & Hoaglin):
+/// `0.6745 * |x - median| / MAD > 3.5`. Robust to the outliers themselves, unlike mean/stddev.
+pub fn outliers(xs: &[f64]) -> Vec<usize> {
+    let (Some(m), Some(d)) = (median(xs), mad(xs)) else {
+        return Vec::new();
+    };
+    if d == 0.0 {
+        return Vec::new();
+    }
+    xs.iter()
+        .enumerate()
+        .filter(|(_, x)| 0.6745 * (*x - m).abs() / d > 3.5)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Whether the first run is much slower than the rest (a cold start leaking into the timed runs):
+/// slower than the median of the others by more than 5 MADs and by more than 10 %.
+pub fn first_run_much_slower(xs: &[f64]) -> bool {
+    if xs.len() < 3 {
+        return false;
+    }
+    let rest = &xs[1..];
+    let (Some(m), Some(d)) = (median(rest), mad(rest)) else {
+        return false;
+    };
+    xs[0] > m * 1.1 && xs[0] - m > 5.0 * d.max(m * 0.01)
+}
+
+/// A small deterministic PRNG (SplitMix64), so bootstrap intervals are reproducible.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform index in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Percentile bootstrap confidence interval (level e.g. 0.95) of the median, `iters` resamples.
+pub fn bootstrap_median_ci(xs: &[f64], iters: usize, level: f64, seed: u64) -> Option<(f64, f64)> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut medians = Vec::with_capacity(iters);
+    let mut sample = vec![0.0; xs.len()];
+    for _ in 0..iters {
+        for s in sample.iter_mut() {
+            *s = xs[rng.below(xs.len())];
+        }
+        medians.push(median(&sample)?);
+    }
+    let alpha = (1.0 - level) / 2.0;
+    Some((
+        percentile(&medians, alpha * 100.0)?,
+        percentile(&medians, (1.0 - alpha) * 100.0)?,
+    ))
+}
+
+/// `a / b` with the uncertainty propagated from both standard deviations (first-order, as
+/// hyperfine reports "1.83 ± 0.07 times faster").
+pub fn ratio_with_error(a: f64, sd_a: f64, b: f64, sd_b: f64) -> (f64, f64) {
+    let r = a / b;
+    (r, r * ((sd_a / a).powi(2) + (sd_b / b).powi(2)).sqrt())
+}
+
+/// Ordinary least squares `y ≈ a + b x`; returns (a, b, R²). None below two distinct x values.
+pub fn linear_fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64, f64)> {
+    if xs.len() != ys.len() || xs.len() < 2 {
+        return None;
+    }
+    let mx = mean(xs)?;
+    let my = mean(ys)?;
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = sxy / sxx;
+    let a = my - b * mx;
+    let ss_tot: f64 = ys.iter().map(|y| (y - my).powi(2)).sum();
+    let ss_res: f64 = xs
+        .iter()
+        .zip(ys)
+        .map(|(x, y)| (y - a - b * x).powi(2))
+        .sum();
+    let r2 = if ss_tot == 0.0 {
+        1.0
+    } else {
+        1.0 - ss_res / ss_tot
+    };
+    Some((a, b, r2))
+}
+
+/// Welch's t statistic and its degrees of freedom for two independent samples.
+pub fn welch_t(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    let (ma, mb) = (mean(a)?, mean(b)?);
+    let (va, vb) = (stddev(a)?.powi(2), stddev(b)?.powi(2));
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let se2 = va / na + vb / nb;
+    if se2 == 0.0 {
+        return None;
+    }
+    let t = (mb - ma) / se2.sqrt();
+    let df = se2.powi(2) / ((va / na).powi(2) / (na - 1.0) + (vb / nb).powi(2) / (nb - 1.0));
+    Some((t, df))
+}
+
+/// Two-sided p-value of Student's t with `df` degrees of freedom (regularised incomplete beta by
+/// continued fractions, Numerical Recipes style).
+pub fn t_test_p(t: f64, df: f64) -> f64 {
+    let x = df / (df + t * t);
+    incomplete_beta(df / 2.0, 0.5, x)
+}
+
+fn ln_gamma(x: f64) -> f64 {
+    // Lanczos approximation, g = 7.
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().ln()
+            - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + 7.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_cf(a, b, x) / a
+    } else {
+        1.0 - front * beta_cf(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
+    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
+    d = 1.0 / if d.abs() < 1e-300 { 1e-300 } else { d };
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        // Even and odd steps of the continued fraction.
+        for num in [
+            m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0)),
+        ] {
+            d = 1.0 + num * d;
+            d = 1.0 / if d.abs() < 1e-300 { 1e-300 } else { d };
+            c = 1.0 + num / c;
+            if c.abs() < 1e-300 {
+                c = 1e-300;
+            }
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-12 {
+            break;
+        }
+    }
+    h
+}
+
 /// The numbers the summary table shows for one (prompt set, backend) case.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Summary {
@@ -53,6 +263,10 @@ pub struct Summary {
     pub median_ms: Option<f64>,
     /// 90th percentile TTFT, milliseconds.
     pub p90_ms: Option<f64>,
+    /// 99th percentile TTFT, milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Bootstrap 95 % confidence interval of the median (10,000 resamples, fixed seed).
+    pub median_ci95_ms: Option<(f64, f64)>,
     /// Sample standard deviation of TTFT, milliseconds.
     pub stddev_ms: Option<f64>,
     /// Fastest successful run, milliseconds.
@@ -70,6 +284,8 @@ impl Summary {
             mean_ms: mean(ttft_ms),
             median_ms: median(ttft_ms),
             p90_ms: percentile(ttft_ms, 90.0),
+            p99_ms: percentile(ttft_ms, 99.0),
+            median_ci95_ms: bootstrap_median_ci(ttft_ms, 10_000, 0.95, BOOTSTRAP_SEED),
             stddev_ms: stddev(ttft_ms),
             min_ms: ttft_ms.iter().copied().min_by(f64::total_cmp),
             max_ms: ttft_ms.iter().copied().max_by(f64::total_cmp),
@@ -120,6 +336,58 @@ mod tests {
         assert!(close(stddev(&xs).unwrap(), (32.0f64 / 7.0).sqrt()));
         assert_eq!(stddev(&[1.0]), None);
         assert_eq!(mean(&[]), None);
+    }
+
+    #[test]
+    fn mad_outliers_and_slow_first_run() {
+        let xs = [10.0, 11.0, 10.5, 10.2, 30.0, 10.8, 10.1];
+        // median 10.5; |dev| = .5 .5 0 .3 19.5 .3 .4 -> MAD 0.4
+        assert!(close(mad(&xs).unwrap(), 0.4));
+        assert_eq!(outliers(&xs), [4]);
+        assert!(outliers(&[5.0, 5.0, 5.0]).is_empty());
+        assert!(first_run_much_slower(&[25.0, 10.0, 10.2, 9.9, 10.1]));
+        assert!(!first_run_much_slower(&[10.3, 10.0, 10.2, 9.9, 10.1]));
+    }
+
+    #[test]
+    fn bootstrap_is_reproducible_and_brackets_the_median() {
+        let xs: Vec<f64> = (0..30).map(|i| 100.0 + (i * 7 % 11) as f64).collect();
+        let a = bootstrap_median_ci(&xs, 2000, 0.95, 42).unwrap();
+        let b = bootstrap_median_ci(&xs, 2000, 0.95, 42).unwrap();
+        assert_eq!(a, b);
+        let m = median(&xs).unwrap();
+        assert!(a.0 <= m && m <= a.1, "{a:?} vs {m}");
+        // A constant sample has a degenerate interval.
+        assert_eq!(
+            bootstrap_median_ci(&[3.0; 5], 100, 0.95, 1),
+            Some((3.0, 3.0))
+        );
+        // SplitMix64 reference value for seed 0 (from the published algorithm).
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+    }
+
+    #[test]
+    fn least_squares_fit_recovers_a_line() {
+        let xs = [16.0, 64.0, 256.0, 1024.0];
+        let ys: Vec<f64> = xs.iter().map(|x| 5.0 + 2.0 * x).collect();
+        let (a, b, r2) = linear_fit(&xs, &ys).unwrap();
+        assert!(close(a, 5.0) && close(b, 2.0) && close(r2, 1.0));
+        // Hand-computed: x = 1 2 3, y = 1 2 2 -> b = 0.5, a = 2/3, R² = 0.75
+        let (a, b, r2) = linear_fit(&[1.0, 2.0, 3.0], &[1.0, 2.0, 2.0]).unwrap();
+        assert!(close(a, 2.0 / 3.0) && close(b, 0.5) && close(r2, 0.75));
+        assert_eq!(linear_fit(&[1.0, 1.0], &[2.0, 3.0]), None);
+    }
+
+    #[test]
+    fn ratio_error_and_t_test() {
+        let (r, e) = ratio_with_error(20.0, 1.0, 10.0, 0.5);
+        assert!(close(r, 2.0));
+        assert!(close(e, 2.0 * (0.05f64.powi(2) * 2.0).sqrt()));
+        // t = 2.0 with 10 df: two-sided p = 0.07339 (tables)
+        assert!((t_test_p(2.0, 10.0) - 0.07339).abs() < 1e-4);
+        assert!((t_test_p(0.0, 5.0) - 1.0).abs() < 1e-9);
+        let (t, df) = welch_t(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]).unwrap();
+        assert!(close(t, 3.0 / (2.0f64 / 3.0).sqrt()) && close(df, 4.0));
     }
 
     #[test]

@@ -26,6 +26,29 @@ pub struct Environment {
     pub server_build: Option<serde_json::Value>,
 }
 
+/// Peak resident memory (VmHWM) of a process (`None`: this one), in MiB.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset this process's peak-RSS mark (Linux `clear_refs` 5), so each backend's peak is its own.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Cargo features this binary was built with.
 pub fn features() -> Vec<&'static str> {
     let mut f = Vec::new();

@@ -5,7 +5,7 @@ use super::Report;
 use serde_json::{json, Value};
 
 /// Version of the document layout; bump on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Render the full report. `settings` is what was asked for (after config and flags).
 pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: &str) -> Vec<u8> {
@@ -20,6 +20,10 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
         "token_disagreements": report.token_disagreements.iter().map(|(set, idx, counts)| json!({
             "prompt_type": set, "prompt_idx": idx, "counts": counts,
         })).collect::<Vec<_>>(),
+        "parity": report.parity,
+        "first_token_agreement": report.first_token_agreement(),
+        "fits": report.fits(),
+        "relative": report.relative(),
         "summary": report.summaries(),
         "runs": report.runs,
     });

@@ -1,54 +1,133 @@
 //! The summary table (the seed's Prompt Type | Runner | Avg TTFT (s) | Success Rate, extended with
-//! median, p90, prompt tokens and the API overhead).
+//! median and its confidence interval, p90, prompt tokens and the API overhead; `--breakdown` adds
+//! the TTFT parts and decode metrics).
 
-use super::Report;
-use prettytable::{format, row, Table};
+use super::{CaseSummary, Report};
+use prettytable::{format, Cell, Row, Table};
 
 fn secs(v: Option<f64>) -> String {
     v.map(|ms| format!("{:.4}", ms / 1e3))
         .unwrap_or_else(|| "-".into())
 }
 
-fn msf(v: Option<f64>) -> String {
+/// Milliseconds with two decimals, "-" when absent.
+pub fn msf(v: Option<f64>) -> String {
     v.map(|ms| format!("{ms:.2}")).unwrap_or_else(|| "-".into())
 }
 
-/// Render the summary table as text.
-pub fn render(report: &Report) -> String {
+/// The columns of one case: (header, value, right-aligned).
+pub fn columns(s: &CaseSummary, breakdown: bool) -> Vec<(&'static str, String, bool)> {
+    let mut c = vec![
+        ("Prompt Type", s.prompt_type.clone(), false),
+        ("Runner", s.runner.to_string(), false),
+        ("Avg TTFT (s)", secs(s.ttft.mean_ms), true),
+        ("Median (s)", secs(s.ttft.median_ms), true),
+        (
+            "Median 95% CI (s)",
+            s.ttft
+                .median_ci95_ms
+                .map(|(a, b)| format!("{:.4}–{:.4}", a / 1e3, b / 1e3))
+                .unwrap_or_else(|| "-".into()),
+            true,
+        ),
+        ("p90 (s)", secs(s.ttft.p90_ms), true),
+        (
+            "Prompt tokens",
+            s.prompt_tokens_mean
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            true,
+        ),
+        ("API overhead (ms)", msf(s.api_overhead_median_ms), true),
+    ];
+    if breakdown {
+        c.extend([
+            ("Tokenize (ms)", msf(s.tokenize_median_ms), true),
+            ("Prefill (ms)", msf(s.prefill_median_ms), true),
+            ("Sample (ms)", msf(s.first_sample_median_ms), true),
+            ("Detok (ms)", msf(s.detokenize_median_ms), true),
+            ("Server prompt (ms)", msf(s.server_prompt_median_ms), true),
+            ("TPOT p50 (ms)", msf(s.tpot_ms.p50), true),
+            ("ITL p90 (ms)", msf(s.itl_ms.p90), true),
+        ]);
+    }
+    c.push((
+        "Success Rate",
+        format!(
+            "{:.0}% ({}/{})",
+            s.ttft.success_rate() * 100.0,
+            s.ttft.ok,
+            s.ttft.runs
+        ),
+        true,
+    ));
+    c
+}
+
+/// Render the summary table (and load time, memory, relative speed, fits) as text.
+pub fn render(report: &Report, breakdown: bool) -> String {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_BOX_CHARS);
-    t.set_titles(row![
-        "Prompt Type",
-        "Runner",
-        "Avg TTFT (s)",
-        "Median (s)",
-        "p90 (s)",
-        "Prompt tokens",
-        "API overhead (ms)",
-        "Success Rate"
-    ]);
-    for s in report.summaries() {
-        t.add_row(row![
-            s.prompt_type,
-            s.runner,
-            r->secs(s.ttft.mean_ms),
-            r->secs(s.ttft.median_ms),
-            r->secs(s.ttft.p90_ms),
-            r->s.prompt_tokens_mean.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
-            r->msf(s.api_overhead_median_ms),
-            r->format!("{:.0}% ({}/{})", s.ttft.success_rate() * 100.0, s.ttft.ok, s.ttft.runs)
-        ]);
+    let sums = report.summaries();
+    if let Some(first) = sums.first() {
+        t.set_titles(Row::new(
+            columns(first, breakdown)
+                .iter()
+                .map(|(h, _, _)| Cell::new(h))
+                .collect(),
+        ));
+    }
+    for s in &sums {
+        t.add_row(Row::new(
+            columns(s, breakdown)
+                .into_iter()
+                .map(|(_, v, right)| {
+                    let c = Cell::new(&v);
+                    if right {
+                        c.style_spec("r")
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+        ));
     }
     let mut out = t.to_string();
     for b in &report.backends {
         match (&b.load_ms, &b.open_error) {
-            (Some(ms), _) => out.push_str(&format!(
-                "{} load: {:.1} ms (not part of TTFT)\n",
-                b.name, ms
-            )),
+            (Some(ms), _) => {
+                let mut line = format!("{} load: {:.1} ms (not part of TTFT)", b.name, ms);
+                if let Some(m) = b.peak_rss_mib {
+                    line.push_str(&format!(", peak RSS {m:.0} MiB"));
+                }
+                if let Some(m) = b.info.get("server_peak_rss_mib").and_then(|v| v.as_f64()) {
+                    line.push_str(&format!(", server peak RSS {m:.0} MiB"));
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
             (None, Some(e)) => out.push_str(&format!("{} did not start: {e}\n", b.name)),
             _ => {}
         }
     }
+    for r in report.relative() {
+        out.push_str(&r);
+        out.push('\n');
+    }
     out
+}
+
+/// The least-squares fits, one line each.
+pub fn render_fits(report: &Report) -> String {
+    report
+        .fits()
+        .iter()
+        .filter(|f| f.lengths.len() >= 2)
+        .map(|f| {
+            format!(
+                "fit {}: TTFT ≈ {:.2} ms + {:.4} ms/token × n  ({:.0} prompt tokens/s, R² {:.4}, lengths {:?})\n",
+                f.runner, f.a_ms, f.b_ms_per_token, f.prefill_tokens_per_s, f.r2, f.lengths
+            )
+        })
+        .collect()
 }

@@ -8,6 +8,13 @@ pub mod fault_server;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Tests in one binary run on parallel threads; those that time real work take this lock so
+/// they do not measure each other (test binaries themselves run one after another).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,4 +125,22 @@ pub fn only_file(dir: &Path, ext: &str) -> PathBuf {
         dir.display()
     );
     files[0].clone()
+}
+
+/// The committed JSON schema accepts what ttft wrote.
+pub fn assert_schema_valid(doc: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/ttft-report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = v
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match the schema:\n{}",
+        errors.join("\n")
+    );
 }

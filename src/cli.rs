@@ -23,8 +23,15 @@ handed to the backend and stops when the first generated token's text is on the 
   inproc: tokenize + prefill + greedy sample + detokenize, KV cache cleared before each run.
   api:    request built and sent -> first SSE event with non-empty token text parsed;
           cache_prompt=false on every request, proven by the server's timings.cache_n == 0.
-Parts reported: tokenize, prefill, first sample, detokenize (inproc); server prompt_ms and
-overhead = TTFT - prompt_ms (api). Decode ms/token = (last token - first token) / (generated - 1).
+  hf:     tokenize + prefill (CUDA: synchronised) + argmax + id to host + detokenize.
+Parts reported: tokenize, prefill, first sample, detokenize (inproc, hf); server prompt_ms and
+overhead = TTFT - prompt_ms (api).
+Decode metrics (vLLM's definitions), with max_new_tokens > 1:
+  TPOT = (end of request - first token) / (generated - 1), per request;
+  ITL  = each gap between two consecutive tokens arriving on the host, pooled over requests.
+Statistics per case: mean, median with a bootstrap 95% CI (10,000 resamples, fixed seed), p90,
+p99, stddev, min, max; outliers by median/MAD (modified z > 3.5). --prompt-tokens fits
+TTFT = a + b*n per backend (least squares, R^2).
 Warm-up runs are never recorded; model load / server start is reported apart from TTFT.
 
 Exit codes: 0 all runs succeeded, 1 some runs failed (kept as rows with their error),
@@ -115,6 +122,10 @@ pub struct RunArgs {
     /// Timed repetitions of every prompt [config: runs, default 3].
     #[arg(long, value_name = "N")]
     pub runs: Option<u32>,
+    /// Repeat each prompt beyond --runs until it has been measured for at least S seconds (at most
+    /// 20 × --runs), like hyperfine's --min-time.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub min_time: f64,
     /// Untimed warm-up runs per backend and prompt set [config: warmup, default 1].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u32>,
@@ -688,6 +699,7 @@ pub fn run() -> Result<i32> {
         progress: !args.no_progress && args.verbose == 0 && std::io::stderr().is_terminal(),
         too_long,
         verbose: args.verbose,
+        min_time: Duration::from_secs_f64(args.min_time.max(0.0)),
     };
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut backends = Vec::new();

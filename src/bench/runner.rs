@@ -63,7 +63,12 @@ pub struct Plan {
     pub too_long: std::collections::BTreeMap<(String, usize), String>,
     /// 1: a line per run on stderr.
     pub verbose: u8,
+    /// Keep repeating a prompt beyond `runs` until it has been measured this long.
+    pub min_time: std::time::Duration,
 }
+
+/// `--min-time` never runs a prompt more than this many times `--runs`.
+pub const MAX_EXTRA_FACTOR: u32 = 20;
 
 /// Per-backend facts gathered outside the timed runs.
 #[derive(Debug, Clone, Serialize)]
@@ -122,7 +127,20 @@ pub fn run_backend(
         }
         let counts = &token_counts[&set.name];
         for (idx, prompt) in set.prompts.iter().enumerate() {
-            for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
+            let started = std::time::Instant::now();
+            let min_runs = set.repeat.unwrap_or(plan.runs);
+            // hyperfine's --min-time: at least `runs` repetitions, more until the prompt has been
+            // measured for `min_time` (bounded, so a slow backend cannot run forever).
+            let more = |run_idx: u32| {
+                run_idx < min_runs
+                    || (set.repeat.is_none()
+                        && started.elapsed() < plan.min_time
+                        && run_idx < min_runs.saturating_mul(MAX_EXTRA_FACTOR))
+            };
+            let mut run_idx = 0;
+            while more(run_idx) {
+                run_idx += 1;
+                let run_idx = run_idx - 1;
                 if interrupt::requested() {
                     bar.abandon();
                     return report(backend, token_counts);

@@ -7,7 +7,7 @@
 //! an explicit device synchronisation, and copying the argmax id to the host is itself a
 //! synchronisation point, so the clock can never stop before the GPU has finished.
 
-use super::{Backend, BackendKind, Measurement, OpenError, RunError};
+use super::{decode_tail, Backend, BackendKind, InprocClock, Measurement, OpenError, RunError};
 use crate::models::{self, layers::Decoder};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -308,10 +308,6 @@ fn set_threads(n: u32) {
     tch::set_num_threads(n as i32);
 }
 
-fn ms(a: Instant, b: Instant) -> f64 {
-    (b - a).as_secs_f64() * 1e3
-}
-
 impl Backend for HfBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Hf
@@ -334,9 +330,9 @@ impl Backend for HfBackend {
         // Fresh KV cache for every timed run, outside the clock.
         let mut cache = self.decoder.new_cache();
 
-        let t0 = Instant::now();
+        let start = Instant::now();
         let ids = self.ids(prompt)?;
-        let t_tok = Instant::now();
+        let tokenized = Instant::now();
         if ids.is_empty() {
             return Err(RunError::new("prompt tokenized to zero tokens"));
         }
@@ -345,47 +341,31 @@ impl Backend for HfBackend {
         let logits = self.decoder.forward(&input, &mut cache, false);
         // CUDA: wait for the prefill kernels so their time is not booked as sampling.
         self.sync();
-        let t_prefill = Instant::now();
+        let prefilled = Instant::now();
         // argmax on the device; int64_value copies the id to the host (a synchronisation point).
-        let mut next = logits.argmax(-1, false).int64_value(&[0]);
-        let t_sample = Instant::now();
+        let next = logits.argmax(-1, false).int64_value(&[0]);
+        let sampled = Instant::now();
         let first = self.detok(next);
-        let t_first = Instant::now();
+        let clock = InprocClock {
+            start,
+            tokenized,
+            prefilled,
+            sampled,
+            first_text: Instant::now(),
+        };
 
-        let mut output = first.clone();
-        let mut generated = 1u32;
-        let mut itl = Vec::new();
-        let mut t_prev = t_first;
-        while generated < max_new_tokens && !self.eos.contains(&next) {
-            let input = Tensor::from_slice(&[next]).to_device(self.device);
-            let logits = self.decoder.forward(&input, &mut cache, false);
-            next = logits.argmax(-1, false).int64_value(&[0]);
-            if self.eos.contains(&next) {
-                break;
+        let tail = decode_tail((next, first.clone()), max_new_tokens, &clock, |&prev| {
+            if self.eos.contains(&prev) {
+                return Ok(None);
             }
-            output.push_str(&self.detok(next));
-            generated += 1;
-            let now = Instant::now();
-            itl.push(ms(t_prev, now));
-            t_prev = now;
-        }
-        let t_end = Instant::now();
-
-        Ok(Measurement {
-            ttft_ms: ms(t0, t_first),
-            prompt_tokens: Some(ids.len() as u32),
-            tokenize_ms: Some(ms(t0, t_tok)),
-            prefill_ms: Some(ms(t_tok, t_prefill)),
-            first_sample_ms: Some(ms(t_prefill, t_sample)),
-            detokenize_ms: Some(ms(t_sample, t_first)),
-            generated_tokens: generated,
-            decode_ms_per_token: (generated > 1)
-                .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
-            itl_ms: itl,
-            e2e_ms: ms(t0, t_end),
-            first_token: first,
-            output,
-            ..Measurement::default()
-        })
+            let input = Tensor::from_slice(&[prev]).to_device(self.device);
+            let logits = self.decoder.forward(&input, &mut cache, false);
+            let next = logits.argmax(-1, false).int64_value(&[0]);
+            if self.eos.contains(&next) {
+                return Ok(None);
+            }
+            Ok(Some((next, self.detok(next))))
+        })?;
+        Ok(clock.measurement(ids.len(), first, tail))
     }
 }

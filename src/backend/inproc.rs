@@ -6,7 +6,10 @@
 //! detokenize. `llama_get_logits_ith` synchronises the context, so on a GPU build the prefill time
 //! ends only when the logits are really available on the host.
 
-use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
+use super::{
+    check_gguf, decode_tail, Backend, BackendKind, InprocClock, LlamaParams, Measurement,
+    OpenError, RunError,
+};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -210,10 +213,6 @@ pub fn argmax(xs: &[f32]) -> usize {
     best
 }
 
-fn ms(a: Instant, b: Instant) -> f64 {
-    (b - a).as_secs_f64() * 1e3
-}
-
 impl Backend for InprocBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Inproc
@@ -254,9 +253,9 @@ impl Backend for InprocBackend {
         // Fresh KV state for every timed run, outside the clock.
         self.ctx.clear_kv_cache();
 
-        let t0 = Instant::now();
+        let start = Instant::now();
         let tokens = self.tokenize(prompt)?;
-        let t_tok = Instant::now();
+        let tokenized = Instant::now();
         if tokens.is_empty() {
             return Err(RunError::new("prompt tokenized to zero tokens"));
         }
@@ -272,47 +271,31 @@ impl Backend for InprocBackend {
         self.decode(&tokens, 0)?;
         // Prefill ends when the last logits are readable (get_logits_ith synchronises).
         let _ = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
-        let t_prefill = Instant::now();
-        let mut tok = self.argmax_last();
-        let t_sample = Instant::now();
+        let prefilled = Instant::now();
+        let tok = self.argmax_last();
+        let sampled = Instant::now();
         let first = self.piece(tok);
-        let t_first = Instant::now();
+        let clock = InprocClock {
+            start,
+            tokenized,
+            prefilled,
+            sampled,
+            first_text: Instant::now(),
+        };
 
-        let mut output = first.clone();
-        let mut generated = 1u32;
-        let mut itl = Vec::new();
-        let mut t_prev = t_first;
         let mut pos = tokens.len();
-        while generated < max_new_tokens && !self.model.is_eog_token(tok) {
-            self.decode(&[tok], pos)?;
-            pos += 1;
-            tok = self.argmax_last();
-            if self.model.is_eog_token(tok) {
-                break;
+        let tail = decode_tail((tok, first.clone()), max_new_tokens, &clock, |&prev| {
+            if self.model.is_eog_token(prev) {
+                return Ok(None);
             }
-            output.push_str(&self.piece(tok));
-            generated += 1;
-            let now = Instant::now();
-            itl.push(ms(t_prev, now));
-            t_prev = now;
-        }
-        let t_end = Instant::now();
-
-        Ok(Measurement {
-            ttft_ms: ms(t0, t_first),
-            prompt_tokens: Some(tokens.len() as u32),
-            tokenize_ms: Some(ms(t0, t_tok)),
-            prefill_ms: Some(ms(t_tok, t_prefill)),
-            first_sample_ms: Some(ms(t_prefill, t_sample)),
-            detokenize_ms: Some(ms(t_sample, t_first)),
-            generated_tokens: generated,
-            decode_ms_per_token: (generated > 1)
-                .then(|| ms(t_first, t_end) / f64::from(generated - 1)),
-            itl_ms: itl,
-            e2e_ms: ms(t0, t_end),
-            first_token: first,
-            output,
-            ..Measurement::default()
-        })
+            self.decode(&[prev], pos)?;
+            pos += 1;
+            let next = self.argmax_last();
+            if self.model.is_eog_token(next) {
+                return Ok(None);
+            }
+            Ok(Some((next, self.piece(next))))
+        })?;
+        Ok(clock.measurement(tokens.len(), first, tail))
     }
 }

@@ -115,7 +115,14 @@ pub struct LlamaLike {
     pub fused_projections: bool,
 }
 
-fn linear(w: &Weights, name: &str, out: i64, inp: i64, bias: bool) -> Result<Linear, ModelError> {
+/// A linear layer `name` ([out, in] weight, optional [out] bias) as stored by HF.
+pub fn linear(
+    w: &Weights,
+    name: &str,
+    out: i64,
+    inp: i64,
+    bias: bool,
+) -> Result<Linear, ModelError> {
     Ok(Linear {
         w: w.get(&format!("{name}.weight"), &[out, inp])?,
         b: if bias {
@@ -123,6 +130,15 @@ fn linear(w: &Weights, name: &str, out: i64, inp: i64, bias: bool) -> Result<Lin
         } else {
             None
         },
+    })
+}
+
+/// An nn.LayerNorm of dimension `d` named `name` (weight and bias).
+pub fn layer_norm(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Norm, ModelError> {
+    Ok(Norm::Layer {
+        w: w.get(&format!("{name}.weight"), &[d])?,
+        b: w.get(&format!("{name}.bias"), &[d])?,
+        eps,
     })
 }
 

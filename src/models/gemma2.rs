@@ -1,25 +1,13 @@
 //! Gemma 2 (`model_type: gemma2`), mirroring transformers' `modeling_gemma2.py`.
 
-use super::common::{act, base, layer_types, opt_bool, opt_f64, opt_i64, LayerType, LlamaLike};
+use super::common::{layer_types, opt_f64, opt_i64, LayerType, LlamaLike};
 use super::ModelError;
 use serde_json::Value;
 
 /// Resolve a Gemma 2 config.json.
 pub fn config(cfg: &Value) -> Result<LlamaLike, ModelError> {
-    let mut c = base(cfg)?;
-    c.act = act(
-        cfg,
-        &["hidden_activation", "hidden_act"],
-        "gelu_pytorch_tanh",
-    )?;
-    // Gemma2RMSNorm: `(1 + weight)`, in f32.
-    c.norm_one_plus = true;
-    // Gemma2Model: embeddings times sqrt(hidden_size) cast to the model dtype.
-    c.embed_scale = true;
-    c.tie = opt_bool(cfg, "tie_word_embeddings").unwrap_or(true);
-    let bias = opt_bool(cfg, "attention_bias").unwrap_or(false);
-    c.qkv_bias = bias;
-    c.o_bias = bias;
+    // Gemma's quirks ((1 + weight) norms, sqrt(hidden) embedding scale, tied head) carry over.
+    let mut c = super::gemma::config(cfg)?;
     // Gemma2DecoderLayer: post_attention_layernorm and pre/post_feedforward_layernorm around the MLP.
     c.sandwich = true;
     // Gemma2Attention: `self.scaling = config.query_pre_attn_scalar**-0.5`.

@@ -1,26 +1,14 @@
 //! Gemma 3 text models (`model_type: gemma3_text`), mirroring transformers' `modeling_gemma3.py`
 //! (`Gemma3ForCausalLM`).
 
-use super::common::{act, base, layer_types, opt_bool, opt_f64, opt_i64, LayerType, LlamaLike};
+use super::common::{layer_types, opt_f64, opt_i64, LayerType, LlamaLike};
 use super::ModelError;
 use serde_json::Value;
 
 /// Resolve a Gemma 3 text config.json.
 pub fn config(cfg: &Value) -> Result<LlamaLike, ModelError> {
-    let mut c = base(cfg)?;
-    c.act = act(
-        cfg,
-        &["hidden_activation", "hidden_act"],
-        "gelu_pytorch_tanh",
-    )?;
-    // Gemma3RMSNorm: `(1 + weight)`, in f32 — also for q_norm/k_norm.
-    c.norm_one_plus = true;
-    // Gemma3TextScaledWordEmbedding: `embed * embed_scale.to(weight.dtype)`, scale sqrt(hidden).
-    c.embed_scale = true;
-    c.tie = opt_bool(cfg, "tie_word_embeddings").unwrap_or(true);
-    let bias = opt_bool(cfg, "attention_bias").unwrap_or(false);
-    c.qkv_bias = bias;
-    c.o_bias = bias;
+    // Gemma's quirks carry over; Gemma3RMSNorm's `(1 + weight)` also applies to q_norm/k_norm.
+    let mut c = super::gemma::config(cfg)?;
     // Gemma3DecoderLayer: same four norms per layer as Gemma 2.
     c.sandwich = true;
     // Gemma3Attention: q_norm / k_norm over head_dim before RoPE.

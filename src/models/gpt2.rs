@@ -1,7 +1,7 @@
 //! GPT-2 (`model_type: gpt2`), mirroring transformers' `modeling_gpt2.py`.
 
-use super::common::{act, opt_bool, opt_f64, opt_i64, req_i64};
-use super::layers::{Attention, Block, Decoder, Linear, Mlp, Norm};
+use super::common::{act, layer_norm, opt_bool, opt_f64, opt_i64, req_i64};
+use super::layers::{Attention, Block, Decoder, Linear, Mlp};
 use super::weights::Weights;
 use super::ModelError;
 use serde_json::Value;
@@ -13,14 +13,6 @@ fn conv1d(w: &Weights, name: &str, inp: i64, out: i64) -> Result<Linear, ModelEr
             .transpose(0, 1)
             .contiguous(),
         b: Some(w.get(&format!("{name}.bias"), &[out])?),
-    })
-}
-
-fn layer_norm(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Norm, ModelError> {
-    Ok(Norm::Layer {
-        w: w.get(&format!("{name}.weight"), &[d])?,
-        b: w.get(&format!("{name}.bias"), &[d])?,
-        eps,
     })
 }
 

@@ -1,30 +1,11 @@
 //! GPT-NeoX / Pythia (`model_type: gpt_neox`), mirroring transformers' `modeling_gpt_neox.py`.
 
-use super::common::{act, opt_bool, opt_f64, req_i64};
-use super::layers::{Attention, Block, Decoder, Linear, Mlp, Norm};
+use super::common::{act, layer_norm, linear, opt_bool, opt_f64, req_i64};
+use super::layers::{Attention, Block, Decoder, Linear, Mlp};
 use super::rope::{rope_spec, Rope};
 use super::weights::Weights;
 use super::ModelError;
 use serde_json::Value;
-
-fn linear(w: &Weights, name: &str, out: i64, inp: i64, bias: bool) -> Result<Linear, ModelError> {
-    Ok(Linear {
-        w: w.get(&format!("{name}.weight"), &[out, inp])?,
-        b: if bias {
-            Some(w.get(&format!("{name}.bias"), &[out])?)
-        } else {
-            None
-        },
-    })
-}
-
-fn layer_norm(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Norm, ModelError> {
-    Ok(Norm::Layer {
-        w: w.get(&format!("{name}.weight"), &[d])?,
-        b: w.get(&format!("{name}.bias"), &[d])?,
-        eps,
-    })
-}
 
 /// Build GPT-NeoX from its config.json and checkpoint.
 pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {

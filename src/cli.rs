@@ -147,6 +147,18 @@ pub struct RunArgs {
     /// Streaming endpoint: completion (llama.cpp native /completion) or v1 (/v1/completions) [config: api_endpoint].
     #[arg(long, value_enum, value_name = "ENDPOINT")]
     pub api_endpoint: Option<Endpoint>,
+    /// Send each prompt as one user message: api streams /v1/chat/completions (a role-only first
+    /// chunk is not a token); inproc and hf apply the model's own chat template (GGUF
+    /// tokenizer.chat_template / tokenizer_config.json) so every backend gets the same ids.
+    #[arg(long)]
+    pub chat: bool,
+    /// Server flavor: llama (llama-server: cache_prompt=false, timings, /tokenize) or openai (any
+    /// OpenAI-compatible server: standard fields only, counts from usage) [default: detected].
+    #[arg(long, value_enum, value_name = "FLAVOR")]
+    pub api_flavor: Option<crate::backend::api::ApiFlavor>,
+    /// Model name for OpenAI requests [default: the first id of /v1/models, else --model-alias].
+    #[arg(long, value_name = "NAME")]
+    pub api_model: Option<String>,
     /// Model name for OpenAI requests and the spawned server's --alias [config: model_alias].
     #[arg(long, value_name = "NAME")]
     pub model_alias: Option<String>,
@@ -231,6 +243,8 @@ pub struct Settings {
     pub api_url: Option<String>,
     /// Streaming endpoint.
     pub api_endpoint: Endpoint,
+    /// Prompts are chat messages (template applied in-process, chat endpoint over HTTP).
+    pub chat: bool,
     /// Model alias.
     pub model_alias: String,
     /// Server binary.
@@ -373,10 +387,14 @@ pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
         warmup: args.warmup.or(f.warmup).unwrap_or(1),
         max_new_tokens,
         api_url,
-        api_endpoint: args
-            .api_endpoint
-            .or(f.api_endpoint)
-            .unwrap_or(Endpoint::Completion),
+        chat: args.chat,
+        api_endpoint: if args.chat {
+            Endpoint::Chat
+        } else {
+            args.api_endpoint
+                .or(f.api_endpoint)
+                .unwrap_or(Endpoint::Completion)
+        },
         model_alias: args
             .model_alias
             .clone()
@@ -439,27 +457,40 @@ fn build_tokenizers(s: &Settings, args: &RunArgs) -> Result<Vec<Tokenizer>> {
         let tok = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let bos = crate::backend::hf::bos_id(&dir, &tok);
-        out.push(Tokenizer::new(
-            BackendKind::Hf,
-            path.display().to_string(),
-            bos,
-            move |t| {
-                tok.encode(t, true)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| e.to_string())
-            },
-        ));
+        // --chat: the checkpoint's template, then no added special tokens (as the backend does).
+        let chat = if s.chat {
+            Some(crate::backend::hf::chat_template(&dir)?)
+        } else {
+            None
+        };
+        let source = path.display().to_string();
+        out.push(Tokenizer::new(BackendKind::Hf, source, bos, move |t| {
+            let enc = match &chat {
+                Some(c) => tok.encode(c.render_user(t)?, false),
+                None => tok.encode(t, true),
+            };
+            enc.map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+        }));
     }
     let spawn = s.backends.contains(&BackendKind::Api) && s.api_url.is_none();
     #[cfg(feature = "llama")]
     if s.backends.contains(&BackendKind::Inproc) || spawn {
         let vocab = std::rc::Rc::new(crate::backend::inproc::VocabOnly::open(&s.llama.gguf)?);
+        let chat = if s.chat {
+            Some(std::rc::Rc::new(vocab.chat_template(&s.llama.gguf)?))
+        } else {
+            None
+        };
         for kind in [BackendKind::Inproc, BackendKind::Api] {
             if s.backends.contains(&kind) && (kind == BackendKind::Inproc || spawn) {
-                let v = vocab.clone();
+                let (v, c) = (vocab.clone(), chat.clone());
                 let source = format!("GGUF vocabulary of {} (llama.cpp)", s.llama.gguf.display());
                 out.push(Tokenizer::new(kind, source, Some(vocab.bos()), move |t| {
-                    v.token_ids(t).map_err(|e| e.to_string())
+                    let text = match &c {
+                        Some(c) => c.render_user(t)?,
+                        None => t.to_string(),
+                    };
+                    v.token_ids(&text).map_err(|e| e.to_string())
                 }));
             }
         }
@@ -598,6 +629,7 @@ fn hf_settings(s: &Settings) -> crate::backend::hf::HfSettings {
         dtype: s.dtype.clone(),
         // libtorch gets the same thread count as llama.cpp.
         threads: s.llama.threads,
+        chat: s.chat,
     }
 }
 
@@ -605,6 +637,8 @@ fn api_settings(s: &Settings, args: &RunArgs, server_log: &Path) -> ApiSettings 
     ApiSettings {
         url: s.api_url.clone(),
         endpoint: s.api_endpoint,
+        flavor: args.api_flavor,
+        api_model: args.api_model.clone(),
         model_alias: s.model_alias.clone(),
         server_bin: s.server_bin.clone(),
         server_log: server_log.to_path_buf(),
@@ -630,8 +664,8 @@ fn open_backend(
             &hf_settings(s),
         )?)),
         #[cfg(feature = "llama")]
-        BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open(
-            &s.llama,
+        BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open_with(
+            &s.llama, s.chat,
         )?)),
         BackendKind::Api => Ok(Box::new(ApiBackend::open(
             &s.llama,

@@ -27,6 +27,8 @@ pub enum Endpoint {
     Completion,
     /// OpenAI-compatible `POST /v1/completions`.
     V1,
+    /// OpenAI-compatible `POST /v1/chat/completions` (`--chat`): the prompt is one user message.
+    Chat,
 }
 
 impl Endpoint {
@@ -34,8 +36,21 @@ impl Endpoint {
         match self {
             Endpoint::Completion => "/completion",
             Endpoint::V1 => "/v1/completions",
+            Endpoint::Chat => "/v1/chat/completions",
         }
     }
+}
+
+/// What kind of server the api backend talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFlavor {
+    /// llama.cpp's llama-server: `cache_prompt: false` is sent, `timings` are read (prompt time,
+    /// cache hits), `/tokenize` checks the tokens.
+    Llama,
+    /// Any OpenAI-compatible server (vLLM, TGI, SGLang, Ollama, llama-cpp-python, ...): only
+    /// standard fields are sent; token counts come from `usage`; server timings are unavailable.
+    Openai,
 }
 
 /// How the api backend is set up.
@@ -45,6 +60,10 @@ pub struct ApiSettings {
     pub url: Option<String>,
     /// The endpoint to stream from.
     pub endpoint: Endpoint,
+    /// llama or openai; None detects it (`/props` answers only on llama.cpp).
+    pub flavor: Option<ApiFlavor>,
+    /// Model name for OpenAI requests (None: the first id of `/v1/models`, else the alias).
+    pub api_model: Option<String>,
     /// Model name sent in OpenAI requests and given to the spawned server as `--alias`.
     pub model_alias: String,
     /// The llama-server binary to spawn.
@@ -77,6 +96,8 @@ pub struct ApiBackend {
     server: Option<ServerProcess>,
     load_ms: f64,
     info: Value,
+    flavor: ApiFlavor,
+    model: String,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -146,6 +167,8 @@ impl ApiBackend {
             server,
             load_ms,
             info: Value::Null,
+            flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
+            model: settings.model_alias.clone(),
         };
         me.info = me.probe()?;
         Ok(me)
@@ -167,8 +190,9 @@ impl ApiBackend {
         })
     }
 
-    /// Reach the server, identify it (`/props`, `/v1/models`) and enforce the commit check.
-    fn probe(&self) -> Result<Value, OpenError> {
+    /// Reach the server, identify it (`/props`, `/v1/models`), settle the flavor and model name,
+    /// and enforce the commit check.
+    fn probe(&mut self) -> Result<Value, OpenError> {
         let who = match &self.settings.url {
             Some(u) => format!("--api-url {u}"),
             None => format!("spawned llama-server at {}", self.base),
@@ -193,6 +217,32 @@ impl ApiBackend {
                 build_info.as_deref().unwrap_or("?")
             )));
         }
+        // Only llama.cpp answers /props with its build and generation settings.
+        let detected = match &props {
+            Some(p)
+                if p.get("build_info").is_some()
+                    || p.get("default_generation_settings").is_some() =>
+            {
+                ApiFlavor::Llama
+            }
+            _ => ApiFlavor::Openai,
+        };
+        self.flavor = self.settings.flavor.unwrap_or(detected);
+        if self.flavor == ApiFlavor::Openai && self.settings.endpoint == Endpoint::Completion {
+            return Err(OpenError::Server(format!(
+                "{who} is not llama.cpp (no /props), so it has no native /completion: use --api-endpoint v1 or --chat"
+            )));
+        }
+        self.model = match (&self.settings.api_model, self.flavor) {
+            (Some(m), _) => m.clone(),
+            (None, ApiFlavor::Openai) => models
+                .as_ref()
+                .and_then(|m| m.pointer("/data/0/id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| self.settings.model_alias.clone()),
+            (None, ApiFlavor::Llama) => self.settings.model_alias.clone(),
+        };
         let log_system_info = self
             .server
             .as_ref()
@@ -209,6 +259,13 @@ impl ApiBackend {
             "commit_matches_linked": commit_match,
             "system_info": log_system_info,
             "model_alias": self.settings.model_alias,
+            "model": self.model,
+            "flavor": self.flavor,
+            "flavor_detected": detected,
+            "server_timings": match self.flavor {
+                ApiFlavor::Llama => "timings.prompt_ms / prompt_n / cache_n from the final event",
+                ApiFlavor::Openai => "unavailable: an OpenAI-compatible server reports no prompt time (server_prompt_ms and api_overhead_ms stay empty)",
+            },
             "props": props.as_ref().map(|p| json!({
                 "n_ctx": p.pointer("/default_generation_settings/n_ctx"),
                 "model_path": p.get("model_path"),
@@ -216,6 +273,35 @@ impl ApiBackend {
             })),
             "models": models.as_ref().and_then(|m| m.get("data")).cloned(),
         }))
+    }
+
+    /// llama-server's `/apply-template`: the text its chat endpoint builds for one user message.
+    fn apply_template(&self, prompt: &str) -> Result<String, RunError> {
+        let url = format!("{}/apply-template", self.base);
+        let body = json!({"messages": [{"role": "user", "content": prompt}]});
+        self.rt.block_on(async {
+            let r = self
+                .authed(self.client.post(&url))
+                .json(&body)
+                .timeout(self.settings.total_timeout)
+                .send()
+                .await
+                .map_err(|e| RunError::new(format!("/apply-template: {}", error_chain(&e))))?;
+            if !r.status().is_success() {
+                return Err(RunError::new(format!(
+                    "/apply-template: HTTP {}",
+                    r.status().as_u16()
+                )));
+            }
+            let v: Value = r
+                .json()
+                .await
+                .map_err(|e| RunError::new(format!("/apply-template: {}", error_chain(&e))))?;
+            v.get("prompt")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| RunError::new("/apply-template: no prompt"))
+        })
     }
 
     /// The spawned server's process id, if ttft started it.
@@ -231,29 +317,46 @@ impl ApiBackend {
         }
     }
 
-    fn request_body(&self, prompt: &str, max_new_tokens: u32) -> Value {
-        match self.settings.endpoint {
+    /// The flavor in effect (after detection).
+    pub fn flavor(&self) -> ApiFlavor {
+        self.flavor
+    }
+
+    /// The endpoint in effect.
+    pub fn endpoint(&self) -> Endpoint {
+        self.settings.endpoint
+    }
+
+    /// The request for one run: greedy, `max_new_tokens`, streamed. With llama.cpp the prompt
+    /// cache is switched off per request; OpenAI servers get only standard fields.
+    pub fn request_body(&self, prompt: &str, max_new_tokens: u32) -> Value {
+        let mut body = match self.settings.endpoint {
             Endpoint::Completion => json!({
                 "prompt": prompt,
                 "n_predict": max_new_tokens,
-                "stream": true,
-                "cache_prompt": false,
-                "temperature": 0.0,
-                "top_k": 1,
-                "seed": 0,
             }),
             Endpoint::V1 => json!({
-                "model": self.settings.model_alias,
+                "model": self.model,
                 "prompt": prompt,
                 "max_tokens": max_new_tokens,
-                "stream": true,
                 "stream_options": {"include_usage": true},
-                "cache_prompt": false,
-                "temperature": 0.0,
-                "top_k": 1,
-                "seed": 0,
             }),
+            Endpoint::Chat => json!({
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_new_tokens,
+                "stream_options": {"include_usage": true},
+            }),
+        };
+        body["stream"] = json!(true);
+        body["temperature"] = json!(0.0);
+        body["seed"] = json!(0);
+        if self.flavor == ApiFlavor::Llama {
+            // llama-server defaults cache_prompt to true: every timed run must be a cold prefill.
+            body["cache_prompt"] = json!(false);
+            body["top_k"] = json!(1);
         }
+        body
     }
 
     async fn stream_one(&self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
@@ -323,6 +426,8 @@ impl ApiBackend {
         let mut t_last = t0;
         let mut first = String::new();
         let mut itl = Vec::new();
+        // Chat: reasoning text can come before the visible answer; both moments are reported.
+        let mut t_visible: Option<Instant> = None;
         let mut output = String::new();
         let mut text_events = 0u32;
         let mut timings: Option<Value> = None;
@@ -383,9 +488,13 @@ impl ApiBackend {
                         .unwrap_or_else(|| err.to_string());
                     return Err(RunError::new(format!("server error event: {msg}")));
                 }
-                let (text, arrived) = token_in_event(self.settings.endpoint, &v);
+                let tok = event_token(self.settings.endpoint, &v);
+                let (text, arrived) = (tok.text, tok.arrived);
                 if arrived {
                     let now = Instant::now();
+                    if tok.visible && t_visible.is_none() {
+                        t_visible = Some(now);
+                    }
                     if t_first.is_none() {
                         t_first = Some(now);
                         first = text.to_string();
@@ -448,6 +557,7 @@ impl ApiBackend {
             api_overhead_ms: server_prompt_ms.map(|p| ttft_ms - p),
             generated_tokens: generated,
             itl_ms: itl,
+            first_visible_ms: t_visible.map(|t| (t - t0).as_secs_f64() * 1e3),
             decode_ms_per_token: (text_events > 1)
                 .then(|| (t_last - t_first).as_secs_f64() * 1e3 / f64::from(text_events - 1)),
             e2e_ms: (Instant::now() - t0).as_secs_f64() * 1e3,
@@ -482,7 +592,47 @@ async fn read_bounded(resp: reqwest::Response, limit: usize) -> String {
 /// sequence (the server holds its bytes back). The native endpoint shows them as a non-empty
 /// `tokens` array; the OpenAI endpoint as a `finish_reason` without text.
 pub fn token_in_event(endpoint: Endpoint, v: &Value) -> (&str, bool) {
-    match endpoint {
+    let t = event_token(endpoint, v);
+    (t.text, t.arrived)
+}
+
+/// A generated token as one SSE event carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventToken<'a> {
+    /// Its text (visible content or, in chat, reasoning text).
+    pub text: &'a str,
+    /// Visible answer text (chat: `delta.content`, not `delta.reasoning_content`).
+    pub visible: bool,
+    /// The event carries a generated token at all (a role-only chat chunk does not).
+    pub arrived: bool,
+}
+
+/// Decode the token of one event for `endpoint`.
+pub fn event_token(endpoint: Endpoint, v: &Value) -> EventToken<'_> {
+    if endpoint == Endpoint::Chat {
+        let choice = v.pointer("/choices/0");
+        let field = |k: &str| {
+            choice
+                .and_then(|c| c.pointer(&format!("/delta/{k}")))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
+        let (content, reasoning) = (field("content"), field("reasoning_content"));
+        let finished = choice
+            .and_then(|c| c.get("finish_reason"))
+            .is_some_and(|f| !f.is_null());
+        let text = if content.is_empty() {
+            reasoning
+        } else {
+            content
+        };
+        return EventToken {
+            text,
+            visible: !content.is_empty(),
+            arrived: !text.is_empty() || finished,
+        };
+    }
+    let (text, arrived) = match endpoint {
         Endpoint::Completion => {
             let text = v.get("content").and_then(Value::as_str).unwrap_or("");
             let ids = v
@@ -502,6 +652,12 @@ pub fn token_in_event(endpoint: Endpoint, v: &Value) -> (&str, bool) {
                 .is_some_and(|f| !f.is_null());
             (text, !text.is_empty() || finished)
         }
+        Endpoint::Chat => unreachable!("handled above"),
+    };
+    EventToken {
+        text,
+        visible: !text.is_empty(),
+        arrived,
     }
 }
 
@@ -524,8 +680,16 @@ impl Backend for ApiBackend {
 
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
         let url = format!("{}/tokenize", self.base);
+        let templated;
+        let content = if self.settings.endpoint == Endpoint::Chat {
+            // The server's own template, as the chat endpoint applies it.
+            templated = self.apply_template(prompt)?;
+            templated.as_str()
+        } else {
+            prompt
+        };
         // add_special: BOS exactly as a completion request's prompt gets it.
-        let body = json!({"content": prompt, "add_special": true, "parse_special": true});
+        let body = json!({"content": content, "add_special": true, "parse_special": true});
         self.rt.block_on(async {
             let r = self
                 .authed(self.client.post(&url))

@@ -8,6 +8,7 @@
 //! synchronisation point, so the clock can never stop before the GPU has finished.
 
 use super::{decode_tail, Backend, BackendKind, InprocClock, Measurement, OpenError, RunError};
+use crate::bench::chat::ChatTemplate;
 use crate::models::{self, layers::Decoder};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +28,8 @@ pub struct HfSettings {
     pub dtype: String,
     /// libtorch intra-op threads (the same number llama.cpp gets).
     pub threads: u32,
+    /// `--chat`: prompts are one user message put through the checkpoint's chat template.
+    pub chat: bool,
 }
 
 /// Parse `--device`.
@@ -163,6 +166,42 @@ pub fn libtorch_version() -> Option<String> {
         .map(|v| v.trim_matches(['\'', '"']).to_string())
 }
 
+/// The checkpoint's chat template: tokenizer_config.json's `chat_template` (a string, or a list
+/// of named templates: "default" is used) or a `chat_template.jinja` file, with the BOS/EOS texts.
+pub fn chat_template(dir: &Path) -> Result<ChatTemplate, OpenError> {
+    let cfg: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let from_cfg = match cfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
+        _ => None,
+    };
+    let src = from_cfg
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok())
+        .ok_or_else(|| {
+            OpenError::Model(format!(
+                "--chat: {} has no chat template (tokenizer_config.json chat_template or chat_template.jinja)",
+                dir.display()
+            ))
+        })?;
+    let special = |k: &str| {
+        cfg.get(k)
+            .and_then(|b| {
+                b.as_str()
+                    .or_else(|| b.get("content").and_then(|c| c.as_str()))
+            })
+            .unwrap_or("")
+            .to_string()
+    };
+    ChatTemplate::new(&src, &special("bos_token"), &special("eos_token"))
+        .map_err(|e| OpenError::Model(format!("--chat: {}: {e}", dir.display())))
+}
+
 /// The BOS id: tokenizer_config.json's `bos_token` (a string or {content}), else config.json's
 /// `bos_token_id`.
 pub fn bos_id(dir: &Path, tok: &Tokenizer) -> Option<u32> {
@@ -211,6 +250,7 @@ pub struct HfBackend {
     eos: Vec<i64>,
     load_ms: f64,
     info: serde_json::Value,
+    chat: Option<ChatTemplate>,
 }
 
 /// The cheap checks, run before anything is timed: device, dtype, the checkpoint folder, its
@@ -264,7 +304,13 @@ impl HfBackend {
             "cuda_available": tch::Cuda::is_available(),
             "cuda_devices": tch::Cuda::device_count(),
         });
+        let chat = if s.chat {
+            Some(chat_template(&dir)?)
+        } else {
+            None
+        };
         Ok(Self {
+            chat,
             eos: eos_ids(&dir, &cfg),
             decoder: loaded.decoder,
             tokenizer,
@@ -274,8 +320,18 @@ impl HfBackend {
         })
     }
 
-    /// Token ids the tokenizer produces for `prompt`, special tokens as its post-processor adds them.
+    /// Token ids the tokenizer produces for `prompt`, special tokens as its post-processor adds
+    /// them. With `--chat` the prompt goes through the chat template first and is encoded without
+    /// added special tokens, as transformers' `apply_chat_template(tokenize=True)` does.
     pub fn ids(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        if let Some(t) = &self.chat {
+            let text = t.render_user(prompt).map_err(RunError::new)?;
+            return self
+                .tokenizer
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| RunError::new(format!("tokenize: {e}")));
+        }
         self.tokenizer
             .encode(prompt, true)
             .map(|e| e.get_ids().to_vec())

@@ -10,6 +10,7 @@ use super::{
     check_gguf, decode_tail, Backend, BackendKind, InprocClock, LlamaParams, Measurement,
     OpenError, RunError,
 };
+use crate::bench::chat::ChatTemplate;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -54,6 +55,31 @@ pub fn system_info() -> String {
     }
 }
 
+/// The GGUF's chat template (`tokenizer.chat_template`) with its BOS/EOS texts.
+fn gguf_chat_template(
+    model: &LlamaModel,
+    path: &std::path::Path,
+) -> Result<ChatTemplate, OpenError> {
+    let src = model
+        .chat_template(None)
+        .ok()
+        .and_then(|t| t.to_string().ok())
+        .ok_or_else(|| {
+            OpenError::Model(format!(
+                "--chat: {} has no tokenizer.chat_template",
+                path.display()
+            ))
+        })?;
+    let text = |tok: LlamaToken| {
+        model
+            .token_to_piece_bytes(tok, 64, true, None)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    ChatTemplate::new(&src, &text(model.token_bos()), &text(model.token_eos()))
+        .map_err(|e| OpenError::Model(format!("--chat: {}: {e}", path.display())))
+}
+
 /// The GGUF's vocabulary alone (llama.cpp `vocab_only`): loads in milliseconds, proves llama.cpp
 /// knows the architecture, and tokenizes prompts before anything is timed.
 pub struct VocabOnly {
@@ -76,6 +102,11 @@ impl VocabOnly {
             ))
         })?;
         Ok(Self { model })
+    }
+
+    /// The GGUF's chat template (for `--chat`).
+    pub fn chat_template(&self, path: &std::path::Path) -> Result<ChatTemplate, OpenError> {
+        gguf_chat_template(&self.model, path)
     }
 
     /// Token ids llama.cpp evaluates for `prompt` (BOS as the GGUF says).
@@ -102,11 +133,17 @@ pub struct InprocBackend {
     params: LlamaParams,
     load_ms: f64,
     n_ctx: u32,
+    chat: Option<ChatTemplate>,
 }
 
 impl InprocBackend {
     /// Load the GGUF and create the context (timed as `load_ms`, never as TTFT).
     pub fn open(params: &LlamaParams) -> Result<Self, OpenError> {
+        Self::open_with(params, false)
+    }
+
+    /// As `open`; with `chat`, every prompt is one user message put through the GGUF's template.
+    pub fn open_with(params: &LlamaParams, chat: bool) -> Result<Self, OpenError> {
         check_gguf(&params.gguf)?;
         let backend = llama_backend()?;
         let t0 = Instant::now();
@@ -140,7 +177,13 @@ impl InprocBackend {
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let n_ctx = ctx.n_ctx();
         let batch = LlamaBatch::new(params.batch as usize, 1);
+        let chat = if chat {
+            Some(gguf_chat_template(&model, &params.gguf)?)
+        } else {
+            None
+        };
         Ok(Self {
+            chat,
             ctx,
             model,
             batch,
@@ -156,10 +199,20 @@ impl InprocBackend {
     }
 
     fn tokenize(&self, prompt: &str) -> Result<Vec<LlamaToken>, RunError> {
-        // AddBos::Always = llama_tokenize(add_special = true): BOS only if the GGUF says the model
-        // wants one, exactly like llama-server's prompt tokenization.
+        // --chat: the template is part of the backend's work, so it runs inside the clock.
+        let templated;
+        let text = match &self.chat {
+            Some(t) => {
+                templated = t.render_user(prompt).map_err(RunError::new)?;
+                templated.as_str()
+            }
+            None => prompt,
+        };
+        // AddBos::Always = llama_tokenize(add_special = true, parse_special = true): BOS only if
+        // the GGUF says the model wants one, special tokens in the text parsed, exactly like
+        // llama-server's prompt tokenization (also of a chat template's output).
         self.model
-            .str_to_token(prompt, AddBos::Always)
+            .str_to_token(text, AddBos::Always)
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
     }
 

@@ -107,6 +107,9 @@ pub struct Measurement {
     pub cache_n: Option<u32>,
     /// api: everything in TTFT that is not server prompt processing: `ttft - server_prompt_ms`.
     pub api_overhead_ms: Option<f64>,
+    /// api chat: request sent → first *visible* content (after any reasoning text); equal to
+    /// TTFT unless the server streams reasoning first.
+    pub first_visible_ms: Option<f64>,
     /// Tokens generated in total (the first included).
     pub generated_tokens: u32,
     /// Mean time per token after the first, (end - first token) / (generated - 1): vLLM's TPOT

@@ -1,5 +1,6 @@
 //! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
 
+pub mod chat;
 pub mod interrupt;
 pub mod parity;
 pub mod prompts;

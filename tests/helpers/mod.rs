@@ -68,6 +68,8 @@ pub fn api_settings(
     ttft::backend::api::ApiSettings {
         url: None,
         endpoint,
+        flavor: None,
+        api_model: None,
         model_alias: "smollm2-test".into(),
         server_bin: server_bin(),
         server_log: dir.join("server.log"),

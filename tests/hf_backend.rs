@@ -19,6 +19,7 @@ fn hf_settings() -> HfSettings {
         device: "cpu".into(),
         dtype: "f32".into(),
         threads: llama_params().threads,
+        chat: false,
     }
 }
 

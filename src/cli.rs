@@ -6,6 +6,7 @@ use crate::backend::api::{ApiBackend, ApiSettings, Endpoint};
 use crate::backend::server::cpu_features;
 use crate::backend::{check_gguf, Backend, BackendKind, LlamaParams, OpenError};
 use crate::bench::interrupt;
+use crate::bench::load::{LoadMode, LoadReport, LoadSample, Slo};
 use crate::bench::parity::{self, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, split_prompt_arg, PromptSet};
 use crate::bench::runner::{self, Plan, RunRecord};
@@ -211,6 +212,28 @@ pub struct RunArgs {
     /// Also write the summary as a Markdown table to FILE (for pull requests).
     #[arg(long, value_name = "FILE")]
     pub export_markdown: Option<PathBuf>,
+    /// Load (api only): N clients in a closed loop, each sending its next request when the last
+    /// one ended. The spawned server gets N slots (--parallel N), each with the full context.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Load (api only): open loop at R requests per second on average.
+    #[arg(long, value_name = "R")]
+    pub request_rate: Option<f64>,
+    /// Gamma shape of the open loop's gaps: 1 = Poisson, < 1 burstier, > 1 more regular.
+    #[arg(long, value_name = "B", default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Load: requests to send [default: prompts × --runs].
+    #[arg(long, value_name = "N")]
+    pub num_requests: Option<usize>,
+    /// Load: stop issuing requests after S seconds.
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Load: service-level objectives for goodput, e.g. ttft=500,tpot=50,e2e=3000 (milliseconds).
+    #[arg(long, value_name = "SLO")]
+    pub slo: Option<String>,
+    /// Load: slots of the spawned server for --request-rate (default 4; --concurrency uses N).
+    #[arg(long, value_name = "N")]
+    pub server_slots: Option<u32>,
     /// More output on stderr: -v one line per run, -vv also HTTP details (never the API key).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -647,6 +670,11 @@ fn api_settings(s: &Settings, args: &RunArgs, server_log: &Path) -> ApiSettings 
         first_token_timeout: Duration::from_secs_f64(args.first_token_timeout),
         total_timeout: Duration::from_secs_f64(args.request_timeout),
         server_port: s.server_port,
+        server_slots: match (args.concurrency, args.request_rate) {
+            (Some(n), _) => n.max(1),
+            (None, Some(_)) => args.server_slots.unwrap_or(4).max(1),
+            (None, None) => 1,
+        },
         api_key: s.api_key.clone(),
         verbose: args.verbose,
     }
@@ -698,6 +726,26 @@ pub fn run() -> Result<i32> {
         settings.api_key_source = Some(source);
     }
     let mut sets = validate(&settings)?;
+    let load_mode = match (args.concurrency, args.request_rate) {
+        (Some(_), Some(_)) => bail!("--concurrency and --request-rate exclude each other"),
+        (Some(0), None) => bail!("--concurrency must be at least 1"),
+        (Some(n), None) => Some(LoadMode::Closed { concurrency: n }),
+        (None, Some(r)) if r <= 0.0 || args.burstiness <= 0.0 => {
+            bail!("--request-rate and --burstiness must be positive")
+        }
+        (None, Some(r)) => Some(LoadMode::Open {
+            rate: r,
+            burstiness: args.burstiness,
+        }),
+        (None, None) => None,
+    };
+    if load_mode.is_some() && settings.backends != [BackendKind::Api] {
+        bail!("--concurrency / --request-rate load the api backend only: add --backend api");
+    }
+    let slo = match &args.slo {
+        Some(s) => crate::bench::load::parse_slo(s).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
+    };
     let mut toks = build_tokenizers(&settings, &args)?;
     if !args.prompt_tokens.is_empty() {
         sets = synthetic_sets(&args.prompt_tokens, settings.runs, args.seed, &mut toks)?;
@@ -737,6 +785,7 @@ pub fn run() -> Result<i32> {
     };
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut backends = Vec::new();
+    let mut load: Option<LoadReport> = None;
     let mut csv_error = None;
     let mut open_failed = false;
     for &kind in &settings.backends {
@@ -754,6 +803,25 @@ pub fn run() -> Result<i32> {
         // The backend lives only inside this block: the model is unloaded / the server stopped
         // before the next backend starts, so they never compete for cores or memory.
         report::env::reset_peak_rss();
+        if let Some(mode) = load_mode {
+            let api = ApiBackend::open(
+                &settings.llama,
+                &api_settings(&settings, &args, &server_log),
+            );
+            match api {
+                Ok(b) => {
+                    let (rep, lr) = run_load(&b, &plan, mode, &args, slo, &mut sink);
+                    backends.push(rep);
+                    load = Some(lr);
+                }
+                Err(e) => {
+                    eprintln!("ttft: error: {kind}: {e}");
+                    open_failed = true;
+                    backends.push(runner::run_unopened(kind, &e.to_string(), &plan, &mut sink));
+                }
+            }
+            continue;
+        }
         let rep = match open_backend(kind, &settings, &args, &server_log) {
             Ok(mut b) => runner::run_backend(b.as_mut(), &plan, &mut sink),
             Err(e) => {
@@ -773,6 +841,7 @@ pub fn run() -> Result<i32> {
         runs,
         token_disagreements,
         parity,
+        load,
     };
     let warnings = warnings(&report);
     let first_token_mismatch = report.first_token_agreement().iter().any(|a| !a.agree);
@@ -789,7 +858,13 @@ pub fn run() -> Result<i32> {
     .with_context(|| format!("cannot write {}", json_path.display()))?;
 
     print!("{}", report::table::render(&report, args.breakdown));
-    print!("{}", report::table::render_fits(&report));
+    // The fit means something for a length sweep; for a few prompt files it is noise.
+    if !args.prompt_tokens.is_empty() {
+        print!("{}", report::table::render_fits(&report));
+    }
+    if let Some(l) = &report.load {
+        print!("{}", crate::bench::load::render(l));
+    }
     for w in &warnings {
         eprintln!("ttft: warning: {w}");
     }
@@ -847,6 +922,102 @@ pub fn run() -> Result<i32> {
     } else {
         0
     })
+}
+
+/// A load run on the api backend: every request becomes a row (prompt set and index of the prompt
+/// it sent, its request number as run index), plus the load summary.
+fn run_load(
+    api: &ApiBackend,
+    plan: &Plan,
+    mode: LoadMode,
+    args: &RunArgs,
+    slo: Slo,
+    sink: &mut dyn FnMut(&RunRecord),
+) -> (runner::BackendReport, LoadReport) {
+    let prompts: Vec<(String, usize, String)> = plan
+        .sets
+        .iter()
+        .flat_map(|s| {
+            s.prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (s.name.clone(), i, p.clone()))
+        })
+        .collect();
+    let texts: Vec<String> = prompts.iter().map(|p| p.2.clone()).collect();
+    let n = args
+        .num_requests
+        .unwrap_or_else(|| match (mode, args.duration) {
+            (LoadMode::Open { rate, .. }, Some(d)) => (rate * d).ceil() as usize,
+            (_, Some(_)) => usize::MAX,
+            _ => texts.len() * plan.runs as usize,
+        });
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let mut samples = Vec::new();
+    let load_plan = crate::bench::load::LoadPlan {
+        mode,
+        requests: n,
+        duration,
+        max_new_tokens: plan.max_new_tokens,
+        seed: args.seed,
+    };
+    let (secs, max_in_flight) = api.run_load(&texts, load_plan, &mut |i, r| {
+        let (set, idx, text) = &prompts[i % prompts.len()];
+        let rec = match r {
+            Ok(m) => {
+                samples.push(LoadSample {
+                    ttft_ms: Some(m.ttft_ms),
+                    tpot_ms: m.decode_ms_per_token,
+                    itl_ms: m.itl_ms.clone(),
+                    e2e_ms: Some(m.e2e_ms),
+                    output_tokens: m.generated_tokens,
+                });
+                RunRecord {
+                    prompt_type: set.clone(),
+                    prompt_idx: *idx,
+                    run_idx: i as u32,
+                    runner: BackendKind::Api,
+                    prompt_text: text.clone(),
+                    ok: true,
+                    error: None,
+                    flags: runner::row_flags(&m, None),
+                    measurement: Some(m),
+                }
+            }
+            Err(e) => {
+                samples.push(LoadSample {
+                    ttft_ms: None,
+                    tpot_ms: None,
+                    itl_ms: vec![],
+                    e2e_ms: None,
+                    output_tokens: 0,
+                });
+                RunRecord {
+                    prompt_type: set.clone(),
+                    prompt_idx: *idx,
+                    run_idx: i as u32,
+                    runner: BackendKind::Api,
+                    prompt_text: text.clone(),
+                    ok: false,
+                    error: Some(e.to_string()),
+                    flags: Vec::new(),
+                    measurement: None,
+                }
+            }
+        };
+        sink(&rec);
+    });
+    let lr =
+        crate::bench::load::summarise(mode, &samples, secs, max_in_flight, api.server_slots(), slo);
+    let rep = runner::BackendReport {
+        name: BackendKind::Api,
+        load_ms: Some(api.load_ms()),
+        peak_rss_mib: report::env::peak_rss_mib(None),
+        open_error: None,
+        info: api.info(),
+        token_counts: Default::default(),
+    };
+    (rep, lr)
 }
 
 /// Things a reader must know before trusting the table.

@@ -80,6 +80,8 @@ pub struct ApiSettings {
     pub total_timeout: Duration,
     /// Fixed port for the spawned server (None: a free one).
     pub server_port: Option<u16>,
+    /// Parallel slots of the spawned server (1 for single runs; the concurrency for load runs).
+    pub server_slots: u32,
     /// Bearer token for servers that need one (redacted in every print).
     pub api_key: Option<crate::secret::Secret>,
     /// 0 quiet, 1 a line per request, 2 also response details (never the key).
@@ -151,6 +153,7 @@ impl ApiBackend {
                     params,
                     &settings.model_alias,
                     settings.server_port,
+                    settings.server_slots,
                     &settings.server_log,
                     Duration::from_secs(120),
                 )?;
@@ -302,6 +305,87 @@ impl ApiBackend {
                 .map(str::to_string)
                 .ok_or_else(|| RunError::new("/apply-template: no prompt"))
         })
+    }
+
+    /// Issue many requests for a load run and hand each result to `done` as it finishes:
+    /// closed loop (`concurrency` clients back to back) or open loop (gamma arrivals). Stops
+    /// after `n` requests or `duration`. Returns (wall seconds, most requests in flight).
+    pub fn run_load(
+        &self,
+        prompts: &[String],
+        plan: crate::bench::load::LoadPlan,
+        done: &mut dyn FnMut(usize, Result<Measurement, RunError>),
+    ) -> (f64, usize) {
+        use crate::bench::load::{arrivals, LoadMode};
+        let (n, mode, duration, max_new_tokens, seed) = (
+            plan.requests,
+            plan.mode,
+            plan.duration,
+            plan.max_new_tokens,
+            plan.seed,
+        );
+        use std::cell::{Cell, RefCell};
+        let done = RefCell::new(done);
+        let in_flight = Cell::new(0usize);
+        let max_in_flight = Cell::new(0usize);
+        let next = Cell::new(0usize);
+        self.rt.block_on(async {
+            let start = Instant::now();
+            let over = || {
+                duration.is_some_and(|d| start.elapsed() >= d)
+                    || crate::bench::interrupt::requested()
+            };
+            let one = |i: usize| {
+                let (done, in_flight, max_in_flight) = (&done, &in_flight, &max_in_flight);
+                async move {
+                    in_flight.set(in_flight.get() + 1);
+                    max_in_flight.set(max_in_flight.get().max(in_flight.get()));
+                    let r = self
+                        .stream_one(&prompts[i % prompts.len()], max_new_tokens)
+                        .await;
+                    in_flight.set(in_flight.get() - 1);
+                    (done.borrow_mut())(i, r);
+                }
+            };
+            match mode {
+                LoadMode::Closed { concurrency } => {
+                    let worker = || async {
+                        loop {
+                            let i = next.get();
+                            if i >= n || over() {
+                                break;
+                            }
+                            next.set(i + 1);
+                            one(i).await;
+                        }
+                    };
+                    futures_util::future::join_all((0..concurrency).map(|_| worker())).await;
+                }
+                LoadMode::Open { rate, burstiness } => {
+                    let times = arrivals(n, rate, burstiness, seed);
+                    futures_util::future::join_all(times.into_iter().enumerate().map(|(i, t)| {
+                        let one = &one;
+                        let over = &over;
+                        async move {
+                            tokio::time::sleep_until((start + Duration::from_secs_f64(t)).into())
+                                .await;
+                            if !over() {
+                                one(i).await;
+                            }
+                        }
+                    }))
+                    .await;
+                }
+            }
+            (start.elapsed().as_secs_f64(), max_in_flight.get())
+        })
+    }
+
+    /// Server slots reported by `/props` (`total_slots`), when the server says.
+    pub fn server_slots(&self) -> Option<u64> {
+        self.info
+            .pointer("/props/total_slots")
+            .and_then(Value::as_u64)
     }
 
     /// The spawned server's process id, if ttft started it.
@@ -505,7 +589,8 @@ impl ApiBackend {
                     text_events += 1;
                     output.push_str(text);
                 }
-                if let Some(t) = v.get("timings") {
+                // OpenAI flavor: nothing llama.cpp-specific is read, even if present.
+                if let (Some(t), ApiFlavor::Llama) = (v.get("timings"), self.flavor) {
                     timings = Some(t.clone());
                 }
                 let stop = v.get("stop").and_then(Value::as_bool) == Some(true);

@@ -39,7 +39,10 @@ pub fn port_is_free(port: u16) -> bool {
 
 /// The server's arguments for `params`: each llama.cpp knob is set explicitly rather than left to
 /// defaults that differ between the server and the library.
-pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> {
+///
+/// `slots` requests can run at once (`--parallel`); the context grows with them so every slot
+/// keeps the full `ctx_size` (llama-server splits `--ctx-size` between its slots).
+pub fn server_args(params: &LlamaParams, alias: &str, port: u16, slots: u32) -> Vec<String> {
     vec![
         "--model".into(),
         params.gguf.display().to_string(),
@@ -48,7 +51,7 @@ pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> 
         "--port".into(),
         port.to_string(),
         "--ctx-size".into(),
-        params.ctx_size.to_string(),
+        (params.ctx_size * slots.max(1)).to_string(),
         "--threads".into(),
         params.threads.to_string(),
         "--threads-batch".into(),
@@ -59,9 +62,10 @@ pub fn server_args(params: &LlamaParams, alias: &str, port: u16) -> Vec<String> 
         params.ubatch.to_string(),
         "--n-gpu-layers".into(),
         params.n_gpu_layers.to_string(),
-        // One slot: the whole context for one request, like the single in-process context.
+        // One slot by default: the whole context for one request, like the single in-process
+        // context; more only for load runs.
         "--parallel".into(),
-        "1".into(),
+        slots.max(1).to_string(),
         // No host-RAM prompt cache: it would restore an earlier prompt's KV state.
         "--cache-ram".into(),
         "0".into(),
@@ -78,6 +82,7 @@ impl ServerProcess {
         params: &LlamaParams,
         alias: &str,
         port: Option<u16>,
+        slots: u32,
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, OpenError> {
@@ -90,7 +95,7 @@ impl ServerProcess {
         // A port can be taken between our probe and the server's bind: try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_spawn(bin, params, alias, port, log_path, timeout) {
+            match Self::try_spawn(bin, params, alias, port, slots, log_path, timeout) {
                 Ok(s) => return Ok(s),
                 Err((e, retry)) => {
                     last_err = Some(e);
@@ -108,6 +113,7 @@ impl ServerProcess {
         params: &LlamaParams,
         alias: &str,
         port: Option<u16>,
+        slots: u32,
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, (OpenError, bool)> {
@@ -117,7 +123,7 @@ impl ServerProcess {
                 free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?
             }
         };
-        let args = server_args(params, alias, port);
+        let args = server_args(params, alias, port, slots);
         let log = std::fs::File::create(log_path).map_err(|e| {
             (
                 OpenError::Server(format!(
@@ -299,7 +305,13 @@ mod tests {
             ubatch: 512,
             n_gpu_layers: 0,
         };
-        let a = server_args(&p, "alias", 8080).join(" ");
+        let a = server_args(&p, "alias", 8080, 1).join(" ");
+        assert!(server_args(&p, "alias", 8080, 4)
+            .join(" ")
+            .contains("--parallel 4 "));
+        assert!(server_args(&p, "alias", 8080, 4)
+            .join(" ")
+            .contains("--ctx-size 8192 "));
         for want in [
             "--ctx-size 2048",
             "--threads 3",

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod interrupt;
+pub mod load;
 pub mod parity;
 pub mod prompts;
 pub mod runner;

@@ -90,6 +90,10 @@ impl ParityReport {
     /// One line for the terminal.
     pub fn summary(&self) -> String {
         let names: Vec<&str> = self.tokenizers.keys().map(|k| k.name()).collect();
+        if names.is_empty() {
+            return "parity: not checked (no tokenizer is available for the selected backends)"
+                .into();
+        }
         let bad = self.problems();
         if bad.is_empty() {
             format!(

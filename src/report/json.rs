@@ -21,6 +21,7 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
             "prompt_type": set, "prompt_idx": idx, "counts": counts,
         })).collect::<Vec<_>>(),
         "parity": report.parity,
+        "load": report.load,
         "first_token_agreement": report.first_token_agreement(),
         "fits": report.fits(),
         "relative": report.relative(),

@@ -82,8 +82,8 @@ pub struct Fit {
     pub a_ms: f64,
     /// Prefill cost per prompt token, ms.
     pub b_ms_per_token: f64,
-    /// 1000 / b.
-    pub prefill_tokens_per_s: f64,
+    /// 1000 / b (None when b is not positive).
+    pub prefill_tokens_per_s: Option<f64>,
     /// Coefficient of determination.
     pub r2: f64,
     /// Distinct prompt lengths in the fit.
@@ -114,6 +114,8 @@ pub struct Report {
     pub token_disagreements: Vec<ParityRow>,
     /// The parity gate run before timing.
     pub parity: ParityReport,
+    /// The load run's summary (`--concurrency` / `--request-rate`).
+    pub load: Option<crate::bench::load::LoadReport>,
 }
 
 fn median_of(
@@ -203,7 +205,7 @@ impl Report {
                     runner: k,
                     a_ms: a,
                     b_ms_per_token: b,
-                    prefill_tokens_per_s: if b > 0.0 { 1000.0 / b } else { f64::INFINITY },
+                    prefill_tokens_per_s: (b > 0.0).then(|| 1000.0 / b),
                     r2,
                     lengths,
                 })

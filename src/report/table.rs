@@ -125,8 +125,13 @@ pub fn render_fits(report: &Report) -> String {
         .filter(|f| f.lengths.len() >= 2)
         .map(|f| {
             format!(
-                "fit {}: TTFT ≈ {:.2} ms + {:.4} ms/token × n  ({:.0} prompt tokens/s, R² {:.4}, lengths {:?})\n",
-                f.runner, f.a_ms, f.b_ms_per_token, f.prefill_tokens_per_s, f.r2, f.lengths
+                "fit {}: TTFT ≈ {:.2} ms + {:.4} ms/token × n  ({} prompt tokens/s, R² {:.4}, lengths {:?})\n",
+                f.runner,
+                f.a_ms,
+                f.b_ms_per_token,
+                f.prefill_tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
+                f.r2,
+                f.lengths
             )
         })
         .collect()

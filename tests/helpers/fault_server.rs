@@ -205,6 +205,14 @@ impl FaultServer {
                     let _ = fault(&mut s, f);
                 } else if is_completion {
                     let _ = good_stream(&mut s);
+                } else if first.starts_with("GET /props") {
+                    // Identifies itself as llama.cpp of the linked commit (flavor detection).
+                    let _ = respond(
+                        &mut s,
+                        "200 OK",
+                        "application/json",
+                        r#"{"build_info":"b1-9e3b928"}"#,
+                    );
                 } else {
                     let _ = respond(&mut s, "404 Not Found", "text/plain", "not here");
                 }

@@ -78,6 +78,7 @@ pub fn api_settings(
         first_token_timeout: Duration::from_secs(120),
         total_timeout: Duration::from_secs(300),
         server_port: None,
+        server_slots: 1,
         api_key: None,
         verbose: 0,
     }

@@ -1,0 +1,216 @@
+//! The api backend for real deployments: chat, the OpenAI flavor and load, against the real
+//! spawned llama-server with the default GGUF.
+
+mod helpers;
+
+use helpers::*;
+use std::path::Path;
+
+fn json_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(only_file(dir, "json")).unwrap()).unwrap()
+}
+
+fn prompt_tokens(runs: &[serde_json::Value], runner: &str) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<(String, u64, u64)> = runs
+        .iter()
+        .filter(|r| r["runner"] == runner && r["ok"] == true)
+        .map(|r| {
+            (
+                r["prompt_type"].as_str().unwrap().to_string(),
+                r["prompt_idx"].as_u64().unwrap(),
+                r["prompt_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn chat_streams_and_uses_the_same_templated_tokens_in_process_and_over_http() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "hf,inproc,api",
+        "--chat",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("parity: all 8 prompts tokenize to identical ids in hf, inproc, api"),
+        "{}",
+        stdout(&o)
+    );
+    let json = json_of(d.path());
+    let runs = json["runs"].as_array().unwrap();
+    // The server's evaluated prompt (its own template) has exactly the in-process template's tokens.
+    let (api, inproc, hf) = (
+        prompt_tokens(runs, "api"),
+        prompt_tokens(runs, "inproc"),
+        prompt_tokens(runs, "hf"),
+    );
+    assert_eq!(api.len(), 8);
+    assert_eq!(api, inproc);
+    assert_eq!(api, hf);
+    assert!(
+        api.iter().all(|(_, _, n)| *n > 20),
+        "the template adds the system and role markers"
+    );
+    for r in runs.iter().filter(|r| r["runner"] == "api") {
+        // The role-only first chunk is not a token: TTFT is the first content.
+        assert!(!r["first_token"].as_str().unwrap().is_empty(), "{r}");
+        assert!(
+            r["ttft_ms"].as_f64().unwrap() > 0.0 && r["ttft_ms"].as_f64() <= r["e2e_ms"].as_f64()
+        );
+        assert_eq!(
+            r["first_visible_ms"], r["ttft_ms"],
+            "no reasoning text: first visible = first token"
+        );
+        assert_eq!(r["cache_n"], 0);
+    }
+    assert!(
+        json["first_token_agreement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["agree"] == true),
+        "{}",
+        json["first_token_agreement"]
+    );
+    assert!(json["token_disagreements"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--api-flavor",
+        "openai",
+        "--api-endpoint",
+        "v1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let json = json_of(d.path());
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(
+        prompt_tokens(runs, "api"),
+        prompt_tokens(runs, "inproc"),
+        "usage.prompt_tokens"
+    );
+    for r in runs.iter().filter(|r| r["runner"] == "api") {
+        assert!(
+            r["server_prompt_ms"].is_null() && r["api_overhead_ms"].is_null(),
+            "unavailable, not zero: {r}"
+        );
+    }
+    let api = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "api")
+        .unwrap();
+    assert_eq!(api["info"]["flavor"], "openai");
+    assert_eq!(api["info"]["flavor_detected"], "llama");
+    assert!(api["info"]["server_timings"]
+        .as_str()
+        .unwrap()
+        .starts_with("unavailable"));
+}
+
+#[test]
+fn concurrency_4_keeps_4_requests_in_flight_on_4_server_slots() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--concurrency",
+        "4",
+        "--num-requests",
+        "12",
+        "--prompts",
+        "data/short_prompts.txt",
+        "--max-new-tokens",
+        "16",
+        "--slo",
+        "ttft=100000,tpot=100000",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("load: closed loop, concurrency 4; 12/12 requests ok"),
+        "{out}"
+    );
+    let json = json_of(d.path());
+    let load = &json["load"];
+    assert_eq!(load["max_in_flight"], 4);
+    assert_eq!(load["server_slots"], 4);
+    assert_eq!(load["ok"], 12);
+    for k in ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"] {
+        assert!(
+            load[k]["p50"].as_f64().unwrap() > 0.0
+                && load[k]["p99"].as_f64() >= load[k]["p50"].as_f64(),
+            "{k}: {}",
+            load[k]
+        );
+    }
+    // Generous objectives: every request meets them, so goodput equals throughput.
+    assert_eq!(load["goodput"], load["request_throughput"]);
+    let api = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "api")
+        .unwrap();
+    let args: Vec<&str> = api["info"]["server_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let np = args.iter().position(|a| *a == "--parallel").unwrap();
+    assert_eq!(args[np + 1], "4");
+    assert_eq!(json["runs"].as_array().unwrap().len(), 12);
+    assert_schema_valid(&json);
+}
+
+#[test]
+fn load_options_need_the_api_backend() {
+    let o = ttft(&["--backend", "inproc", "--concurrency", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--backend api"));
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--concurrency",
+        "2",
+        "--request-rate",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ttft(&["--backend", "api", "--concurrency", "2", "--slo", "speed=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown objective"));
+}

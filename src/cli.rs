@@ -231,6 +231,12 @@ pub struct RunArgs {
     /// Load: service-level objectives for goodput, e.g. ttft=500,tpot=50,e2e=3000 (milliseconds).
     #[arg(long, value_name = "SLO")]
     pub slo: Option<String>,
+    /// llama.cpp RPC workers (host:port,...) for the spawned llama-server to offload the model to.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub rpc: Vec<String>,
+    /// Start N local rpc-server workers on 127.0.0.1 and offload the spawned server to them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub spawn_rpc: u32,
     /// Load: slots of the spawned server for --request-rate (default 4; --concurrency uses N).
     #[arg(long, value_name = "N")]
     pub server_slots: Option<u32>,
@@ -676,6 +682,8 @@ fn api_settings(s: &Settings, args: &RunArgs, server_log: &Path) -> ApiSettings 
             (None, None) => 1,
         },
         api_key: s.api_key.clone(),
+        rpc: args.rpc.clone(),
+        spawn_rpc: args.spawn_rpc,
         verbose: args.verbose,
     }
 }
@@ -739,6 +747,9 @@ pub fn run() -> Result<i32> {
         }),
         (None, None) => None,
     };
+    if (!args.rpc.is_empty() || args.spawn_rpc > 0) && settings.api_url.is_some() {
+        bail!("--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url");
+    }
     if load_mode.is_some() && settings.backends != [BackendKind::Api] {
         bail!("--concurrency / --request-rate load the api backend only: add --backend api");
     }

@@ -214,3 +214,70 @@ fn load_options_need_the_api_backend() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown objective"));
 }
+
+#[test]
+fn spawn_rpc_2_offloads_to_two_local_workers_with_the_same_first_token() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("p.txt");
+    std::fs::write(
+        &prompts,
+        "The capital of France is\nWater boils at sea level at a temperature of\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "--backend",
+            "api",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--max-new-tokens",
+            "2",
+        ];
+        let (p, o) = (prompts.display().to_string(), out.display().to_string());
+        args.extend(["--prompts", &p, "--out", &o]);
+        args.extend(extra);
+        let res = ttft(&args);
+        assert_eq!(
+            res.status.code(),
+            Some(0),
+            "{}\n{}",
+            stdout(&res),
+            stderr(&res)
+        );
+        json_of(out)
+    };
+    let plain = run(&[], &d.path().join("plain"));
+    let rpc = run(&["--spawn-rpc", "2"], &d.path().join("rpc"));
+    let firsts = |j: &serde_json::Value| -> Vec<String> {
+        j["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["first_token"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(firsts(&rpc), firsts(&plain));
+    assert_eq!(firsts(&rpc)[0], " Paris");
+    let info = &rpc["backends"][0]["info"];
+    let endpoints = info["rpc"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2, "{info}");
+    let args: Vec<&str> = info["server_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--rpc"), "{args:?}");
+    // The workers were really used: the server log names the RPC devices.
+    let log = std::fs::read_to_string(info["server_log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("RPC"), "no RPC device in the server log");
+    for pid in info["rpc"]["spawned_worker_pids"].as_array().unwrap() {
+        assert!(
+            !pid_alive(pid.as_u64().unwrap() as u32),
+            "rpc-server {pid} outlived ttft"
+        );
+    }
+}

@@ -82,6 +82,10 @@ pub struct ApiSettings {
     pub server_port: Option<u16>,
     /// Parallel slots of the spawned server (1 for single runs; the concurrency for load runs).
     pub server_slots: u32,
+    /// llama.cpp RPC workers (`host:port`) the spawned server offloads to (`--rpc`).
+    pub rpc: Vec<String>,
+    /// Start this many local rpc-server workers on 127.0.0.1 (`--spawn-rpc`).
+    pub spawn_rpc: u32,
     /// Bearer token for servers that need one (redacted in every print).
     pub api_key: Option<crate::secret::Secret>,
     /// 0 quiet, 1 a line per request, 2 also response details (never the key).
@@ -96,6 +100,8 @@ pub struct ApiBackend {
     base: String,
     settings: ApiSettings,
     server: Option<ServerProcess>,
+    // Dropped after the server (fields drop in declaration order): the server disconnects first.
+    rpc_workers: Option<super::server::RpcWorkers>,
     load_ms: f64,
     info: Value,
     flavor: ApiFlavor,
@@ -136,7 +142,7 @@ impl ApiBackend {
             .build()
             .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))?;
 
-        let (base, server, load_ms) = match &settings.url {
+        let (base, server, load_ms, rpc_workers, rpc) = match &settings.url {
             Some(url) => {
                 let base = url.trim_end_matches('/').to_string();
                 if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -144,21 +150,41 @@ impl ApiBackend {
                         "--api-url {url}: expected an http:// or https:// URL"
                     )));
                 }
-                (base, None, 0.0)
+                (base, None, 0.0, None, Vec::new())
             }
             None => {
                 check_gguf(&params.gguf)?;
+                let rpc_bin = settings.server_bin.with_file_name("rpc-server");
+                let workers = if settings.spawn_rpc > 0 {
+                    let dir = settings
+                        .server_log
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."));
+                    Some(super::server::RpcWorkers::spawn(
+                        &rpc_bin,
+                        settings.spawn_rpc,
+                        params.threads,
+                        dir,
+                    )?)
+                } else {
+                    None
+                };
+                let mut rpc = settings.rpc.clone();
+                if let Some(w) = &workers {
+                    rpc.extend(w.endpoints.iter().cloned());
+                }
                 let s = ServerProcess::spawn(
                     &settings.server_bin,
                     params,
                     &settings.model_alias,
                     settings.server_port,
                     settings.server_slots,
+                    &rpc,
                     &settings.server_log,
                     Duration::from_secs(120),
                 )?;
                 let ms = s.start_ms;
-                (s.url.clone(), Some(s), ms)
+                (s.url.clone(), Some(s), ms, workers, rpc)
             }
         };
 
@@ -168,12 +194,17 @@ impl ApiBackend {
             base,
             settings: settings.clone(),
             server,
+            rpc_workers,
             load_ms,
             info: Value::Null,
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
         };
         me.info = me.probe()?;
+        me.info["rpc"] = json!({
+            "endpoints": rpc,
+            "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),
+        });
         Ok(me)
     }
 

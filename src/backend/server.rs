@@ -42,8 +42,14 @@ pub fn port_is_free(port: u16) -> bool {
 ///
 /// `slots` requests can run at once (`--parallel`); the context grows with them so every slot
 /// keeps the full `ctx_size` (llama-server splits `--ctx-size` between its slots).
-pub fn server_args(params: &LlamaParams, alias: &str, port: u16, slots: u32) -> Vec<String> {
-    vec![
+pub fn server_args(
+    params: &LlamaParams,
+    alias: &str,
+    port: u16,
+    slots: u32,
+    rpc: &[String],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
         "--model".into(),
         params.gguf.display().to_string(),
         "--host".into(),
@@ -72,7 +78,103 @@ pub fn server_args(params: &LlamaParams, alias: &str, port: u16, slots: u32) -> 
         "--alias".into(),
         alias.into(),
         "--no-ui".into(),
-    ]
+    ];
+    if !rpc.is_empty() {
+        // llama.cpp's RPC backend: the model's layers are split across the workers, which count
+        // as devices, so layers must be offloaded for them to be used at all.
+        a.extend(["--rpc".into(), rpc.join(",")]);
+        if params.n_gpu_layers == 0 {
+            let i = a
+                .iter()
+                .position(|x| x == "--n-gpu-layers")
+                .expect("always set")
+                + 1;
+            a[i] = "999".into();
+        }
+    }
+    a
+}
+
+/// `rpc-server` workers on 127.0.0.1 (`--spawn-rpc N`), stopped (and killed with ttft) like the
+/// server.
+pub struct RpcWorkers {
+    children: Vec<Child>,
+    /// `host:port` of each worker, for llama-server's `--rpc`.
+    pub endpoints: Vec<String>,
+}
+
+impl RpcWorkers {
+    /// Start `n` workers of `bin` with `threads` threads each and wait until they accept.
+    pub fn spawn(bin: &Path, n: u32, threads: u32, log_dir: &Path) -> Result<Self, OpenError> {
+        if !bin.exists() {
+            return Err(OpenError::Server(format!(
+                "rpc-server not found at {}: run scripts/setup.sh",
+                bin.display()
+            )));
+        }
+        let mut w = RpcWorkers {
+            children: Vec::new(),
+            endpoints: Vec::new(),
+        };
+        for i in 0..n {
+            let port = free_port().map_err(|e| OpenError::Server(format!("no free port: {e}")))?;
+            let log = std::fs::File::create(log_dir.join(format!("rpc-server-{i}.log")))
+                .map_err(|e| OpenError::Server(format!("rpc-server log: {e}")))?;
+            let log2 = log
+                .try_clone()
+                .map_err(|e| OpenError::Server(e.to_string()))?;
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                &threads.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+            // SAFETY: only async-signal-safe libc calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    libc::setpgid(0, 0);
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| OpenError::Server(format!("cannot start {}: {e}", bin.display())))?;
+            w.children.push(child);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let t0 = Instant::now();
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                if t0.elapsed() > Duration::from_secs(20) {
+                    return Err(OpenError::Server(format!(
+                        "rpc-server on port {port} did not start"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            w.endpoints.push(format!("127.0.0.1:{port}"));
+        }
+        Ok(w)
+    }
+
+    /// Process ids of the workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for RpcWorkers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl ServerProcess {
@@ -83,6 +185,7 @@ impl ServerProcess {
         alias: &str,
         port: Option<u16>,
         slots: u32,
+        rpc: &[String],
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, OpenError> {
@@ -95,7 +198,7 @@ impl ServerProcess {
         // A port can be taken between our probe and the server's bind: try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_spawn(bin, params, alias, port, slots, log_path, timeout) {
+            match Self::try_spawn(bin, params, alias, port, slots, rpc, log_path, timeout) {
                 Ok(s) => return Ok(s),
                 Err((e, retry)) => {
                     last_err = Some(e);
@@ -114,6 +217,7 @@ impl ServerProcess {
         alias: &str,
         port: Option<u16>,
         slots: u32,
+        rpc: &[String],
         log_path: &Path,
         timeout: Duration,
     ) -> Result<Self, (OpenError, bool)> {
@@ -123,7 +227,7 @@ impl ServerProcess {
                 free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?
             }
         };
-        let args = server_args(params, alias, port, slots);
+        let args = server_args(params, alias, port, slots, rpc);
         let log = std::fs::File::create(log_path).map_err(|e| {
             (
                 OpenError::Server(format!(
@@ -305,13 +409,13 @@ mod tests {
             ubatch: 512,
             n_gpu_layers: 0,
         };
-        let a = server_args(&p, "alias", 8080, 1).join(" ");
-        assert!(server_args(&p, "alias", 8080, 4)
-            .join(" ")
-            .contains("--parallel 4 "));
-        assert!(server_args(&p, "alias", 8080, 4)
-            .join(" ")
-            .contains("--ctx-size 8192 "));
+        let a = server_args(&p, "alias", 8080, 1, &[]).join(" ");
+        let four = server_args(&p, "alias", 8080, 4, &[]).join(" ");
+        assert!(four.contains("--parallel 4 ") && four.contains("--ctx-size 8192 "));
+        let two = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let rpc = server_args(&p, "alias", 8080, 1, &two).join(" ");
+        assert!(rpc.ends_with("--rpc 127.0.0.1:1,127.0.0.1:2"), "{rpc}");
+        assert!(rpc.contains("--n-gpu-layers 999"), "{rpc}");
         for want in [
             "--ctx-size 2048",
             "--threads 3",

@@ -79,6 +79,8 @@ pub fn api_settings(
         total_timeout: Duration::from_secs(300),
         server_port: None,
         server_slots: 1,
+        rpc: Vec::new(),
+        spawn_rpc: 0,
         api_key: None,
         verbose: 0,
     }

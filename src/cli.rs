@@ -1093,6 +1093,11 @@ fn warnings(report: &Report) -> Vec<String> {
     if hits > 0 {
         w.push(format!("{hits} api runs reused the server's prompt cache (cache_n > 0): those TTFTs are not cold prefills"));
     }
+    if let Some(api) = report.backends.iter().find(|b| b.name == BackendKind::Api) {
+        if api.info.get("flavor").and_then(|f| f.as_str()) == Some("openai") {
+            w.push("api (openai flavor): the server's prompt cache cannot be switched off through the OpenAI API and no cache_n is reported; a server that reuses prefixes (llama-cpp-python does) can make repeated prompts faster".into());
+        }
+    }
     let si = |k: BackendKind| {
         report
             .backends

@@ -281,3 +281,137 @@ fn spawn_rpc_2_offloads_to_two_local_workers_with_the_same_first_token() {
         );
     }
 }
+
+/// llama-cpp-python's OpenAI-compatible server (built by setup from the same llama.cpp sdist),
+/// started on 127.0.0.1 and killed when dropped.
+struct LlamaCppPython {
+    child: std::process::Child,
+    url: String,
+}
+
+impl LlamaCppPython {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(root().join(".venv/bin/python"))
+            .args([
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                gguf().to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+                "--n_threads_batch",
+                "2",
+            ])
+            .args(["--verbose", "false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("llama-cpp-python server (run scripts/setup.sh)");
+        let url = format!("http://127.0.0.1:{port}");
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed().as_secs() < 60,
+                "llama-cpp-python server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        LlamaCppPython { child, url }
+    }
+}
+
+impl Drop for LlamaCppPython {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_second_server_implementation_streams_completions_and_chat() {
+    let _serial = serial();
+    let server = LlamaCppPython::start();
+    let d = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "--api-url",
+            &server.url,
+            "--runs",
+            "1",
+            "--warmup",
+            "1",
+            "--max-new-tokens",
+            "3",
+        ];
+        let o = out.display().to_string();
+        args.extend(["--out", &o]);
+        args.extend(extra);
+        let res = ttft(&args);
+        assert_eq!(
+            res.status.code(),
+            Some(0),
+            "{}\n{}",
+            stdout(&res),
+            stderr(&res)
+        );
+        (stdout(&res), json_of(out))
+    };
+    // Completions: the flavor is detected (no /props), the tokens are checked with its tokenizer.
+    let (out, json) = run(
+        &["--backend", "inproc,api", "--api-endpoint", "v1"],
+        &d.path().join("v1"),
+    );
+    assert!(
+        out.contains("parity: all 8 prompts tokenize to identical ids in inproc, api"),
+        "{out}"
+    );
+    let api = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "api")
+        .unwrap();
+    assert_eq!(api["info"]["flavor"], "openai");
+    for r in json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["runner"] == "api")
+    {
+        let (t, e) = (
+            r["ttft_ms"].as_f64().unwrap(),
+            r["e2e_ms"].as_f64().unwrap(),
+        );
+        assert!(t > 0.0 && t <= e, "{r}");
+        assert!(r["server_prompt_ms"].is_null(), "unavailable, not zero");
+    }
+    // Chat: the role-only first chunk is not taken as the first token.
+    let (_, json) = run(
+        &[
+            "--backend",
+            "api",
+            "--chat",
+            "--prompts",
+            "data/short_prompts.txt",
+        ],
+        &d.path().join("chat"),
+    );
+    for r in json["runs"].as_array().unwrap() {
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(!r["first_token"].as_str().unwrap().is_empty(), "{r}");
+        assert!(r["ttft_ms"].as_f64() <= r["e2e_ms"].as_f64());
+    }
+}

@@ -309,6 +309,46 @@ impl ApiBackend {
         }))
     }
 
+    /// OpenAI-compatible servers have no standard tokenize call; llama-cpp-python's server offers
+    /// `POST /extras/tokenize`. Chat prompts cannot be checked this way (the template is applied
+    /// inside the chat endpoint).
+    fn extras_tokenize(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        if self.settings.endpoint == Endpoint::Chat {
+            return Err(RunError::new(
+                "an OpenAI-compatible server cannot tokenize a chat prompt",
+            ));
+        }
+        let url = format!("{}/extras/tokenize", self.base);
+        self.rt.block_on(async {
+            let r = self
+                .authed(self.client.post(&url))
+                .json(&json!({"input": prompt}))
+                .timeout(self.settings.total_timeout)
+                .send()
+                .await
+                .map_err(|e| RunError::new(format!("/extras/tokenize: {}", error_chain(&e))))?;
+            if !r.status().is_success() {
+                return Err(RunError::new(format!(
+                    "no tokenize endpoint (/extras/tokenize: HTTP {})",
+                    r.status().as_u16()
+                )));
+            }
+            let v: Value = r
+                .json()
+                .await
+                .map_err(|e| RunError::new(format!("/extras/tokenize: {}", error_chain(&e))))?;
+            v.get("tokens")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|x| x as u32)
+                        .collect()
+                })
+                .ok_or_else(|| RunError::new("/extras/tokenize: no tokens array"))
+        })
+    }
+
     /// llama-server's `/apply-template`: the text its chat endpoint builds for one user message.
     fn apply_template(&self, prompt: &str) -> Result<String, RunError> {
         let url = format!("{}/apply-template", self.base);
@@ -795,6 +835,9 @@ impl Backend for ApiBackend {
     }
 
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        if self.flavor == ApiFlavor::Openai {
+            return self.extras_tokenize(prompt);
+        }
         let url = format!("{}/tokenize", self.base);
         let templated;
         let content = if self.settings.endpoint == Endpoint::Chat {

@@ -173,16 +173,16 @@ impl ApiBackend {
                 if let Some(w) = &workers {
                     rpc.extend(w.endpoints.iter().cloned());
                 }
-                let s = ServerProcess::spawn(
-                    &settings.server_bin,
+                let s = ServerProcess::spawn(&super::server::ServerSpec {
+                    bin: &settings.server_bin,
                     params,
-                    &settings.model_alias,
-                    settings.server_port,
-                    settings.server_slots,
-                    &rpc,
-                    &settings.server_log,
-                    Duration::from_secs(120),
-                )?;
+                    alias: &settings.model_alias,
+                    port: settings.server_port,
+                    slots: settings.server_slots,
+                    rpc: &rpc,
+                    log_path: &settings.server_log,
+                    timeout: Duration::from_secs(120),
+                })?;
                 let ms = s.start_ms;
                 (s.url.clone(), Some(s), ms, workers, rpc)
             }

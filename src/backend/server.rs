@@ -177,18 +177,31 @@ impl Drop for RpcWorkers {
     }
 }
 
+/// What to start: the binary, the llama.cpp settings shared with inproc, and the server's own.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSpec<'a> {
+    /// The llama-server binary.
+    pub bin: &'a Path,
+    /// Model, context, threads, batch sizes, GPU layers.
+    pub params: &'a LlamaParams,
+    /// `--alias`.
+    pub alias: &'a str,
+    /// A fixed port (None: a free one).
+    pub port: Option<u16>,
+    /// `--parallel`.
+    pub slots: u32,
+    /// RPC workers (`--rpc`).
+    pub rpc: &'a [String],
+    /// stdout and stderr go here.
+    pub log_path: &'a Path,
+    /// Spawn → healthy, at most.
+    pub timeout: Duration,
+}
+
 impl ServerProcess {
-    /// Start `bin` and wait until `/health` answers 200 (or the child exits, or `timeout`).
-    pub fn spawn(
-        bin: &Path,
-        params: &LlamaParams,
-        alias: &str,
-        port: Option<u16>,
-        slots: u32,
-        rpc: &[String],
-        log_path: &Path,
-        timeout: Duration,
-    ) -> Result<Self, OpenError> {
+    /// Start the server and wait until `/health` answers 200 (or the child exits, or the timeout).
+    pub fn spawn(spec: &ServerSpec) -> Result<Self, OpenError> {
+        let (bin, port) = (spec.bin, spec.port);
         if !bin.exists() {
             return Err(OpenError::Server(format!(
                 "llama-server not found at {}: run scripts/setup.sh (or pass --server-bin)",
@@ -198,7 +211,7 @@ impl ServerProcess {
         // A port can be taken between our probe and the server's bind: try a few.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::try_spawn(bin, params, alias, port, slots, rpc, log_path, timeout) {
+            match Self::try_spawn(spec) {
                 Ok(s) => return Ok(s),
                 Err((e, retry)) => {
                     last_err = Some(e);
@@ -211,23 +224,15 @@ impl ServerProcess {
         Err(last_err.expect("at least one attempt"))
     }
 
-    fn try_spawn(
-        bin: &Path,
-        params: &LlamaParams,
-        alias: &str,
-        port: Option<u16>,
-        slots: u32,
-        rpc: &[String],
-        log_path: &Path,
-        timeout: Duration,
-    ) -> Result<Self, (OpenError, bool)> {
-        let port = match port {
+    fn try_spawn(spec: &ServerSpec) -> Result<Self, (OpenError, bool)> {
+        let (bin, log_path, timeout) = (spec.bin, spec.log_path, spec.timeout);
+        let port = match spec.port {
             Some(p) => p,
             None => {
                 free_port().map_err(|e| (OpenError::Server(format!("no free port: {e}")), false))?
             }
         };
-        let args = server_args(params, alias, port, slots, rpc);
+        let args = server_args(spec.params, spec.alias, port, spec.slots, spec.rpc);
         let log = std::fs::File::create(log_path).map_err(|e| {
             (
                 OpenError::Server(format!(

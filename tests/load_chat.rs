@@ -131,6 +131,31 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
         .unwrap();
     assert_eq!(api["info"]["flavor"], "openai");
     assert_eq!(api["info"]["flavor_detected"], "llama");
+
+    // Chat included: usage.prompt_tokens of the server's templated prompt = the in-process
+    // template's count, for every data prompt.
+    let chat = d.path().join("chat");
+    let o = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--api-flavor",
+        "openai",
+        "--chat",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        chat.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let cj = json_of(&chat);
+    let chat_runs = cj["runs"].as_array().unwrap();
+    let api_counts = prompt_tokens(chat_runs, "api");
+    assert_eq!(api_counts.len(), 8);
+    assert_eq!(api_counts, prompt_tokens(chat_runs, "inproc"));
     assert!(api["info"]["server_timings"]
         .as_str()
         .unwrap()

@@ -318,64 +318,41 @@ impl ApiBackend {
                 "an OpenAI-compatible server cannot tokenize a chat prompt",
             ));
         }
-        let url = format!("{}/extras/tokenize", self.base);
+        let v = self.post_json("/extras/tokenize", &json!({"input": prompt}))?;
+        token_list(&v, "/extras/tokenize")
+    }
+
+    /// POST a JSON body to `path` and return the JSON answer (tokenize / template helpers).
+    fn post_json(&self, path: &str, body: &Value) -> Result<Value, RunError> {
+        let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let r = self
                 .authed(self.client.post(&url))
-                .json(&json!({"input": prompt}))
+                .json(body)
                 .timeout(self.settings.total_timeout)
                 .send()
                 .await
-                .map_err(|e| RunError::new(format!("/extras/tokenize: {}", error_chain(&e))))?;
+                .map_err(|e| RunError::new(format!("{path}: {}", error_chain(&e))))?;
             if !r.status().is_success() {
                 return Err(RunError::new(format!(
-                    "no tokenize endpoint (/extras/tokenize: HTTP {})",
+                    "{path}: HTTP {}",
                     r.status().as_u16()
                 )));
             }
-            let v: Value = r
-                .json()
+            r.json()
                 .await
-                .map_err(|e| RunError::new(format!("/extras/tokenize: {}", error_chain(&e))))?;
-            v.get("tokens")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_u64)
-                        .map(|x| x as u32)
-                        .collect()
-                })
-                .ok_or_else(|| RunError::new("/extras/tokenize: no tokens array"))
+                .map_err(|e| RunError::new(format!("{path}: {}", error_chain(&e))))
         })
     }
 
     /// llama-server's `/apply-template`: the text its chat endpoint builds for one user message.
     fn apply_template(&self, prompt: &str) -> Result<String, RunError> {
-        let url = format!("{}/apply-template", self.base);
         let body = json!({"messages": [{"role": "user", "content": prompt}]});
-        self.rt.block_on(async {
-            let r = self
-                .authed(self.client.post(&url))
-                .json(&body)
-                .timeout(self.settings.total_timeout)
-                .send()
-                .await
-                .map_err(|e| RunError::new(format!("/apply-template: {}", error_chain(&e))))?;
-            if !r.status().is_success() {
-                return Err(RunError::new(format!(
-                    "/apply-template: HTTP {}",
-                    r.status().as_u16()
-                )));
-            }
-            let v: Value = r
-                .json()
-                .await
-                .map_err(|e| RunError::new(format!("/apply-template: {}", error_chain(&e))))?;
-            v.get("prompt")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| RunError::new("/apply-template: no prompt"))
-        })
+        self.post_json("/apply-template", &body)?
+            .get("prompt")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| RunError::new("/apply-template: no prompt"))
     }
 
     /// Issue many requests for a load run and hand each result to `done` as it finishes:
@@ -724,6 +701,19 @@ impl ApiBackend {
     }
 }
 
+/// The `tokens` array of a tokenize answer.
+fn token_list(v: &Value, path: &str) -> Result<Vec<u32>, RunError> {
+    v.get("tokens")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect()
+        })
+        .ok_or_else(|| RunError::new(format!("{path}: no tokens array")))
+}
+
 /// Read at most `limit` bytes of a response body as text (an error page can be anything).
 async fn read_bounded(resp: reqwest::Response, limit: usize) -> String {
     let mut buf = Vec::new();
@@ -838,7 +828,6 @@ impl Backend for ApiBackend {
         if self.flavor == ApiFlavor::Openai {
             return self.extras_tokenize(prompt);
         }
-        let url = format!("{}/tokenize", self.base);
         let templated;
         let content = if self.settings.endpoint == Endpoint::Chat {
             // The server's own template, as the chat endpoint applies it.
@@ -849,34 +838,8 @@ impl Backend for ApiBackend {
         };
         // add_special: BOS exactly as a completion request's prompt gets it.
         let body = json!({"content": content, "add_special": true, "parse_special": true});
-        self.rt.block_on(async {
-            let r = self
-                .authed(self.client.post(&url))
-                .json(&body)
-                .timeout(self.settings.total_timeout)
-                .send()
-                .await
-                .map_err(|e| RunError::new(format!("/tokenize: {}", error_chain(&e))))?;
-            if !r.status().is_success() {
-                return Err(RunError::new(format!(
-                    "/tokenize: HTTP {}",
-                    r.status().as_u16()
-                )));
-            }
-            let v: Value = r
-                .json()
-                .await
-                .map_err(|e| RunError::new(format!("/tokenize: {}", error_chain(&e))))?;
-            v.get("tokens")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_u64)
-                        .map(|x| x as u32)
-                        .collect()
-                })
-                .ok_or_else(|| RunError::new("/tokenize: no tokens array"))
-        })
+        let v = self.post_json("/tokenize", &body)?;
+        token_list(&v, "/tokenize")
     }
 
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {

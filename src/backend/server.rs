@@ -27,6 +27,24 @@ pub struct ServerProcess {
     pub start_ms: f64,
 }
 
+/// A child process tied to ttft: output to `log`, killed by the kernel when ttft dies
+/// (`PR_SET_PDEATHSIG`), in its own process group so a terminal's Ctrl-C reaches only ttft.
+fn tied_command(bin: &Path, log: &Path) -> std::io::Result<Command> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
 /// A port the OS considers free right now on 127.0.0.1.
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -118,31 +136,10 @@ impl RpcWorkers {
         };
         for i in 0..n {
             let port = free_port().map_err(|e| OpenError::Server(format!("no free port: {e}")))?;
-            let log = std::fs::File::create(log_dir.join(format!("rpc-server-{i}.log")))
+            let mut cmd = tied_command(bin, &log_dir.join(format!("rpc-server-{i}.log")))
                 .map_err(|e| OpenError::Server(format!("rpc-server log: {e}")))?;
-            let log2 = log
-                .try_clone()
-                .map_err(|e| OpenError::Server(e.to_string()))?;
-            let mut cmd = Command::new(bin);
-            cmd.args([
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                &threads.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-            // SAFETY: only async-signal-safe libc calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    libc::setpgid(0, 0);
-                    Ok(())
-                });
-            }
+            let (p, th) = (port.to_string(), threads.to_string());
+            cmd.args(["-H", "127.0.0.1", "-p", &p, "-t", &th]);
             let child = cmd
                 .spawn()
                 .map_err(|e| OpenError::Server(format!("cannot start {}: {e}", bin.display())))?;
@@ -233,7 +230,7 @@ impl ServerProcess {
             }
         };
         let args = server_args(spec.params, spec.alias, port, spec.slots, spec.rpc);
-        let log = std::fs::File::create(log_path).map_err(|e| {
+        let mut cmd = tied_command(bin, log_path).map_err(|e| {
             (
                 OpenError::Server(format!(
                     "cannot write server log {}: {e}",
@@ -242,22 +239,7 @@ impl ServerProcess {
                 false,
             )
         })?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| (OpenError::Server(e.to_string()), false))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        // SAFETY: only async-signal-safe libc calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                libc::setpgid(0, 0);
-                Ok(())
-            });
-        }
+        cmd.args(&args);
         let t0 = Instant::now();
         let child = cmd.spawn().map_err(|e| {
             (

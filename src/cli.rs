@@ -853,6 +853,7 @@ pub fn run() -> Result<i32> {
         token_disagreements,
         parity,
         load,
+        peak_tflops: peak_tflops(&settings),
     };
     let warnings = warnings(&report);
     let first_token_mismatch = report.first_token_agreement().iter().any(|a| !a.agree);
@@ -1029,6 +1030,35 @@ fn run_load(
         token_counts: Default::default(),
     };
     (rep, lr)
+}
+
+/// The dense peak of the GPU each backend runs on, when there is a known NVIDIA GPU: hf on
+/// `--device cuda[:N]` in its dtype; inproc and the spawned server with GPU layers (f16 kernels).
+fn peak_tflops(s: &Settings) -> std::collections::BTreeMap<BackendKind, f64> {
+    let gpus = report::gpu::query();
+    let mut out = std::collections::BTreeMap::new();
+    let Some(first) = gpus.first() else {
+        return out;
+    };
+    if let Some(idx) = s.device.strip_prefix("cuda") {
+        let i: u32 = idx.trim_start_matches(':').parse().unwrap_or(0);
+        if let Some(p) = gpus
+            .iter()
+            .find(|g| g.index == i)
+            .and_then(|g| report::gpu::peak_tflops(&g.name, &s.dtype))
+        {
+            out.insert(BackendKind::Hf, p);
+        }
+    }
+    if s.llama.n_gpu_layers > 0 {
+        if let Some(p) = report::gpu::peak_tflops(&first.name, "f16") {
+            out.insert(BackendKind::Inproc, p);
+            if s.api_url.is_none() {
+                out.insert(BackendKind::Api, p);
+            }
+        }
+    }
+    out
 }
 
 /// Things a reader must know before trusting the table.

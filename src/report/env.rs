@@ -24,6 +24,8 @@ pub struct Environment {
     pub llama_cpp_commit: &'static str,
     /// The vendored server build stamp written by setup (commit, cmake flags), if present.
     pub server_build: Option<serde_json::Value>,
+    /// NVIDIA GPUs (name, driver, memory) from nvidia-smi; empty on machines without one.
+    pub gpus: Vec<super::gpu::GpuInfo>,
 }
 
 /// Peak resident memory (VmHWM) of a process (`None`: this one), in MiB.
@@ -113,6 +115,7 @@ pub fn collect(threads: u32, server_build_stamp: Option<&std::path::Path>) -> En
             "target_cpu": env!("TTFT_TARGET_CPU"),
         }),
         llama_cpp_commit: crate::backend::LLAMA_CPP_COMMIT,
+        gpus: super::gpu::query(),
         server_build: server_build_stamp
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|s| serde_json::from_str(&s).ok()),

@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod csv;
 pub mod env;
+pub mod gpu;
 pub mod json;
 pub mod jsonl;
 pub mod markdown;
@@ -71,6 +72,11 @@ pub struct CaseSummary {
     pub itl_ms: Percentiles,
     /// Rows flagged with a cache hit (must be 0).
     pub cache_hits: usize,
+    /// Achieved prefill throughput, TFLOP/s (median over runs), counting 2 × parameters × prompt
+    /// tokens over the prefill time (server prompt time for api).
+    pub prefill_tflops_median: Option<f64>,
+    /// That as a fraction of the GPU's dense peak for the dtype, when the backend ran on a known GPU.
+    pub prefill_peak_fraction: Option<f64>,
 }
 
 /// TTFT ≈ a + b·n for one backend over its successful runs.
@@ -116,6 +122,8 @@ pub struct Report {
     pub parity: ParityReport,
     /// The load run's summary (`--concurrency` / `--request-rate`).
     pub load: Option<crate::bench::load::LoadReport>,
+    /// Peak dense TFLOP/s of the GPU each backend ran on (only for backends on a known GPU).
+    pub peak_tflops: BTreeMap<BackendKind, f64>,
 }
 
 fn median_of(
@@ -154,6 +162,17 @@ impl Report {
                     rows.iter().filter_map(|r| r.measurement.as_ref()).collect();
                 let ttft: Vec<f64> = ok.iter().map(|m| m.ttft_ms).collect();
                 let itl: Vec<f64> = ok.iter().flat_map(|m| m.itl_ms.iter().copied()).collect();
+                let params = self.n_params(kind);
+                let tflops: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|m| {
+                        let t = m.prefill_ms.or(m.server_prompt_ms)?;
+                        let n = f64::from(m.prompt_tokens?);
+                        let p = params?;
+                        (t > 0.0).then(|| 2.0 * p * n / (t * 1e-3) / 1e12)
+                    })
+                    .collect();
+                let tflops_median = stats::median(&tflops);
                 let tpot: Vec<f64> = ok.iter().filter_map(|m| m.decode_ms_per_token).collect();
                 CaseSummary {
                     prompt_type: set,
@@ -178,6 +197,10 @@ impl Report {
                         .iter()
                         .filter(|r| r.flags.iter().any(|f| f.starts_with("cache_hit")))
                         .count(),
+                    prefill_tflops_median: tflops_median,
+                    prefill_peak_fraction: tflops_median
+                        .zip(self.peak_tflops.get(&kind))
+                        .map(|(a, p)| a / p),
                 }
             })
             .collect()
@@ -279,6 +302,14 @@ impl Report {
                 }
             })
             .collect()
+    }
+
+    /// Parameters of the model a backend ran (from its facts: GGUF, checkpoint, `/v1/models`).
+    fn n_params(&self, kind: BackendKind) -> Option<f64> {
+        let info = &self.backends.iter().find(|b| b.name == kind)?.info;
+        info.get("n_params")
+            .or_else(|| info.pointer("/models/0/meta/n_params"))
+            .and_then(|v| v.as_f64())
     }
 
     /// Number of failed runs.

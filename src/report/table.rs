@@ -49,6 +49,15 @@ pub fn columns(s: &CaseSummary, breakdown: bool) -> Vec<(&'static str, String, b
             ("Server prompt (ms)", msf(s.server_prompt_median_ms), true),
             ("TPOT p50 (ms)", msf(s.tpot_ms.p50), true),
             ("ITL p90 (ms)", msf(s.itl_ms.p90), true),
+            (
+                "Prefill TFLOP/s",
+                match (s.prefill_tflops_median, s.prefill_peak_fraction) {
+                    (Some(t), Some(f)) => format!("{t:.3} ({:.1}% of peak)", f * 100.0),
+                    (Some(t), None) => format!("{t:.3}"),
+                    _ => "-".into(),
+                },
+                true,
+            ),
         ]);
     }
     c.push((

@@ -492,6 +492,27 @@ impl ApiBackend {
     }
 
     async fn stream_one(&self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        let mut headers = None;
+        let r = self
+            .stream_timed(prompt, max_new_tokens, &mut headers)
+            .await;
+        if let Some((status, after)) = headers {
+            eprintln!(
+                "ttft: api: POST {}{} -> HTTP {status}, headers after {:.1} ms",
+                self.base,
+                self.settings.endpoint.path(),
+                after.as_secs_f64() * 1e3
+            );
+        }
+        r
+    }
+
+    async fn stream_timed(
+        &self,
+        prompt: &str,
+        max_new_tokens: u32,
+        headers: &mut Option<(u16, Duration)>,
+    ) -> Result<Measurement, RunError> {
         let t0 = Instant::now();
         let body = self.request_body(prompt, max_new_tokens);
         let url = format!("{}{}", self.base, self.settings.endpoint.path());
@@ -510,15 +531,8 @@ impl ApiBackend {
 
         let status = resp.status();
         if self.settings.verbose >= 2 {
-            eprintln!(
-                "ttft: api: POST {url} -> HTTP {} ({}) after {:.1} ms",
-                status.as_u16(),
-                resp.headers()
-                    .get(reqwest::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("no content-type"),
-                t0.elapsed().as_secs_f64() * 1e3
-            );
+            // Only noted here; printed after the run, so -vv adds nothing inside the clock.
+            *headers = Some((status.as_u16(), t0.elapsed()));
         }
         if !status.is_success() {
             // Bounded read of the error body; keep the server's own message and type

@@ -223,14 +223,15 @@ pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelEr
         };
         let lt = c.layer_types[i as usize];
         let attn = Attention {
-            qkv,
+            qkv: qkv.into(),
             o: linear(
                 w,
                 &format!("{p}.self_attn.o_proj"),
                 c.hidden,
                 h * d,
                 c.o_bias,
-            )?,
+            )?
+            .into(),
             n_heads: h,
             n_kv: kv,
             head_dim: d,
@@ -297,14 +298,15 @@ pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelEr
             }
         };
         let mlp = Mlp::Gated {
-            gate_up,
+            gate_up: gate_up.into(),
             down: linear(
                 w,
                 &format!("{p}.mlp.down_proj"),
                 c.hidden,
                 c.inter,
                 c.mlp_bias,
-            )?,
+            )?
+            .into(),
             act: c.act,
         };
         let norm = |name: &str| rms(w, &format!("{p}.{name}"), c.hidden, c.eps, c.norm_one_plus);

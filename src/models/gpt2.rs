@@ -1,17 +1,15 @@
 //! GPT-2 (`model_type: gpt2`), mirroring transformers' `modeling_gpt2.py`.
 
 use super::common::{act, layer_norm, opt_bool, opt_f64, opt_i64, req_i64};
-use super::layers::{Attention, Block, Decoder, Linear, Mlp};
+use super::layers::{Attention, Block, Decoder, Dense, Linear, Mlp};
 use super::weights::Weights;
 use super::ModelError;
 use serde_json::Value;
 
-/// GPT-2's Conv1D stores its weight as [in, out] (`x @ W + b`): transposed here to [out, in].
-fn conv1d(w: &Weights, name: &str, inp: i64, out: i64) -> Result<Linear, ModelError> {
-    Ok(Linear {
-        w: w.get(&format!("{name}.weight"), &[inp, out])?
-            .transpose(0, 1)
-            .contiguous(),
+/// GPT-2's Conv1D stores its weight as [in, out] (`x @ W + b`): already the [`Dense`] layout.
+fn conv1d(w: &Weights, name: &str, inp: i64, out: i64) -> Result<Dense, ModelError> {
+    Ok(Dense {
+        wt: w.get(&format!("{name}.weight"), &[inp, out])?.contiguous(),
         b: Some(w.get(&format!("{name}.bias"), &[out])?),
     })
 }

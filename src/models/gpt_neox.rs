@@ -56,8 +56,8 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
         blocks.push(Block {
             attn_norm: layer_norm(w, &format!("{p}.input_layernorm"), hidden, eps)?,
             attn: Attention {
-                qkv,
-                o: linear(w, &format!("{p}.attention.dense"), hidden, hidden, bias)?,
+                qkv: qkv.into(),
+                o: linear(w, &format!("{p}.attention.dense"), hidden, hidden, bias)?.into(),
                 n_heads: heads,
                 n_kv: heads,
                 head_dim: d,
@@ -71,8 +71,8 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
             post_attn_norm: None,
             mlp_norm: layer_norm(w, &format!("{p}.post_attention_layernorm"), hidden, eps)?,
             mlp: Mlp::Plain {
-                fc: linear(w, &format!("{p}.mlp.dense_h_to_4h"), inter, hidden, true)?,
-                proj: linear(w, &format!("{p}.mlp.dense_4h_to_h"), hidden, inter, true)?,
+                fc: linear(w, &format!("{p}.mlp.dense_h_to_4h"), inter, hidden, true)?.into(),
+                proj: linear(w, &format!("{p}.mlp.dense_4h_to_h"), hidden, inter, true)?.into(),
                 act: activation,
             },
             post_mlp_norm: None,

@@ -296,12 +296,7 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         .unwrap()
         .iter()
         .any(|f| f == "-DGGML_NATIVE=OFF"));
-    let api = json["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "api")
-        .unwrap();
+    let api = backend_of(&json, "api");
     let pid = api["info"]["server_pid"].as_u64().unwrap() as u32;
     assert!(
         !pid_alive(pid),

@@ -7,13 +7,8 @@ mod helpers;
 use helpers::fault_server::{Fault, FaultServer};
 use helpers::*;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn json_of(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(only_file(dir, "json")).unwrap()).unwrap()
-}
 
 /// Run ttft against `server` with prompts [ok, FAULT, ok]; return (exit code, elapsed, runs).
 fn run_against(

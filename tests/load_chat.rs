@@ -6,10 +6,6 @@ mod helpers;
 use helpers::*;
 use std::path::Path;
 
-fn json_of(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(only_file(dir, "json")).unwrap()).unwrap()
-}
-
 fn prompt_tokens(runs: &[serde_json::Value], runner: &str) -> Vec<(String, u64, u64)> {
     let mut v: Vec<(String, u64, u64)> = runs
         .iter()
@@ -123,12 +119,7 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
             "unavailable, not zero: {r}"
         );
     }
-    let api = json["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "api")
-        .unwrap();
+    let api = backend_of(&json, "api");
     assert_eq!(api["info"]["flavor"], "openai");
     assert_eq!(api["info"]["flavor_detected"], "llama");
 
@@ -203,12 +194,7 @@ fn concurrency_4_keeps_4_requests_in_flight_on_4_server_slots() {
     }
     // Generous objectives: every request meets them, so goodput equals throughput.
     assert_eq!(load["goodput"], load["request_throughput"]);
-    let api = json["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "api")
-        .unwrap();
+    let api = backend_of(&json, "api");
     let args: Vec<&str> = api["info"]["server_args"]
         .as_array()
         .unwrap()
@@ -403,12 +389,7 @@ fn a_second_server_implementation_streams_completions_and_chat() {
         out.contains("parity: all 8 prompts tokenize to identical ids in inproc, api"),
         "{out}"
     );
-    let api = json["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "api")
-        .unwrap();
+    let api = backend_of(&json, "api");
     assert_eq!(api["info"]["flavor"], "openai");
     for r in json["runs"]
         .as_array()

@@ -4,11 +4,6 @@
 mod helpers;
 
 use helpers::*;
-use std::path::Path;
-
-fn json_of(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(only_file(dir, "json")).unwrap()).unwrap()
-}
 
 #[test]
 fn compare_flags_a_regression_between_two_committed_reports() {

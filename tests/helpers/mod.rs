@@ -149,3 +149,18 @@ pub fn assert_schema_valid(doc: &serde_json::Value) {
         errors.join("\n")
     );
 }
+
+/// The JSON report ttft wrote into `dir`.
+pub fn json_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(only_file(dir, "json")).unwrap()).unwrap()
+}
+
+/// The entry of backend `name` in a report's `backends`.
+pub fn backend_of<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no backend {name} in the report"))
+}

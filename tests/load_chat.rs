@@ -404,18 +404,21 @@ fn a_second_server_implementation_streams_completions_and_chat() {
         assert!(t > 0.0 && t <= e, "{r}");
         assert!(r["server_prompt_ms"].is_null(), "unavailable, not zero");
     }
-    // Chat: the role-only first chunk is not taken as the first token.
+    // Its streams carry no usage: the counts come from its usage on an untimed request, and
+    // match the in-process count for every data prompt.
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(prompt_tokens(runs, "api").len(), 8);
+    assert_eq!(prompt_tokens(runs, "api"), prompt_tokens(runs, "inproc"));
+    // Chat: the role-only first chunk is not taken as the first token, and the usage counts of
+    // the server's templated prompts equal the in-process template's, for every data prompt.
     let (_, json) = run(
-        &[
-            "--backend",
-            "api",
-            "--chat",
-            "--prompts",
-            "data/short_prompts.txt",
-        ],
+        &["--backend", "inproc,api", "--chat"],
         &d.path().join("chat"),
     );
-    for r in json["runs"].as_array().unwrap() {
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(prompt_tokens(runs, "api").len(), 8);
+    assert_eq!(prompt_tokens(runs, "api"), prompt_tokens(runs, "inproc"));
+    for r in runs.iter().filter(|r| r["runner"] == "api") {
         assert_eq!(r["ok"], true, "{r}");
         assert!(!r["first_token"].as_str().unwrap().is_empty(), "{r}");
         assert!(r["ttft_ms"].as_f64() <= r["e2e_ms"].as_f64());

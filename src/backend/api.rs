@@ -322,6 +322,21 @@ impl ApiBackend {
         token_list(&v, "/extras/tokenize")
     }
 
+    /// The server's `usage.prompt_tokens` for `prompt`, from one untimed, non-streamed request
+    /// for a single token (OpenAI-compatible servers that stream no usage, like llama-cpp-python).
+    fn usage_prompt_tokens(&self, prompt: &str) -> Result<u32, RunError> {
+        let mut body = self.request_body(prompt, 1);
+        body["stream"] = json!(false);
+        if let Some(o) = body.as_object_mut() {
+            o.remove("stream_options");
+        }
+        let v = self.post_json(self.settings.endpoint.path(), &body)?;
+        v.pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .map(|n| n as u32)
+            .ok_or_else(|| RunError::new("the server reports no usage.prompt_tokens"))
+    }
+
     /// POST a JSON body to `path` and return the JSON answer (tokenize / template helpers).
     fn post_json(&self, path: &str, body: &Value) -> Result<Value, RunError> {
         let url = format!("{}{path}", self.base);
@@ -836,6 +851,14 @@ impl Backend for ApiBackend {
             v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
         }
         v
+    }
+
+    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
+        match self.flavor {
+            // Standard OpenAI API: the count comes from usage.
+            ApiFlavor::Openai => self.usage_prompt_tokens(prompt),
+            ApiFlavor::Llama => self.token_ids(prompt).map(|ids| ids.len() as u32),
+        }
     }
 
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {

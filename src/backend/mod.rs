@@ -252,6 +252,11 @@ pub trait Backend {
     /// Token ids this backend would evaluate for `prompt`, without generating (used to check that
     /// backends see the same tokens).
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError>;
+    /// How many prompt tokens this backend evaluates for `prompt` (before timing). By default the
+    /// length of `token_ids`; servers without a tokenizer endpoint answer from `usage`.
+    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
+        self.token_ids(prompt).map(|ids| ids.len() as u32)
+    }
     /// One timed run: TTFT and its parts, then `max_new_tokens - 1` greedy decode steps.
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError>;
 }

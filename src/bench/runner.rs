@@ -104,7 +104,7 @@ pub fn run_backend(
                 if interrupt::requested() {
                     None
                 } else {
-                    backend.token_ids(p).ok().map(|ids| ids.len() as u32)
+                    backend.prompt_token_count(p).ok()
                 }
             })
             .collect::<Vec<_>>();
@@ -151,8 +151,14 @@ pub fn run_backend(
                     continue;
                 }
                 let rec = match backend.measure(prompt, plan.max_new_tokens) {
-                    Ok(m) => {
-                        let flags = row_flags(&m, counts[idx]);
+                    Ok(mut m) => {
+                        let mut flags = row_flags(&m, counts[idx]);
+                        if m.prompt_tokens.is_none() && counts[idx].is_some() {
+                            // The stream carried no count (OpenAI servers that send no usage
+                            // while streaming): the untimed pre-count of this prompt stands in.
+                            m.prompt_tokens = counts[idx];
+                            flags.push("prompt_tokens_from_untimed_usage".into());
+                        }
                         RunRecord {
                             prompt_type: set.name.clone(),
                             prompt_idx: idx,

@@ -1021,14 +1021,7 @@ fn run_load(
     });
     let lr =
         crate::bench::load::summarise(mode, &samples, secs, max_in_flight, api.server_slots(), slo);
-    let rep = runner::BackendReport {
-        name: BackendKind::Api,
-        load_ms: Some(api.load_ms()),
-        peak_rss_mib: report::env::peak_rss_mib(None),
-        open_error: None,
-        info: api.info(),
-        token_counts: Default::default(),
-    };
+    let rep = runner::report(api, Default::default());
     (rep, lr)
 }
 

@@ -759,18 +759,6 @@ async fn read_bounded(resp: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// The token text an event carries, and whether it carries a generated token at all.
-///
-/// Usually the first token arrives as non-empty text. Two cases carry a token without text, and
-/// they end TTFT too (the in-process backend stops its clock at the same token): an
-/// end-of-generation token as the very first token, and a token that is an incomplete UTF-8
-/// sequence (the server holds its bytes back). The native endpoint shows them as a non-empty
-/// `tokens` array; the OpenAI endpoint as a `finish_reason` without text.
-pub fn token_in_event(endpoint: Endpoint, v: &Value) -> (&str, bool) {
-    let t = event_token(endpoint, v);
-    (t.text, t.arrived)
-}
-
 /// A generated token as one SSE event carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventToken<'a> {
@@ -782,7 +770,13 @@ pub struct EventToken<'a> {
     pub arrived: bool,
 }
 
-/// Decode the token of one event for `endpoint`.
+/// Decode the token one event carries for `endpoint`.
+///
+/// Usually the first token arrives as non-empty text. Two cases carry a token without text, and
+/// they end TTFT too (the in-process backend stops its clock at the same token): an
+/// end-of-generation token as the very first token, and a token that is an incomplete UTF-8
+/// sequence (the server holds its bytes back). The native endpoint shows them as a non-empty
+/// `tokens` array; the OpenAI endpoints as a `finish_reason` without text.
 pub fn event_token(endpoint: Endpoint, v: &Value) -> EventToken<'_> {
     if endpoint == Endpoint::Chat {
         let choice = v.pointer("/choices/0");
@@ -888,26 +882,25 @@ impl Backend for ApiBackend {
 mod tests {
     use super::*;
 
+    fn tok(e: Endpoint, v: &Value) -> (&str, bool) {
+        let t = event_token(e, v);
+        (t.text, t.arrived)
+    }
+
     #[test]
     fn a_token_without_text_still_ends_ttft() {
         let native = json!({"content": "", "tokens": [2], "stop": false});
-        assert_eq!(token_in_event(Endpoint::Completion, &native), ("", true));
+        assert_eq!(tok(Endpoint::Completion, &native), ("", true));
         let final_only = json!({"content": "", "tokens": [], "stop": true});
-        assert_eq!(
-            token_in_event(Endpoint::Completion, &final_only),
-            ("", false)
-        );
+        assert_eq!(tok(Endpoint::Completion, &final_only), ("", false));
         let text = json!({"content": " Paris", "tokens": [7042]});
-        assert_eq!(
-            token_in_event(Endpoint::Completion, &text),
-            (" Paris", true)
-        );
+        assert_eq!(tok(Endpoint::Completion, &text), (" Paris", true));
 
         let oai = json!({"choices": [{"text": " Paris", "finish_reason": null}]});
-        assert_eq!(token_in_event(Endpoint::V1, &oai), (" Paris", true));
+        assert_eq!(tok(Endpoint::V1, &oai), (" Paris", true));
         let eog = json!({"choices": [{"text": "", "finish_reason": "stop"}]});
-        assert_eq!(token_in_event(Endpoint::V1, &eog), ("", true));
+        assert_eq!(tok(Endpoint::V1, &eog), ("", true));
         let usage_only = json!({"choices": [], "usage": {"prompt_tokens": 5}});
-        assert_eq!(token_in_event(Endpoint::V1, &usage_only), ("", false));
+        assert_eq!(tok(Endpoint::V1, &usage_only), ("", false));
     }
 }

@@ -350,11 +350,6 @@ impl HfBackend {
             tch::Cuda::synchronize(i as i64);
         }
     }
-
-    /// Logits of the last position for `ids` given the cache (for tests and the parity gate).
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
 }
 
 fn set_threads(n: u32) {

@@ -197,7 +197,8 @@ pub fn run_backend(
     report(backend, token_counts)
 }
 
-fn report(
+/// The facts of an opened backend after its runs (also used by load runs).
+pub fn report(
     backend: &dyn Backend,
     token_counts: BTreeMap<String, Vec<Option<u32>>>,
 ) -> BackendReport {

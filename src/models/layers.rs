@@ -408,7 +408,7 @@ impl Decoder {
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, all_logits: bool) -> Tensor {
         let past = cache.len;
         let t = ids.size()[0];
-        let mut x = self.embed.embedding_lookup(ids).unsqueeze(0);
+        let mut x = self.embed.index_select(0, ids).unsqueeze(0);
         if let Some(s) = self.embed_scale {
             let s = Tensor::from(s).to_kind(self.kind).to_device(x.device());
             x *= s;
@@ -433,16 +433,5 @@ impl Decoder {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }
-    }
-}
-
-/// Gather rows of an embedding matrix.
-trait EmbeddingLookup {
-    fn embedding_lookup(&self, ids: &Tensor) -> Tensor;
-}
-
-impl EmbeddingLookup for Tensor {
-    fn embedding_lookup(&self, ids: &Tensor) -> Tensor {
-        self.index_select(0, ids)
     }
 }

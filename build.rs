@@ -7,6 +7,11 @@
 //!   library that pulls in `libtorch_cuda.so`) because no symbol is used from it directly: the
 //!   binary would then silently run without CUDA even on a GPU machine. So, with the `torch`
 //!   feature: an rpath to the libtorch lib dir, then `--no-as-needed -ltorch`.
+//! * With the `cuda` feature, llama-cpp-sys-2 links cuBLAS statically, which the PyPI CUDA toolkit
+//!   (`scripts/setup.sh --cuda`) does not have: its vendor/cuda.env sets `TTFT_CUDA_SHARED_LIBDIR`,
+//!   and the shared libcublas/libcublasLt from there (the torch wheel's) are linked instead, with
+//!   an rpath. The CUDA release that compiled the in-process llama.cpp, and the CUDA release
+//!   libtorch was built for, are recorded for reports.
 
 fn main() {
     let rustflags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
@@ -35,5 +40,57 @@ fn main() {
         println!("cargo:rustc-link-arg=-L{lib}");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-env=TTFT_LIBTORCH_LIB={lib}");
+        // The torch wheel's version.py: `__version__ = '2.13.0+cu130'`, `cuda: Optional[str] = '13.0'`.
+        let version_py = std::path::Path::new(&lib).join("../version.py");
+        println!("cargo:rerun-if-changed={}", version_py.display());
+        let text = std::fs::read_to_string(&version_py).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split('\'').nth(1))
+                .unwrap_or("none")
+                .to_string()
+        };
+        println!(
+            "cargo:rustc-env=TTFT_LIBTORCH_VERSION={}",
+            field("__version__")
+        );
+        println!("cargo:rustc-env=TTFT_LIBTORCH_CUDA={}", field("cuda"));
     }
+
+    let mut cuda_release = String::from("none");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        for var in ["TTFT_CUDA_SHARED_LIBDIR", "CUDACXX", "CUDA_PATH"] {
+            println!("cargo:rerun-if-env-changed={var}");
+        }
+        if let Some(dir) = std::env::var_os("TTFT_CUDA_SHARED_LIBDIR") {
+            let dir = dir.to_string_lossy();
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+            println!("cargo:rustc-link-arg=-L{dir}");
+            for l in ["cublas", "cublasLt"] {
+                println!("cargo:rustc-link-arg=-l{l}");
+            }
+        }
+        // The nvcc CMake uses (CUDACXX), else the toolkit's, else the one on PATH.
+        let nvcc = std::env::var("CUDACXX")
+            .ok()
+            .or_else(|| {
+                std::env::var("CUDA_PATH")
+                    .ok()
+                    .map(|p| format!("{p}/bin/nvcc"))
+            })
+            .unwrap_or_else(|| "nvcc".into());
+        cuda_release = std::process::Command::new(nvcc)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                let rest = text.split("release ").nth(1)?.to_string();
+                rest.split(',').next().map(|r| r.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+    }
+    println!("cargo:rustc-env=TTFT_CUDA_TOOLKIT={cuda_release}");
 }

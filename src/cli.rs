@@ -18,6 +18,14 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `--n-gpu-layers` when neither flag nor config sets it: every layer (llama.cpp caps 999 at the
+/// model's count) when a GPU backend is compiled in, none otherwise.
+const DEFAULT_N_GPU_LAYERS: u32 = if cfg!(any(feature = "cuda", feature = "metal")) {
+    999
+} else {
+    0
+};
+
 const AFTER_HELP: &str = "\
 TTFT (time to first token), the same for every backend: the clock starts when the prompt text is \
 handed to the backend and stops when the first generated token's text is on the host.
@@ -139,7 +147,8 @@ pub struct RunArgs {
     /// Context size in tokens, the same for inproc and the spawned server [config: ctx_size, default 2048].
     #[arg(long, value_name = "N")]
     pub ctx_size: Option<u32>,
-    /// Layers offloaded to a GPU, the same on both llama.cpp sides [config: n_gpu_layers, default 0].
+    /// Layers offloaded to a GPU, the same on both llama.cpp sides; 999 = all [config:
+    /// n_gpu_layers, default 999 in a `cuda` or `metal` build, else 0].
     #[arg(long, value_name = "N")]
     pub n_gpu_layers: Option<u32>,
     /// Benchmark this server instead of spawning llama-server [config: api_url].
@@ -384,7 +393,10 @@ pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings> {
             threads,
             batch: 2048.min(ctx_size.max(1)),
             ubatch: 512.min(ctx_size.max(1)),
-            n_gpu_layers: args.n_gpu_layers.or(f.n_gpu_layers).unwrap_or(0),
+            n_gpu_layers: args
+                .n_gpu_layers
+                .or(f.n_gpu_layers)
+                .unwrap_or(DEFAULT_N_GPU_LAYERS),
         },
         hf_model: match (&args.hf_model, &f.hf_model) {
             (Some(m), _) => m.clone(),
@@ -814,6 +826,7 @@ pub fn run() -> Result<i32> {
         // The backend lives only inside this block: the model is unloaded / the server stopped
         // before the next backend starts, so they never compete for cores or memory.
         report::env::reset_peak_rss();
+        report::gpu::mark_baseline();
         if let Some(mode) = load_mode {
             let api = ApiBackend::open(
                 &settings.llama,

@@ -66,7 +66,10 @@ fn missing_and_empty_prompt_files_are_refused() {
         &out_arg(d.path()),
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(one_error_line(&o).contains("/nonexistent/p.txt"));
+    let l = one_error_line(&o);
+    assert!(l.contains("/nonexistent/p.txt"), "{l}");
+    // The cause is in the line once (not repeated by the error chain).
+    assert_eq!(l.matches("No such file").count(), 1, "{l}");
 
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "\n\n  \n").unwrap();
@@ -296,6 +299,17 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         .unwrap()
         .iter()
         .any(|f| f == "-DGGML_NATIVE=OFF"));
+    // CPU build on a machine without a GPU: no layers offloaded (the same on both llama.cpp
+    // sides), no GPU memory, CUDA versions only where they exist (the torch wheel is cu130).
+    for b in json["backends"].as_array().unwrap() {
+        assert!(b["gpu_memory_mib"].is_null(), "{b}");
+    }
+    assert_eq!(backend_of(&json, "inproc")["info"]["n_gpu_layers"], 0);
+    assert_eq!(backend_of(&json, "api")["info"]["n_gpu_layers"], 0);
+    assert!(env["cuda"]["llama_cpp_toolkit"].is_null());
+    if env["gpus"].as_array().unwrap().is_empty() {
+        assert!(env["cuda"]["driver"].is_null());
+    }
     let api = backend_of(&json, "api");
     let pid = api["info"]["server_pid"].as_u64().unwrap() as u32;
     assert!(

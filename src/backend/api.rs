@@ -289,6 +289,11 @@ impl ApiBackend {
             "server_args": self.server.as_ref().map(|s| s.args.clone()),
             "server_log": self.server.as_ref().map(|s| s.log_path.display().to_string()),
             "server_pid": self.server.as_ref().map(|s| s.pid()),
+            // What the spawned server was given (the same value as inproc); unknown for a remote one.
+            "n_gpu_layers": self.server.as_ref().and_then(|s| {
+                let i = s.args.iter().position(|a| a == "--n-gpu-layers")?;
+                s.args.get(i + 1)?.parse::<u32>().ok()
+            }),
             "build_info": build_info,
             "commit_matches_linked": commit_match,
             "system_info": log_system_info,

@@ -300,6 +300,8 @@ impl HfBackend {
             "device": s.device,
             "threads": tch::get_num_threads(),
             "libtorch_version": libtorch_version(),
+            // The CUDA release the torch wheel was built for (its version.py), "none" for CPU wheels.
+            "libtorch_cuda": env!("TTFT_LIBTORCH_CUDA"),
             "tch_version": "0.26.0",
             "cuda_available": tch::Cuda::is_available(),
             "cuda_devices": tch::Cuda::device_count(),

@@ -80,6 +80,9 @@ pub struct BackendReport {
     /// Peak resident memory of the ttft process while this backend ran, MiB (the mark is reset
     /// before each backend). For api the server's own peak is in `info.server_peak_rss_mib`.
     pub peak_rss_mib: Option<f64>,
+    /// GPU memory the backend holds after its runs, MiB (nvidia-smi): the spawned server's, or
+    /// what the ttft process gained since just before this backend loaded. None without a GPU.
+    pub gpu_memory_mib: Option<f64>,
     /// Why the backend could not be opened.
     pub open_error: Option<String>,
     /// Backend facts (build, commit, settings actually used).
@@ -206,9 +209,20 @@ pub fn report(
         name: backend.kind(),
         load_ms: Some(backend.load_ms()),
         peak_rss_mib: crate::report::env::peak_rss_mib(None),
+        gpu_memory_mib: gpu_memory_mib(backend),
         open_error: None,
         info: backend.info(),
         token_counts,
+    }
+}
+
+/// See `BackendReport::gpu_memory_mib`; a remote api server's memory is not ours to see.
+fn gpu_memory_mib(backend: &dyn Backend) -> Option<f64> {
+    if backend.kind() == BackendKind::Api {
+        let pid = backend.info().get("server_pid")?.as_u64()?;
+        crate::report::gpu::backend_used_mib(Some(pid as u32))
+    } else {
+        crate::report::gpu::backend_used_mib(None)
     }
 }
 
@@ -230,6 +244,7 @@ pub fn run_unopened(
         name: kind,
         load_ms: None,
         peak_rss_mib: None,
+        gpu_memory_mib: None,
         open_error: Some(reason.to_string()),
         info: serde_json::Value::Null,
         token_counts: BTreeMap::new(),
@@ -356,6 +371,7 @@ mod tests {
             name: kind,
             load_ms: Some(1.0),
             peak_rss_mib: None,
+            gpu_memory_mib: None,
             open_error: None,
             info: serde_json::Value::Null,
             token_counts: [("short".to_string(), counts.to_vec())].into(),

@@ -26,6 +26,9 @@ pub struct Environment {
     pub server_build: Option<serde_json::Value>,
     /// NVIDIA GPUs (name, driver, memory) from nvidia-smi; empty on machines without one.
     pub gpus: Vec<super::gpu::GpuInfo>,
+    /// CUDA versions: the driver's, the toolkit that compiled the in-process llama.cpp, and
+    /// libtorch's (null where not applicable).
+    pub cuda: serde_json::Value,
 }
 
 /// Peak resident memory (VmHWM) of a process (`None`: this one), in MiB.
@@ -116,6 +119,7 @@ pub fn collect(threads: u32, server_build_stamp: Option<&std::path::Path>) -> En
         }),
         llama_cpp_commit: crate::backend::LLAMA_CPP_COMMIT,
         gpus: super::gpu::query(),
+        cuda: super::gpu::cuda_versions(),
         server_build: server_build_stamp
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|s| serde_json::from_str(&s).ok()),

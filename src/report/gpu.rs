@@ -1,7 +1,12 @@
-//! The GPU fingerprint for reports (name, driver, memory) from `nvidia-smi`, and a table of peak
-//! dense throughput so achieved prefill FLOP/s can be read as a fraction of what the chip can do.
+//! The GPU fingerprint for reports (name, driver, CUDA versions, memory) from `nvidia-smi`, the
+//! GPU memory each backend's process holds, and a table of peak dense throughput so achieved
+//! prefill FLOP/s can be read as a fraction of what the chip can do.
+//!
+//! `nvidia-smi` is used rather than NVML bindings: it ships with every driver, needs no library
+//! at build time, and is only asked outside timed runs (before a backend loads, after its runs).
 
 use serde::Serialize;
+use std::sync::{Mutex, OnceLock};
 
 /// One GPU as `nvidia-smi` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -44,15 +49,107 @@ pub fn parse_nvidia_smi(csv: &str) -> Vec<GpuInfo> {
         .collect()
 }
 
-/// The machine's NVIDIA GPUs (empty without a driver or `nvidia-smi`).
-pub fn query() -> Vec<GpuInfo> {
+/// stdout of a successful `nvidia-smi` call, None without a driver or `nvidia-smi`.
+fn nvidia_smi(args: &[&str]) -> Option<String> {
     std::process::Command::new("nvidia-smi")
-        .args(NVIDIA_SMI_ARGS)
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The machine's NVIDIA GPUs (empty without a driver or `nvidia-smi`).
+pub fn query() -> Vec<GpuInfo> {
+    nvidia_smi(NVIDIA_SMI_ARGS)
+        .map(|o| parse_nvidia_smi(&o))
         .unwrap_or_default()
+}
+
+/// Whether this machine has an NVIDIA GPU (asked once).
+fn present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| !query().is_empty())
+}
+
+/// The highest CUDA version the driver supports: the "CUDA Version" line of `nvidia-smi -q`.
+pub fn parse_driver_cuda_version(q: &str) -> Option<String> {
+    q.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "CUDA Version").then(|| v.trim().to_string())
+    })
+}
+
+/// CUDA versions a reader needs to compare GPU runs: the driver's, the toolkit that compiled the
+/// in-process llama.cpp (`cuda` feature), and the one libtorch was built for (`torch` feature).
+pub fn cuda_versions() -> serde_json::Value {
+    let driver = if present() {
+        nvidia_smi(&["-q", "-d", "COMPUTE"]).and_then(|q| parse_driver_cuda_version(&q))
+    } else {
+        None
+    };
+    let known = |v: &'static str| (v != "none").then_some(v);
+    serde_json::json!({
+        "driver": driver,
+        "llama_cpp_toolkit": known(env!("TTFT_CUDA_TOOLKIT")),
+        "libtorch": known(option_env!("TTFT_LIBTORCH_CUDA").unwrap_or("none")),
+    })
+}
+
+/// Parse `nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits`:
+/// (pid, MiB) per process using a GPU; a process on several GPUs appears once per GPU.
+pub fn parse_compute_apps(csv: &str) -> Vec<(u32, f64)> {
+    csv.lines()
+        .filter_map(|l| {
+            let (pid, mib) = l.split_once(',')?;
+            Some((pid.trim().parse().ok()?, mib.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// GPU memory held by process `pid` on all GPUs, MiB; None without a GPU. A process that holds
+/// none is not listed by nvidia-smi: 0.
+pub fn process_used_mib(pid: u32) -> Option<f64> {
+    if !present() {
+        return None;
+    }
+    let out = nvidia_smi(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    Some(
+        parse_compute_apps(&out)
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, m)| m)
+            .sum(),
+    )
+}
+
+/// What this process held before the current backend loaded (`mark_baseline`).
+static BASELINE: Mutex<Option<f64>> = Mutex::new(None);
+
+/// Remember this process's GPU memory before a backend loads, so `backend_used_mib` reports
+/// only what that backend added (an earlier backend's CUDA context or torch's cached blocks stay).
+pub fn mark_baseline() {
+    let now = process_used_mib(std::process::id());
+    *BASELINE.lock().unwrap_or_else(|e| e.into_inner()) = now;
+}
+
+/// GPU memory a backend holds after its runs, MiB: a spawned server's whole use (`server_pid`),
+/// or what this process gained since `mark_baseline` for in-process backends. None without a GPU.
+pub fn backend_used_mib(server_pid: Option<u32>) -> Option<f64> {
+    match server_pid {
+        Some(pid) => process_used_mib(pid),
+        None => {
+            let now = process_used_mib(std::process::id())?;
+            let base = BASELINE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(0.0);
+            Some((now - base).max(0.0))
+        }
+    }
 }
 
 /// Peak dense throughput in TFLOP/s: (16-bit tensor-core, f32 without tensor cores), from the
@@ -108,6 +205,17 @@ mod tests {
         assert_eq!(g[0].memory_total_mib, 143771.0);
         assert_eq!(g[1].index, 1);
         assert!(parse_nvidia_smi("").is_empty());
+    }
+
+    #[test]
+    fn driver_cuda_version_and_process_memory_are_parsed() {
+        let q = "==============NVSMI LOG==============\n\nTimestamp : Sun Nov 29 02:00:00 2026\nDriver Version                            : 580.65.06\nCUDA Version                              : 13.0\n\nAttached GPUs : 1\n";
+        assert_eq!(parse_driver_cuda_version(q).as_deref(), Some("13.0"));
+        assert_eq!(parse_driver_cuda_version("Driver Version : 1\n"), None);
+        let apps = "4242, 1530\n77, 20480\n4242, 12\n[N/A], 5\n";
+        let parsed = parse_compute_apps(apps);
+        assert_eq!(parsed, vec![(4242, 1530.0), (77, 20480.0), (4242, 12.0)]);
+        assert!(parse_compute_apps("").is_empty());
     }
 
     #[test]

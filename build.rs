@@ -40,22 +40,16 @@ fn main() {
         println!("cargo:rustc-link-arg=-L{lib}");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-env=TTFT_LIBTORCH_LIB={lib}");
-        // The torch wheel's version.py: `__version__ = '2.13.0+cu130'`, `cuda: Optional[str] = '13.0'`.
+        // The torch wheel's version.py: `cuda: Optional[str] = '13.0'` (None in CPU wheels).
         let version_py = std::path::Path::new(&lib).join("../version.py");
         println!("cargo:rerun-if-changed={}", version_py.display());
         let text = std::fs::read_to_string(&version_py).unwrap_or_default();
-        let field = |key: &str| {
-            text.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split('\'').nth(1))
-                .unwrap_or("none")
-                .to_string()
-        };
-        println!(
-            "cargo:rustc-env=TTFT_LIBTORCH_VERSION={}",
-            field("__version__")
-        );
-        println!("cargo:rustc-env=TTFT_LIBTORCH_CUDA={}", field("cuda"));
+        let cuda = text
+            .lines()
+            .find(|l| l.starts_with("cuda"))
+            .and_then(|l| l.split('\'').nth(1))
+            .unwrap_or("none");
+        println!("cargo:rustc-env=TTFT_LIBTORCH_CUDA={cuda}");
     }
 
     let mut cuda_release = String::from("none");

@@ -107,8 +107,9 @@ pub fn parse_compute_apps(csv: &str) -> Vec<(u32, f64)> {
         .collect()
 }
 
-/// GPU memory held by process `pid` on all GPUs, MiB; None without a GPU. A process that holds
-/// none is not listed by nvidia-smi: 0.
+/// GPU memory held by process `pid` on all GPUs, MiB. None without a GPU, and when nvidia-smi
+/// does not list the process: it holds no CUDA context, or (in a container without the host's
+/// PID namespace) nvidia-smi cannot see it; a guessed 0 would read as a measurement.
 pub fn process_used_mib(pid: u32) -> Option<f64> {
     if !present() {
         return None;
@@ -117,13 +118,12 @@ pub fn process_used_mib(pid: u32) -> Option<f64> {
         "--query-compute-apps=pid,used_memory",
         "--format=csv,noheader,nounits",
     ])?;
-    Some(
-        parse_compute_apps(&out)
-            .iter()
-            .filter(|(p, _)| *p == pid)
-            .map(|(_, m)| m)
-            .sum(),
-    )
+    let mine: Vec<f64> = parse_compute_apps(&out)
+        .into_iter()
+        .filter(|(p, _)| *p == pid)
+        .map(|(_, m)| m)
+        .collect();
+    (!mine.is_empty()).then(|| mine.iter().sum())
 }
 
 /// What this process held before the current backend loaded (`mark_baseline`).
@@ -143,6 +143,7 @@ pub fn backend_used_mib(server_pid: Option<u32>) -> Option<f64> {
         Some(pid) => process_used_mib(pid),
         None => {
             let now = process_used_mib(std::process::id())?;
+            // Not listed before the load: no CUDA context yet, nothing held.
             let base = BASELINE
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

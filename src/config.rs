@@ -55,12 +55,12 @@ pub struct FileConfig {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// Cannot read the file.
-    #[error("config {path}: {error}")]
+    #[error("config {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error (in the message, not a separate cause: one line).
-        error: std::io::Error,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// Bad TOML, unknown key or wrong type.
     #[error("config {path}: {message}")]
@@ -127,9 +127,9 @@ pub fn load(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
             base: PathBuf::from("."),
         });
     };
-    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
         path: path.clone(),
-        error,
+        source,
     })?;
     let file = parse(&text, &path)?;
     let base = path

@@ -24,12 +24,12 @@ pub struct PromptSet {
 #[derive(Debug, Error)]
 pub enum PromptError {
     /// The file does not exist or cannot be read.
-    #[error("prompt file {path}: {error} (pass another file with --prompts)")]
+    #[error("prompt file {path}: {source} (pass another file with --prompts)")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error (in the message, not a separate cause: one line).
-        error: std::io::Error,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The bytes are not UTF-8 text.
     #[error(
@@ -60,9 +60,9 @@ pub fn parse_prompts(text: &str) -> Vec<String> {
 
 /// Read and validate one prompt file.
 pub fn load_prompt_set(name: &str, path: &Path) -> Result<PromptSet, PromptError> {
-    let bytes = std::fs::read(path).map_err(|error| PromptError::Read {
+    let bytes = std::fs::read(path).map_err(|source| PromptError::Read {
         path: path.to_path_buf(),
-        error,
+        source,
     })?;
     let text = String::from_utf8(bytes).map_err(|e| PromptError::NotUtf8 {
         path: path.to_path_buf(),

@@ -205,21 +205,22 @@ pub fn report(
     backend: &dyn Backend,
     token_counts: BTreeMap<String, Vec<Option<u32>>>,
 ) -> BackendReport {
+    let info = backend.info();
     BackendReport {
         name: backend.kind(),
         load_ms: Some(backend.load_ms()),
         peak_rss_mib: crate::report::env::peak_rss_mib(None),
-        gpu_memory_mib: gpu_memory_mib(backend),
+        gpu_memory_mib: gpu_memory_mib(backend.kind(), &info),
         open_error: None,
-        info: backend.info(),
+        info,
         token_counts,
     }
 }
 
 /// See `BackendReport::gpu_memory_mib`; a remote api server's memory is not ours to see.
-fn gpu_memory_mib(backend: &dyn Backend) -> Option<f64> {
-    if backend.kind() == BackendKind::Api {
-        let pid = backend.info().get("server_pid")?.as_u64()?;
+fn gpu_memory_mib(kind: BackendKind, info: &serde_json::Value) -> Option<f64> {
+    if kind == BackendKind::Api {
+        let pid = info.get("server_pid")?.as_u64()?;
         crate::report::gpu::backend_used_mib(Some(pid as u32))
     } else {
         crate::report::gpu::backend_used_mib(None)

@@ -326,16 +326,8 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         }),
         "{warnings:?}"
     );
-    assert!(json["parity"]["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|p| p["equal"] == true));
-    assert!(json["first_token_agreement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|a| a["agree"] == true));
+    assert_token_parity(&json);
+    assert_first_tokens_agree(&json);
     assert_schema_valid(&json);
 }
 

@@ -73,15 +73,7 @@ fn chat_streams_and_uses_the_same_templated_tokens_in_process_and_over_http() {
         );
         assert_eq!(r["cache_n"], 0);
     }
-    assert!(
-        json["first_token_agreement"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["agree"] == true),
-        "{}",
-        json["first_token_agreement"]
-    );
+    assert_first_tokens_agree(&json);
     assert!(json["token_disagreements"].as_array().unwrap().is_empty());
 }
 

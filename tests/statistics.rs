@@ -147,16 +147,8 @@ fn sweep_fits_every_backend_and_draws_the_plot() {
     assert_eq!(uniq.len(), 6);
     assert_eq!(texts("inproc"), texts("hf"));
     assert_eq!(texts("inproc"), texts("api"));
-    assert!(json["parity"]["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|p| p["equal"] == true));
-    assert!(json["first_token_agreement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|a| a["agree"] == true));
+    assert_token_parity(&json);
+    assert_first_tokens_agree(&json);
     let svg = std::fs::read_to_string(
         std::fs::read_dir(d.path())
             .unwrap()

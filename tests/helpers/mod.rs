@@ -164,3 +164,23 @@ pub fn backend_of<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json
         .find(|b| b["name"] == name)
         .unwrap_or_else(|| panic!("no backend {name} in the report"))
 }
+
+/// Every prompt of a report tokenized to the same ids in every backend (the parity gate).
+pub fn assert_token_parity(json: &serde_json::Value) {
+    let prompts = json["parity"]["prompts"].as_array().unwrap();
+    assert!(
+        prompts.iter().all(|p| p["equal"] == true),
+        "{}",
+        json["parity"]
+    );
+}
+
+/// Every backend of a report produced the same greedy first token for every prompt.
+pub fn assert_first_tokens_agree(json: &serde_json::Value) {
+    let agreement = json["first_token_agreement"].as_array().unwrap();
+    assert!(
+        agreement.iter().all(|a| a["agree"] == true),
+        "{}",
+        json["first_token_agreement"]
+    );
+}

@@ -1,0 +1,292 @@
+//! `api`: a GGUF behind llama-server (spawned here, or any server given with `--api-url`), streamed
+//! over SSE.
+//!
+//! Client TTFT = just before the request body is built → the first SSE event whose token text is
+//! non-empty has been parsed. Response headers arrive long before the first token, so time to first
+//! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
+//! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
+//! `ttft - prompt_ms` follows.
+
+mod body;
+mod load;
+mod probe;
+mod stream;
+mod tokenize;
+
+pub use body::{event_token, EventToken};
+
+use super::server::ServerProcess;
+use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokenize::token_list;
+
+/// Which streaming endpoint to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// llama.cpp's native `POST /completion`.
+    Completion,
+    /// OpenAI-compatible `POST /v1/completions`.
+    V1,
+    /// OpenAI-compatible `POST /v1/chat/completions` (`--chat`): the prompt is one user message.
+    Chat,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completion => "/completion",
+            Endpoint::V1 => "/v1/completions",
+            Endpoint::Chat => "/v1/chat/completions",
+        }
+    }
+}
+
+/// What kind of server the api backend talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFlavor {
+    /// llama.cpp's llama-server: `cache_prompt: false` is sent, `timings` are read (prompt time,
+    /// cache hits), `/tokenize` checks the tokens.
+    Llama,
+    /// Any OpenAI-compatible server (vLLM, TGI, SGLang, Ollama, llama-cpp-python, ...): only
+    /// standard fields are sent; token counts come from `usage`; server timings are unavailable.
+    Openai,
+}
+
+/// How the api backend is set up.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// An existing server; `None` spawns the vendored llama-server.
+    pub url: Option<String>,
+    /// The endpoint to stream from.
+    pub endpoint: Endpoint,
+    /// llama or openai; None detects it (`/props` answers only on llama.cpp).
+    pub flavor: Option<ApiFlavor>,
+    /// Model name for OpenAI requests (None: the first id of `/v1/models`, else the alias).
+    pub api_model: Option<String>,
+    /// Model name sent in OpenAI requests and given to the spawned server as `--alias`.
+    pub model_alias: String,
+    /// The llama-server binary to spawn.
+    pub server_bin: PathBuf,
+    /// Where the spawned server's log goes.
+    pub server_log: PathBuf,
+    /// Accept a server built from another llama.cpp commit than the linked one.
+    pub allow_commit_mismatch: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Request sent → first token, before the run is failed.
+    pub first_token_timeout: Duration,
+    /// Whole request, before the run is failed.
+    pub total_timeout: Duration,
+    /// Fixed port for the spawned server (None: a free one).
+    pub server_port: Option<u16>,
+    /// Parallel slots of the spawned server (1 for single runs; the concurrency for load runs).
+    pub server_slots: u32,
+    /// llama.cpp RPC workers (`host:port`) the spawned server offloads to (`--rpc`).
+    pub rpc: Vec<String>,
+    /// Start this many local rpc-server workers on 127.0.0.1 (`--spawn-rpc`).
+    pub spawn_rpc: u32,
+    /// Bearer token for servers that need one (redacted in every print).
+    pub api_key: Option<crate::secret::Secret>,
+    /// 0 quiet, 1 a line per request, 2 also response details (never the key).
+    pub verbose: u8,
+}
+
+/// The HTTP backend. Holds its own single-threaded tokio runtime so the benchmark loop stays
+/// synchronous and identical for every backend.
+pub struct ApiBackend {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    settings: ApiSettings,
+    server: Option<ServerProcess>,
+    // Dropped after the server (fields drop in declaration order): the server disconnects first.
+    rpc_workers: Option<super::server::RpcWorkers>,
+    load_ms: f64,
+    info: Value,
+    flavor: ApiFlavor,
+    model: String,
+}
+
+/// Render an error with its whole source chain on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl ApiBackend {
+    /// Spawn (or reach) the server, check it is the same llama.cpp commit, and read its facts.
+    pub fn open(params: &LlamaParams, settings: &ApiSettings) -> Result<Self, OpenError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OpenError::Server(format!("tokio runtime: {e}")))?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(settings.connect_timeout)
+            // A fresh connection per request: llama-server closes a connection after a streamed
+            // answer, and reusing a pooled one races with that close ("connection closed before
+            // message completed"). Connecting on loopback costs well under a millisecond and is
+            // part of what a real client pays, so it stays inside the clock.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))?;
+
+        let (base, server, load_ms, rpc_workers, rpc) = match &settings.url {
+            Some(url) => {
+                let base = url.trim_end_matches('/').to_string();
+                if !(base.starts_with("http://") || base.starts_with("https://")) {
+                    return Err(OpenError::Server(format!(
+                        "--api-url {url}: expected an http:// or https:// URL"
+                    )));
+                }
+                (base, None, 0.0, None, Vec::new())
+            }
+            None => {
+                check_gguf(&params.gguf)?;
+                let rpc_bin = settings.server_bin.with_file_name("rpc-server");
+                let workers = if settings.spawn_rpc > 0 {
+                    let dir = settings
+                        .server_log
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."));
+                    Some(super::server::RpcWorkers::spawn(
+                        &rpc_bin,
+                        settings.spawn_rpc,
+                        params.threads,
+                        dir,
+                    )?)
+                } else {
+                    None
+                };
+                let mut rpc = settings.rpc.clone();
+                if let Some(w) = &workers {
+                    rpc.extend(w.endpoints.iter().cloned());
+                }
+                let s = ServerProcess::spawn(&super::server::ServerSpec {
+                    bin: &settings.server_bin,
+                    params,
+                    alias: &settings.model_alias,
+                    port: settings.server_port,
+                    slots: settings.server_slots,
+                    rpc: &rpc,
+                    log_path: &settings.server_log,
+                    timeout: Duration::from_secs(120),
+                })?;
+                let ms = s.start_ms;
+                (s.url.clone(), Some(s), ms, workers, rpc)
+            }
+        };
+
+        let mut me = Self {
+            rt,
+            client,
+            base,
+            settings: settings.clone(),
+            server,
+            rpc_workers,
+            load_ms,
+            info: Value::Null,
+            flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
+            model: settings.model_alias.clone(),
+        };
+        me.info = me.probe()?;
+        me.info["rpc"] = json!({
+            "endpoints": rpc,
+            "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),
+        });
+        Ok(me)
+    }
+
+    /// Server slots reported by `/props` (`total_slots`), when the server says.
+    pub fn server_slots(&self) -> Option<u64> {
+        self.info
+            .pointer("/props/total_slots")
+            .and_then(Value::as_u64)
+    }
+
+    /// The spawned server's process id, if ttft started it.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(ServerProcess::pid)
+    }
+
+    /// Add the Authorization header when a key is configured.
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.api_key {
+            Some(k) => rb.bearer_auth(k.expose()),
+            None => rb,
+        }
+    }
+
+    /// The flavor in effect (after detection).
+    pub fn flavor(&self) -> ApiFlavor {
+        self.flavor
+    }
+
+    /// The endpoint in effect.
+    pub fn endpoint(&self) -> Endpoint {
+        self.settings.endpoint
+    }
+}
+
+impl Backend for ApiBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Api
+    }
+
+    fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    fn info(&self) -> Value {
+        let mut v = self.info.clone();
+        if let Some(pid) = self.server_pid() {
+            v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
+        }
+        v
+    }
+
+    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
+        match self.flavor {
+            // Standard OpenAI API: the count comes from usage.
+            ApiFlavor::Openai => self.usage_prompt_tokens(prompt),
+            ApiFlavor::Llama => self.token_ids(prompt).map(|ids| ids.len() as u32),
+        }
+    }
+
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        if self.flavor == ApiFlavor::Openai {
+            return self.extras_tokenize(prompt);
+        }
+        let templated;
+        let content = if self.settings.endpoint == Endpoint::Chat {
+            // The server's own template, as the chat endpoint applies it.
+            templated = self.apply_template(prompt)?;
+            templated.as_str()
+        } else {
+            prompt
+        };
+        // add_special: BOS exactly as a completion request's prompt gets it.
+        let body = json!({"content": content, "add_special": true, "parse_special": true});
+        let v = self.post_json("/tokenize", &body)?;
+        token_list(&v, "/tokenize")
+    }
+
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        self.rt.block_on(self.stream_one(prompt, max_new_tokens))
+    }
+}

@@ -1,0 +1,116 @@
+//! Reaching the server once at open: is it llama.cpp (`/props`) or another OpenAI-compatible
+//! server, which model name to send, the llama.cpp commit check, and the facts for the report.
+
+use super::{error_chain, ApiBackend, ApiFlavor, Endpoint};
+use crate::backend::server::system_info_from_log;
+use crate::backend::{OpenError, LLAMA_CPP_COMMIT};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+impl ApiBackend {
+    fn get_json(&self, path: &str) -> Result<Option<Value>, String> {
+        let url = format!("{}{}", self.base, path);
+        self.rt.block_on(async {
+            let r = self
+                .authed(self.client.get(&url))
+                .timeout(self.settings.connect_timeout + Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if !r.status().is_success() {
+                return Ok(None);
+            }
+            Ok(r.json::<Value>().await.ok())
+        })
+    }
+
+    /// Reach the server, identify it (`/props`, `/v1/models`), settle the flavor and model name,
+    /// and enforce the commit check.
+    pub(super) fn probe(&mut self) -> Result<Value, OpenError> {
+        let who = match &self.settings.url {
+            Some(u) => format!("--api-url {u}"),
+            None => format!("spawned llama-server at {}", self.base),
+        };
+        let props = self.get_json("/props").map_err(|e| {
+            OpenError::Server(format!(
+                "{who} is unreachable ({e}): start the server or fix the flag"
+            ))
+        })?;
+        let models = self.get_json("/v1/models").ok().flatten();
+        let build_info = props
+            .as_ref()
+            .and_then(|p| p.get("build_info"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let short = &LLAMA_CPP_COMMIT[..7];
+        let commit_match = build_info.as_ref().map(|b| b.contains(short));
+        if commit_match == Some(false) && !self.settings.allow_commit_mismatch {
+            return Err(OpenError::Server(format!(
+                "{who} reports llama.cpp build {} but ttft links commit {short}: comparing different \
+                 llama.cpp versions is not a fair api-vs-inproc test (pass --allow-commit-mismatch to do it anyway)",
+                build_info.as_deref().unwrap_or("?")
+            )));
+        }
+        // Only llama.cpp answers /props with its build and generation settings.
+        let detected = match &props {
+            Some(p)
+                if p.get("build_info").is_some()
+                    || p.get("default_generation_settings").is_some() =>
+            {
+                ApiFlavor::Llama
+            }
+            _ => ApiFlavor::Openai,
+        };
+        self.flavor = self.settings.flavor.unwrap_or(detected);
+        if self.flavor == ApiFlavor::Openai && self.settings.endpoint == Endpoint::Completion {
+            return Err(OpenError::Server(format!(
+                "{who} is not llama.cpp (no /props), so it has no native /completion: use --api-endpoint v1 or --chat"
+            )));
+        }
+        self.model = match (&self.settings.api_model, self.flavor) {
+            (Some(m), _) => m.clone(),
+            (None, ApiFlavor::Openai) => models
+                .as_ref()
+                .and_then(|m| m.pointer("/data/0/id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| self.settings.model_alias.clone()),
+            (None, ApiFlavor::Llama) => self.settings.model_alias.clone(),
+        };
+        let log_system_info = self
+            .server
+            .as_ref()
+            .and_then(|s| std::fs::read_to_string(&s.log_path).ok())
+            .and_then(|log| system_info_from_log(&log));
+        Ok(json!({
+            "base_url": self.base,
+            "endpoint": self.settings.endpoint.path(),
+            "spawned": self.server.is_some(),
+            "server_args": self.server.as_ref().map(|s| s.args.clone()),
+            "server_log": self.server.as_ref().map(|s| s.log_path.display().to_string()),
+            "server_pid": self.server.as_ref().map(|s| s.pid()),
+            // What the spawned server was given (the same value as inproc); unknown for a remote one.
+            "n_gpu_layers": self.server.as_ref().and_then(|s| {
+                let i = s.args.iter().position(|a| a == "--n-gpu-layers")?;
+                s.args.get(i + 1)?.parse::<u32>().ok()
+            }),
+            "build_info": build_info,
+            "commit_matches_linked": commit_match,
+            "system_info": log_system_info,
+            "model_alias": self.settings.model_alias,
+            "model": self.model,
+            "flavor": self.flavor,
+            "flavor_detected": detected,
+            "server_timings": match self.flavor {
+                ApiFlavor::Llama => "timings.prompt_ms / prompt_n / cache_n from the final event",
+                ApiFlavor::Openai => "unavailable: an OpenAI-compatible server reports no prompt time (server_prompt_ms and api_overhead_ms stay empty)",
+            },
+            "props": props.as_ref().map(|p| json!({
+                "n_ctx": p.pointer("/default_generation_settings/n_ctx"),
+                "model_path": p.get("model_path"),
+                "total_slots": p.get("total_slots"),
+            })),
+            "models": models.as_ref().and_then(|m| m.get("data")).cloned(),
+        }))
+    }
+}

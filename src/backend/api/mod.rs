@@ -15,7 +15,7 @@ mod tokenize;
 
 pub use body::{event_token, EventToken};
 
-use super::server::ServerProcess;
+use super::server::{RpcWorkers, ServerProcess, ServerSpec};
 use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -105,7 +105,7 @@ pub struct ApiBackend {
     settings: ApiSettings,
     server: Option<ServerProcess>,
     // Dropped after the server (fields drop in declaration order): the server disconnects first.
-    rpc_workers: Option<super::server::RpcWorkers>,
+    rpc_workers: Option<RpcWorkers>,
     load_ms: f64,
     info: Value,
     flavor: ApiFlavor,
@@ -157,36 +157,7 @@ impl ApiBackend {
                 (base, None, 0.0, None, Vec::new())
             }
             None => {
-                check_gguf(&params.gguf)?;
-                let rpc_bin = settings.server_bin.with_file_name("rpc-server");
-                let workers = if settings.spawn_rpc > 0 {
-                    let dir = settings
-                        .server_log
-                        .parent()
-                        .unwrap_or(std::path::Path::new("."));
-                    Some(super::server::RpcWorkers::spawn(
-                        &rpc_bin,
-                        settings.spawn_rpc,
-                        params.threads,
-                        dir,
-                    )?)
-                } else {
-                    None
-                };
-                let mut rpc = settings.rpc.clone();
-                if let Some(w) = &workers {
-                    rpc.extend(w.endpoints.iter().cloned());
-                }
-                let s = ServerProcess::spawn(&super::server::ServerSpec {
-                    bin: &settings.server_bin,
-                    params,
-                    alias: &settings.model_alias,
-                    port: settings.server_port,
-                    slots: settings.server_slots,
-                    rpc: &rpc,
-                    log_path: &settings.server_log,
-                    timeout: Duration::from_secs(120),
-                })?;
+                let (s, workers, rpc) = spawn_server(params, settings)?;
                 let ms = s.start_ms;
                 (s.url.clone(), Some(s), ms, workers, rpc)
             }
@@ -241,6 +212,45 @@ impl ApiBackend {
     pub fn endpoint(&self) -> Endpoint {
         self.settings.endpoint
     }
+}
+
+/// Spawn the vendored llama-server for `params` (first any local rpc-server workers it should
+/// offload to). Returns the server, the workers and every rpc endpoint it was given.
+fn spawn_server(
+    params: &LlamaParams,
+    settings: &ApiSettings,
+) -> Result<(ServerProcess, Option<RpcWorkers>, Vec<String>), OpenError> {
+    check_gguf(&params.gguf)?;
+    let rpc_bin = settings.server_bin.with_file_name("rpc-server");
+    let workers = if settings.spawn_rpc > 0 {
+        let dir = settings
+            .server_log
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        Some(RpcWorkers::spawn(
+            &rpc_bin,
+            settings.spawn_rpc,
+            params.threads,
+            dir,
+        )?)
+    } else {
+        None
+    };
+    let mut rpc = settings.rpc.clone();
+    if let Some(w) = &workers {
+        rpc.extend(w.endpoints.iter().cloned());
+    }
+    let s = ServerProcess::spawn(&ServerSpec {
+        bin: &settings.server_bin,
+        params,
+        alias: &settings.model_alias,
+        port: settings.server_port,
+        slots: settings.server_slots,
+        rpc: &rpc,
+        log_path: &settings.server_log,
+        timeout: Duration::from_secs(120),
+    })?;
+    Ok((s, workers, rpc))
 }
 
 impl Backend for ApiBackend {

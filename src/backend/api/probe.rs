@@ -51,38 +51,52 @@ impl ApiBackend {
                 build_info.as_deref().unwrap_or("?")
             )));
         }
-        // Only llama.cpp answers /props with its build and generation settings.
-        let detected = match &props {
-            Some(p)
-                if p.get("build_info").is_some()
-                    || p.get("default_generation_settings").is_some() =>
-            {
-                ApiFlavor::Llama
-            }
-            _ => ApiFlavor::Openai,
-        };
+        let detected = detect_flavor(props.as_ref());
         self.flavor = self.settings.flavor.unwrap_or(detected);
         if self.flavor == ApiFlavor::Openai && self.settings.endpoint == Endpoint::Completion {
             return Err(OpenError::Server(format!(
                 "{who} is not llama.cpp (no /props), so it has no native /completion: use --api-endpoint v1 or --chat"
             )));
         }
-        self.model = match (&self.settings.api_model, self.flavor) {
+        self.model = self.pick_model(models.as_ref());
+        Ok(self.info_json(
+            props.as_ref(),
+            models.as_ref(),
+            build_info.as_deref(),
+            commit_match,
+            detected,
+        ))
+    }
+
+    /// The model name to send: `--api-model`, else (OpenAI flavor) the first id `/v1/models`
+    /// lists, else the alias.
+    fn pick_model(&self, models: Option<&Value>) -> String {
+        match (&self.settings.api_model, self.flavor) {
             (Some(m), _) => m.clone(),
             (None, ApiFlavor::Openai) => models
-                .as_ref()
                 .and_then(|m| m.pointer("/data/0/id"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| self.settings.model_alias.clone()),
             (None, ApiFlavor::Llama) => self.settings.model_alias.clone(),
-        };
+        }
+    }
+
+    /// What the report says about the server, once the probe has settled flavor and model.
+    fn info_json(
+        &self,
+        props: Option<&Value>,
+        models: Option<&Value>,
+        build_info: Option<&str>,
+        commit_match: Option<bool>,
+        detected: ApiFlavor,
+    ) -> Value {
         let log_system_info = self
             .server
             .as_ref()
             .and_then(|s| std::fs::read_to_string(&s.log_path).ok())
             .and_then(|log| system_info_from_log(&log));
-        Ok(json!({
+        json!({
             "base_url": self.base,
             "endpoint": self.settings.endpoint.path(),
             "spawned": self.server.is_some(),
@@ -105,12 +119,24 @@ impl ApiBackend {
                 ApiFlavor::Llama => "timings.prompt_ms / prompt_n / cache_n from the final event",
                 ApiFlavor::Openai => "unavailable: an OpenAI-compatible server reports no prompt time (server_prompt_ms and api_overhead_ms stay empty)",
             },
-            "props": props.as_ref().map(|p| json!({
+            "props": props.map(|p| json!({
                 "n_ctx": p.pointer("/default_generation_settings/n_ctx"),
                 "model_path": p.get("model_path"),
                 "total_slots": p.get("total_slots"),
             })),
-            "models": models.as_ref().and_then(|m| m.get("data")).cloned(),
-        }))
+            "models": models.and_then(|m| m.get("data")).cloned(),
+        })
+    }
+}
+
+/// Only llama.cpp answers `/props` with its build and generation settings.
+fn detect_flavor(props: Option<&Value>) -> ApiFlavor {
+    match props {
+        Some(p)
+            if p.get("build_info").is_some() || p.get("default_generation_settings").is_some() =>
+        {
+            ApiFlavor::Llama
+        }
+        _ => ApiFlavor::Openai,
     }
 }

@@ -1,10 +1,10 @@
 //! The timed request: send the body, read the SSE stream, stamp the first token and every later
 //! one, and turn what the stream delivered into a [`Measurement`].
 
-use super::{error_chain, event_token, ApiBackend, ApiFlavor};
-use crate::backend::sse::SseParser;
+use super::{error_chain, event_token, ApiBackend, ApiFlavor, Endpoint, EventToken};
+use crate::backend::sse::{SseEvent, SseParser};
 use crate::backend::{Measurement, RunError};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ impl ApiBackend {
         r
     }
 
+    /// One timed run. The clock starts before the body is built (serialising it is part of what
+    /// a client pays) and the first token is stamped the moment its event has been parsed.
     async fn stream_timed(
         &self,
         prompt: &str,
@@ -57,23 +59,7 @@ impl ApiBackend {
             *headers = Some((status.as_u16(), t0.elapsed()));
         }
         if !status.is_success() {
-            // Bounded read of the error body; keep the server's own message and type
-            // (llama-server: {"error": {"message": ..., "type": "exceed_context_size_error"}}).
-            let text = read_bounded(resp, 64 * 1024).await;
-            let v = serde_json::from_str::<Value>(&text).ok();
-            let field = |k: &str| {
-                v.as_ref()
-                    .and_then(|v| v.pointer(&format!("/error/{k}")))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            let msg = field("message").unwrap_or_else(|| text.chars().take(300).collect());
-            let kind = field("type").map(|t| format!(" {t}")).unwrap_or_default();
-            return Err(RunError::new(format!(
-                "HTTP {}{kind}: {}",
-                status.as_u16(),
-                msg.trim()
-            )));
+            return Err(http_error(resp, status).await);
         }
         let ctype = resp
             .headers()
@@ -88,104 +74,51 @@ impl ApiBackend {
             )));
         }
 
+        // Owned here, not in read_stream: dropping the stream closes the connection, and that
+        // must come after into_measurement has read the end-to-end clock, not before.
         let mut stream = resp.bytes_stream();
         let mut parser = SseParser::default();
-        let mut t_first: Option<Instant> = None;
-        let mut t_last = t0;
-        let mut first = String::new();
-        let mut itl = Vec::new();
-        // Chat: reasoning text can come before the visible answer; both moments are reported.
-        let mut t_visible: Option<Instant> = None;
-        let mut output = String::new();
-        let mut text_events = 0u32;
-        let mut timings: Option<Value> = None;
-        // The stream's own end marker: native `"stop": true`, OpenAI `[DONE]` or a finish_reason.
-        let mut completed = false;
-        let mut usage: Option<Value> = None;
+        self.read_stream(&mut stream, &mut parser, t0)
+            .await?
+            .into_measurement()
+    }
+
+    /// Read the event stream to its end, feeding every event to a [`StreamState`]. Until the
+    /// first token the first-token deadline applies, after it the whole request's.
+    async fn read_stream<C: AsRef<[u8]>>(
+        &self,
+        stream: &mut (impl Stream<Item = reqwest::Result<C>> + Unpin),
+        parser: &mut SseParser,
+        t0: Instant,
+    ) -> Result<StreamState, RunError> {
+        let mut st = StreamState::new(t0, self.settings.endpoint, self.flavor);
         let deadline_first = t0 + self.settings.first_token_timeout;
         let deadline_total = t0 + self.settings.total_timeout;
         'read: loop {
-            let deadline = if t_first.is_none() {
+            let deadline = if st.t_first.is_none() {
                 deadline_first
             } else {
                 deadline_total
             };
             let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
             let chunk = match next {
-                Err(_) => {
-                    return Err(RunError::new(if t_first.is_none() {
-                        format!(
-                            "timeout (first token after {:.0} s)",
-                            self.settings.first_token_timeout.as_secs_f64()
-                        )
-                    } else {
-                        format!(
-                            "timeout (request longer than {:.0} s)",
-                            self.settings.total_timeout.as_secs_f64()
-                        )
-                    }))
-                }
+                Err(_) => return Err(self.timeout_error(st.t_first.is_none())),
                 Ok(None) => break 'read,
                 Ok(Some(Err(e))) => {
                     return Err(RunError::new(format!(
-                        "stream broke after {text_events} tokens: {}",
+                        "stream broke after {} tokens: {}",
+                        st.text_events,
                         error_chain(&e)
                     )))
                 }
                 Ok(Some(Ok(c))) => c,
             };
             let events = parser
-                .push(&chunk)
+                .push(chunk.as_ref())
                 .map_err(|e| RunError::new(format!("malformed SSE: {e}")))?;
             for ev in events {
-                if ev.is_done() {
-                    completed = true;
+                if st.event(&ev)? {
                     break 'read;
-                }
-                let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
-                    RunError::new(format!(
-                        "malformed SSE data ({e}): {}",
-                        ev.data.chars().take(120).collect::<String>()
-                    ))
-                })?;
-                if let Some(err) = v.get("error") {
-                    let msg = err
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| err.to_string());
-                    return Err(RunError::new(format!("server error event: {msg}")));
-                }
-                let tok = event_token(self.settings.endpoint, &v);
-                let (text, arrived) = (tok.text, tok.arrived);
-                if arrived {
-                    let now = Instant::now();
-                    if tok.visible && t_visible.is_none() {
-                        t_visible = Some(now);
-                    }
-                    if t_first.is_none() {
-                        t_first = Some(now);
-                        first = text.to_string();
-                    } else {
-                        itl.push((now - t_last).as_secs_f64() * 1e3);
-                    }
-                    t_last = now;
-                    text_events += 1;
-                    output.push_str(text);
-                }
-                // OpenAI flavor: nothing llama.cpp-specific is read, even if present.
-                if let (Some(t), ApiFlavor::Llama) = (v.get("timings"), self.flavor) {
-                    timings = Some(t.clone());
-                }
-                let stop = v.get("stop").and_then(Value::as_bool) == Some(true);
-                let finish = v
-                    .pointer("/choices/0/finish_reason")
-                    .is_some_and(|f| !f.is_null());
-                if stop || finish {
-                    completed = true;
-                }
-                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                    usage = Some(u.clone());
                 }
             }
         }
@@ -197,6 +130,151 @@ impl ApiBackend {
                 return Err(RunError::new(format!("server error event: {}", ev.data)));
             }
         }
+        Ok(st)
+    }
+
+    /// A deadline passed: the first token's (`before_first`) or the whole request's.
+    fn timeout_error(&self, before_first: bool) -> RunError {
+        RunError::new(if before_first {
+            format!(
+                "timeout (first token after {:.0} s)",
+                self.settings.first_token_timeout.as_secs_f64()
+            )
+        } else {
+            format!(
+                "timeout (request longer than {:.0} s)",
+                self.settings.total_timeout.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// What a timed stream has delivered so far: when tokens arrived, their text, and the server's
+/// own numbers. One method per kind of event; [`StreamState::into_measurement`] at the end.
+struct StreamState {
+    endpoint: Endpoint,
+    flavor: ApiFlavor,
+    /// The clock start (just before the request body was built).
+    t0: Instant,
+    /// When the first token arrived (TTFT), and the latest one.
+    t_first: Option<Instant>,
+    t_last: Instant,
+    /// The first token's text.
+    first: String,
+    /// Gaps between consecutive tokens, ms.
+    itl: Vec<f64>,
+    /// Chat: reasoning text can come before the visible answer; both moments are reported.
+    t_visible: Option<Instant>,
+    output: String,
+    /// Events that carried a token.
+    text_events: u32,
+    /// llama.cpp's `timings` from the latest event that had them.
+    timings: Option<Value>,
+    /// The stream's own end marker: native `"stop": true`, OpenAI `[DONE]` or a finish_reason.
+    completed: bool,
+    /// OpenAI `usage` from the latest event that had it.
+    usage: Option<Value>,
+}
+
+impl StreamState {
+    fn new(t0: Instant, endpoint: Endpoint, flavor: ApiFlavor) -> Self {
+        StreamState {
+            endpoint,
+            flavor,
+            t0,
+            t_first: None,
+            t_last: t0,
+            first: String::new(),
+            itl: Vec::new(),
+            t_visible: None,
+            output: String::new(),
+            text_events: 0,
+            timings: None,
+            completed: false,
+            usage: None,
+        }
+    }
+
+    /// One SSE event. Returns `true` at the `[DONE]` marker, after which nothing is read.
+    fn event(&mut self, ev: &SseEvent) -> Result<bool, RunError> {
+        if ev.is_done() {
+            self.completed = true;
+            return Ok(true);
+        }
+        let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
+            RunError::new(format!(
+                "malformed SSE data ({e}): {}",
+                ev.data.chars().take(120).collect::<String>()
+            ))
+        })?;
+        if let Some(err) = v.get("error") {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| err.to_string());
+            return Err(RunError::new(format!("server error event: {msg}")));
+        }
+        let tok = event_token(self.endpoint, &v);
+        if tok.arrived {
+            self.token(tok);
+        }
+        self.server_fields(&v);
+        Ok(false)
+    }
+
+    /// A generated token's event has just been parsed: now is when it is on the host.
+    fn token(&mut self, tok: EventToken<'_>) {
+        let now = Instant::now();
+        if tok.visible && self.t_visible.is_none() {
+            self.t_visible = Some(now);
+        }
+        if self.t_first.is_none() {
+            self.t_first = Some(now);
+            self.first = tok.text.to_string();
+        } else {
+            self.itl.push((now - self.t_last).as_secs_f64() * 1e3);
+        }
+        self.t_last = now;
+        self.text_events += 1;
+        self.output.push_str(tok.text);
+    }
+
+    /// What an event says besides its token: llama.cpp's `timings`, the end marker, `usage`.
+    fn server_fields(&mut self, v: &Value) {
+        // OpenAI flavor: nothing llama.cpp-specific is read, even if present.
+        if let (Some(t), ApiFlavor::Llama) = (v.get("timings"), self.flavor) {
+            self.timings = Some(t.clone());
+        }
+        let stop = v.get("stop").and_then(Value::as_bool) == Some(true);
+        let finish = v
+            .pointer("/choices/0/finish_reason")
+            .is_some_and(|f| !f.is_null());
+        if stop || finish {
+            self.completed = true;
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+    }
+
+    /// The run's numbers once the stream is over; it must have carried a token and its end
+    /// marker. `e2e_ms` is read here, as the last thing.
+    fn into_measurement(self) -> Result<Measurement, RunError> {
+        let StreamState {
+            t0,
+            t_first,
+            t_last,
+            first,
+            itl,
+            t_visible,
+            output,
+            text_events,
+            timings,
+            completed,
+            usage,
+            ..
+        } = self;
         let Some(t_first) = t_first else {
             return Err(RunError::new("stream ended with no token"));
         };
@@ -235,6 +313,22 @@ impl ApiBackend {
             ..Measurement::default()
         })
     }
+}
+
+/// A non-2xx answer: a bounded read of the error body, keeping the server's own message and type
+/// (llama-server: {"error": {"message": ..., "type": "exceed_context_size_error"}}).
+async fn http_error(resp: reqwest::Response, status: reqwest::StatusCode) -> RunError {
+    let text = read_bounded(resp, 64 * 1024).await;
+    let v = serde_json::from_str::<Value>(&text).ok();
+    let field = |k: &str| {
+        v.as_ref()
+            .and_then(|v| v.pointer(&format!("/error/{k}")))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let msg = field("message").unwrap_or_else(|| text.chars().take(300).collect());
+    let kind = field("type").map(|t| format!(" {t}")).unwrap_or_default();
+    RunError::new(format!("HTTP {}{kind}: {}", status.as_u16(), msg.trim()))
 }
 
 /// Read at most `limit` bytes of a response body as text (an error page can be anything).

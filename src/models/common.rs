@@ -7,6 +7,8 @@ use super::rope::{rope_spec, Rope};
 use super::weights::Weights;
 use super::ModelError;
 use serde_json::Value;
+use std::collections::HashMap;
+use tch::{Device, Tensor};
 
 /// Per-layer attention kind (transformers' `config.layer_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,186 +163,14 @@ pub fn rms(w: &Weights, name: &str, d: i64, eps: f64, one_plus: bool) -> Result<
 /// Build the decoder from checkpoint tensors named like transformers' `LlamaForCausalLM`
 /// (`model.embed_tokens`, `model.layers.N.self_attn.q_proj`, ..., `model.norm`, `lm_head`).
 pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelError> {
-    let (h, kv, d) = (c.n_heads, c.n_kv, c.head_dim);
     let embed = w.get("model.embed_tokens.weight", &[c.vocab, c.hidden])?;
-
-    // One RoPE for the whole model, or one per layer type when the config nests
-    // `rope_parameters` by layer type (Gemma 3: local base on sliding layers).
-    let mut ropes = Vec::new();
-    let mut rope_of = std::collections::HashMap::new();
-    for lt in &c.layer_types {
-        if rope_of.contains_key(lt) {
-            continue;
-        }
-        if c.rope_per_layer_type || ropes.is_empty() {
-            let spec = rope_spec(cfg, c.rope_per_layer_type.then(|| lt.rope_key()))?;
-            ropes.push(Rope::new(&spec, d, c.max_pos, w.device())?);
-        }
-        rope_of.insert(*lt, ropes.len() - 1);
-    }
-
+    let (ropes, rope_of) = ropes(cfg, c, w.device())?;
     let mut blocks = Vec::with_capacity(c.n_layers as usize);
     for i in 0..c.n_layers {
-        let p = format!("model.layers.{i}");
-        let qkv = if c.fused_projections {
-            linear(
-                w,
-                &format!("{p}.self_attn.qkv_proj"),
-                (h + 2 * kv) * d,
-                c.hidden,
-                c.qkv_bias,
-            )?
-        } else {
-            // Separate q/k/v checkpoints tensors, fused here into one matmul.
-            let q = linear(
-                w,
-                &format!("{p}.self_attn.q_proj"),
-                h * d,
-                c.hidden,
-                c.qkv_bias,
-            )?;
-            let k = linear(
-                w,
-                &format!("{p}.self_attn.k_proj"),
-                kv * d,
-                c.hidden,
-                c.qkv_bias,
-            )?;
-            let v = linear(
-                w,
-                &format!("{p}.self_attn.v_proj"),
-                kv * d,
-                c.hidden,
-                c.qkv_bias,
-            )?;
-            Linear {
-                w: tch::Tensor::cat(&[&q.w, &k.w, &v.w], 0),
-                b: match (q.b, k.b, v.b) {
-                    (Some(a), Some(b), Some(cc)) => Some(tch::Tensor::cat(&[&a, &b, &cc], 0)),
-                    _ => None,
-                },
-            }
-        };
         let lt = c.layer_types[i as usize];
-        let attn = Attention {
-            qkv: qkv.into(),
-            o: linear(
-                w,
-                &format!("{p}.self_attn.o_proj"),
-                c.hidden,
-                h * d,
-                c.o_bias,
-            )?
-            .into(),
-            n_heads: h,
-            n_kv: kv,
-            head_dim: d,
-            scale: c.scale,
-            softcap: c.attn_softcap,
-            window: if lt == LayerType::Sliding {
-                c.sliding_window
-            } else {
-                None
-            },
-            q_norm: if c.qk_norm {
-                Some(rms(
-                    w,
-                    &format!("{p}.self_attn.q_norm"),
-                    d,
-                    c.eps,
-                    c.norm_one_plus,
-                )?)
-            } else {
-                None
-            },
-            k_norm: if c.qk_norm {
-                Some(rms(
-                    w,
-                    &format!("{p}.self_attn.k_norm"),
-                    d,
-                    c.eps,
-                    c.norm_one_plus,
-                )?)
-            } else {
-                None
-            },
-            rope: Some(rope_of[&lt]),
-        };
-        let gate_up = if c.fused_projections {
-            linear(
-                w,
-                &format!("{p}.mlp.gate_up_proj"),
-                2 * c.inter,
-                c.hidden,
-                c.mlp_bias,
-            )?
-        } else {
-            let g = linear(
-                w,
-                &format!("{p}.mlp.gate_proj"),
-                c.inter,
-                c.hidden,
-                c.mlp_bias,
-            )?;
-            let u = linear(
-                w,
-                &format!("{p}.mlp.up_proj"),
-                c.inter,
-                c.hidden,
-                c.mlp_bias,
-            )?;
-            Linear {
-                w: tch::Tensor::cat(&[&g.w, &u.w], 0),
-                b: match (g.b, u.b) {
-                    (Some(a), Some(b)) => Some(tch::Tensor::cat(&[&a, &b], 0)),
-                    _ => None,
-                },
-            }
-        };
-        let mlp = Mlp::Gated {
-            gate_up: gate_up.into(),
-            down: linear(
-                w,
-                &format!("{p}.mlp.down_proj"),
-                c.hidden,
-                c.inter,
-                c.mlp_bias,
-            )?
-            .into(),
-            act: c.act,
-        };
-        let norm = |name: &str| rms(w, &format!("{p}.{name}"), c.hidden, c.eps, c.norm_one_plus);
-        blocks.push(if c.sandwich {
-            Block {
-                attn_norm: norm("input_layernorm")?,
-                attn,
-                post_attn_norm: Some(norm("post_attention_layernorm")?),
-                mlp_norm: norm("pre_feedforward_layernorm")?,
-                mlp,
-                post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
-                parallel: false,
-            }
-        } else {
-            Block {
-                attn_norm: norm("input_layernorm")?,
-                attn,
-                post_attn_norm: None,
-                mlp_norm: norm("post_attention_layernorm")?,
-                mlp,
-                post_mlp_norm: None,
-                parallel: false,
-            }
-        });
+        blocks.push(block(c, w, &format!("model.layers.{i}"), lt, rope_of[&lt])?);
     }
-    // Tied head (tie_word_embeddings): the LM head is the embedding matrix itself.
-    let lm_head = if c.tie {
-        Linear {
-            w: embed.shallow_clone(),
-            b: None,
-        }
-    } else {
-        linear(w, "lm_head", c.vocab, c.hidden, false)?
-    };
+    let lm_head = lm_head(c, w, &embed)?;
     Ok(Decoder {
         embed,
         embed_scale: c.embed_scale.then(|| (c.hidden as f64).sqrt()),
@@ -352,6 +182,216 @@ pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelEr
         ropes,
         kind: w.kind(),
     })
+}
+
+/// The model's RoPE table and the index into it of each layer type.
+///
+/// One RoPE for the whole model, or one per layer type when the config nests
+/// `rope_parameters` by layer type (Gemma 3: local base on sliding layers).
+fn ropes(
+    cfg: &Value,
+    c: &LlamaLike,
+    device: Device,
+) -> Result<(Vec<Rope>, HashMap<LayerType, usize>), ModelError> {
+    let mut ropes = Vec::new();
+    let mut rope_of = HashMap::new();
+    for lt in &c.layer_types {
+        if rope_of.contains_key(lt) {
+            continue;
+        }
+        if c.rope_per_layer_type || ropes.is_empty() {
+            let spec = rope_spec(cfg, c.rope_per_layer_type.then(|| lt.rope_key()))?;
+            ropes.push(Rope::new(&spec, c.head_dim, c.max_pos, device)?);
+        }
+        rope_of.insert(*lt, ropes.len() - 1);
+    }
+    Ok((ropes, rope_of))
+}
+
+/// Decoder layer `p` (`model.layers.N`) of type `lt`, using RoPE number `rope`.
+fn block(
+    c: &LlamaLike,
+    w: &Weights,
+    p: &str,
+    lt: LayerType,
+    rope: usize,
+) -> Result<Block, ModelError> {
+    let attn = attention(c, w, p, lt, rope)?;
+    let mlp = mlp(c, w, p)?;
+    let norm = |name: &str| rms(w, &format!("{p}.{name}"), c.hidden, c.eps, c.norm_one_plus);
+    Ok(if c.sandwich {
+        Block {
+            attn_norm: norm("input_layernorm")?,
+            attn,
+            post_attn_norm: Some(norm("post_attention_layernorm")?),
+            mlp_norm: norm("pre_feedforward_layernorm")?,
+            mlp,
+            post_mlp_norm: Some(norm("post_feedforward_layernorm")?),
+            parallel: false,
+        }
+    } else {
+        Block {
+            attn_norm: norm("input_layernorm")?,
+            attn,
+            post_attn_norm: None,
+            mlp_norm: norm("post_attention_layernorm")?,
+            mlp,
+            post_mlp_norm: None,
+            parallel: false,
+        }
+    })
+}
+
+/// The self-attention of layer `p`: fused q/k/v, output projection, optional q/k norms.
+fn attention(
+    c: &LlamaLike,
+    w: &Weights,
+    p: &str,
+    lt: LayerType,
+    rope: usize,
+) -> Result<Attention, ModelError> {
+    let (h, kv, d) = (c.n_heads, c.n_kv, c.head_dim);
+    let qkv = qkv_proj(c, w, p)?;
+    Ok(Attention {
+        qkv: qkv.into(),
+        o: linear(
+            w,
+            &format!("{p}.self_attn.o_proj"),
+            c.hidden,
+            h * d,
+            c.o_bias,
+        )?
+        .into(),
+        n_heads: h,
+        n_kv: kv,
+        head_dim: d,
+        scale: c.scale,
+        softcap: c.attn_softcap,
+        window: if lt == LayerType::Sliding {
+            c.sliding_window
+        } else {
+            None
+        },
+        q_norm: qk_norm(c, w, &format!("{p}.self_attn.q_norm"))?,
+        k_norm: qk_norm(c, w, &format!("{p}.self_attn.k_norm"))?,
+        rope: Some(rope),
+    })
+}
+
+/// The per-head RMSNorm `name` of q or k when the model has one (`qk_norm`).
+fn qk_norm(c: &LlamaLike, w: &Weights, name: &str) -> Result<Option<Norm>, ModelError> {
+    Ok(if c.qk_norm {
+        Some(rms(w, name, c.head_dim, c.eps, c.norm_one_plus)?)
+    } else {
+        None
+    })
+}
+
+/// The q/k/v projection of layer `p` as one [`Linear`] with rows [q; k; v].
+fn qkv_proj(c: &LlamaLike, w: &Weights, p: &str) -> Result<Linear, ModelError> {
+    let (h, kv, d) = (c.n_heads, c.n_kv, c.head_dim);
+    if c.fused_projections {
+        return linear(
+            w,
+            &format!("{p}.self_attn.qkv_proj"),
+            (h + 2 * kv) * d,
+            c.hidden,
+            c.qkv_bias,
+        );
+    }
+    // Separate q/k/v checkpoints tensors, fused here into one matmul.
+    let q = linear(
+        w,
+        &format!("{p}.self_attn.q_proj"),
+        h * d,
+        c.hidden,
+        c.qkv_bias,
+    )?;
+    let k = linear(
+        w,
+        &format!("{p}.self_attn.k_proj"),
+        kv * d,
+        c.hidden,
+        c.qkv_bias,
+    )?;
+    let v = linear(
+        w,
+        &format!("{p}.self_attn.v_proj"),
+        kv * d,
+        c.hidden,
+        c.qkv_bias,
+    )?;
+    Ok(Linear {
+        w: Tensor::cat(&[&q.w, &k.w, &v.w], 0),
+        b: match (q.b, k.b, v.b) {
+            (Some(a), Some(b), Some(cc)) => Some(Tensor::cat(&[&a, &b, &cc], 0)),
+            _ => None,
+        },
+    })
+}
+
+/// The gated MLP of layer `p`.
+fn mlp(c: &LlamaLike, w: &Weights, p: &str) -> Result<Mlp, ModelError> {
+    let gate_up = gate_up_proj(c, w, p)?;
+    Ok(Mlp::Gated {
+        gate_up: gate_up.into(),
+        down: linear(
+            w,
+            &format!("{p}.mlp.down_proj"),
+            c.hidden,
+            c.inter,
+            c.mlp_bias,
+        )?
+        .into(),
+        act: c.act,
+    })
+}
+
+/// The gate and up projections of layer `p` as one [`Linear`] with rows [gate; up].
+fn gate_up_proj(c: &LlamaLike, w: &Weights, p: &str) -> Result<Linear, ModelError> {
+    if c.fused_projections {
+        return linear(
+            w,
+            &format!("{p}.mlp.gate_up_proj"),
+            2 * c.inter,
+            c.hidden,
+            c.mlp_bias,
+        );
+    }
+    let g = linear(
+        w,
+        &format!("{p}.mlp.gate_proj"),
+        c.inter,
+        c.hidden,
+        c.mlp_bias,
+    )?;
+    let u = linear(
+        w,
+        &format!("{p}.mlp.up_proj"),
+        c.inter,
+        c.hidden,
+        c.mlp_bias,
+    )?;
+    Ok(Linear {
+        w: Tensor::cat(&[&g.w, &u.w], 0),
+        b: match (g.b, u.b) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[&a, &b], 0)),
+            _ => None,
+        },
+    })
+}
+
+/// The LM head: `lm_head`, or the embedding matrix itself when tied.
+fn lm_head(c: &LlamaLike, w: &Weights, embed: &Tensor) -> Result<Linear, ModelError> {
+    // Tied head (tie_word_embeddings): the LM head is the embedding matrix itself.
+    if c.tie {
+        Ok(Linear {
+            w: embed.shallow_clone(),
+            b: None,
+        })
+    } else {
+        linear(w, "lm_head", c.vocab, c.hidden, false)
+    }
 }
 
 /// Read a required integer field of config.json.

@@ -113,6 +113,145 @@ fn factors(params: &Value, key: &str) -> Result<Vec<f64>, ModelError> {
         .ok_or_else(|| ModelError::Config(format!("longrope needs `{key}`")))
 }
 
+/// Linear (position interpolation): every frequency divided by `factor`.
+fn scale_linear(inv: &mut [f64], factor: Option<f64>) -> Result<(), ModelError> {
+    let f = factor.ok_or_else(|| ModelError::Config("linear rope needs `factor`".into()))?;
+    inv.iter_mut().for_each(|x| *x /= f);
+    Ok(())
+}
+
+/// Dynamic NTK: (theta, factor, max_pos) for recomputing the base in [`Rope::cos_sin`].
+fn dynamic_params(
+    theta: f64,
+    factor: Option<f64>,
+    max_pos: i64,
+) -> Result<(f64, f64, i64), ModelError> {
+    let f = factor.ok_or_else(|| ModelError::Config("dynamic rope needs `factor`".into()))?;
+    Ok((theta, f, max_pos))
+}
+
+/// Llama 3 scaling of `inv` in place; `old` is the original context length.
+fn scale_llama3(inv: &mut [f64], p: &Value, factor: Option<f64>, old: i64) {
+    // _compute_llama3_parameters: low frequencies divided by factor, high kept,
+    // smooth interpolation in between.
+    let f = factor.unwrap_or(8.0);
+    let lo = num(p, "low_freq_factor").unwrap_or(1.0);
+    let hi = num(p, "high_freq_factor").unwrap_or(4.0);
+    let old = old as f64;
+    let (lo_wl, hi_wl) = (old / lo, old / hi);
+    for x in inv.iter_mut() {
+        let wl = 2.0 * std::f64::consts::PI / *x;
+        let scaled = if wl > lo_wl { *x / f } else { *x };
+        let medium = wl >= hi_wl && wl <= lo_wl;
+        *x = if medium {
+            let s = (old / wl - lo) / (hi - lo);
+            (1.0 - s) * scaled / f + s * scaled
+        } else {
+            scaled
+        };
+    }
+}
+
+/// YaRN scaling of `inv` (rotary dimension `dim`) in place; `o` is the original context
+/// length. Returns the attention scaling of cos and sin.
+fn scale_yarn(
+    inv: &mut [f64],
+    spec: &RopeSpec,
+    dim: i64,
+    factor: Option<f64>,
+    o: i64,
+    max_pos: i64,
+) -> f64 {
+    let p = &spec.params;
+    let f = factor.unwrap_or(max_pos as f64 / o as f64);
+    let mscale = |s: f64, m: f64| {
+        if s <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * s.ln() + 1.0
+        }
+    };
+    let attention_scaling = match (
+        num(p, "attention_factor"),
+        num(p, "mscale"),
+        num(p, "mscale_all_dim"),
+    ) {
+        (Some(a), _, _) => a,
+        (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => mscale(f, m) / mscale(f, ma),
+        _ => mscale(f, 1.0),
+    };
+    let beta_fast = num(p, "beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0);
+    let beta_slow = num(p, "beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0);
+    let truncate = p.get("truncate").and_then(Value::as_bool).unwrap_or(true);
+    let corr = |rot: f64| {
+        (dim as f64 * (o as f64 / (rot * 2.0 * std::f64::consts::PI)).ln())
+            / (2.0 * spec.theta.ln())
+    };
+    let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
+    if truncate {
+        low = low.floor();
+        high = high.ceil();
+    }
+    let low = low.max(0.0);
+    let mut high = high.min(dim as f64 - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    for (i, x) in inv.iter_mut().enumerate() {
+        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+        let extra = 1.0 - ramp;
+        *x = (*x / f) * (1.0 - extra) + *x * extra;
+    }
+    attention_scaling
+}
+
+/// What longrope adds to the base frequencies.
+struct LongRope {
+    /// Short-factor frequencies (the ones used up to the original length).
+    inv: Vec<f64>,
+    /// Long-factor frequencies on the device, and the original max positions.
+    long: (Tensor, i64),
+    /// Multiplies cos and sin.
+    attention_scaling: f64,
+}
+
+/// Longrope (Phi-3): short and long per-dimension factors of the base frequencies.
+fn longrope(
+    spec: &RopeSpec,
+    dim: i64,
+    factor: Option<f64>,
+    orig: Option<i64>,
+    max_pos: i64,
+    device: Device,
+) -> Result<LongRope, ModelError> {
+    let p = &spec.params;
+    let o = orig.ok_or_else(|| {
+        ModelError::Config("longrope needs `original_max_position_embeddings`".into())
+    })?;
+    let short = factors(p, "short_factor")?;
+    let longf = factors(p, "long_factor")?;
+    let f = factor.unwrap_or(max_pos as f64 / o as f64);
+    let attention_scaling = num(p, "attention_factor").unwrap_or(if f <= 1.0 {
+        1.0
+    } else {
+        (1.0 + f.ln() / (o as f64).ln()).sqrt()
+    });
+    let base = base_inv_freq(spec.theta, dim);
+    if short.len() != base.len() || longf.len() != base.len() {
+        return Err(ModelError::Config(format!(
+            "longrope factors must have {} entries (rotary dim / 2)",
+            base.len()
+        )));
+    }
+    let inv = base.iter().zip(&short).map(|(b, s)| b / s).collect();
+    let l: Vec<f64> = base.iter().zip(&longf).map(|(b, s)| b / s).collect();
+    Ok(LongRope {
+        inv,
+        long: (to_tensor(&l, device), o),
+        attention_scaling,
+    })
+}
+
 impl Rope {
     /// Build the frequencies for `spec` with `head_dim` and the model's `max_position_embeddings`.
     pub fn new(
@@ -131,87 +270,18 @@ impl Rope {
         let mut dynamic = None;
         match spec.rope_type.as_str() {
             "default" => {}
-            "linear" => {
-                let f = factor.ok_or_else(|| ModelError::Config("linear rope needs `factor`".into()))?;
-                inv.iter_mut().for_each(|x| *x /= f);
-            }
-            "dynamic" => {
-                let f = factor.ok_or_else(|| ModelError::Config("dynamic rope needs `factor`".into()))?;
-                dynamic = Some((spec.theta, f, max_pos));
-            }
-            "llama3" => {
-                // _compute_llama3_parameters: low frequencies divided by factor, high kept,
-                // smooth interpolation in between.
-                let f = factor.unwrap_or(8.0);
-                let lo = num(p, "low_freq_factor").unwrap_or(1.0);
-                let hi = num(p, "high_freq_factor").unwrap_or(4.0);
-                let old = orig.unwrap_or(max_pos) as f64;
-                let (lo_wl, hi_wl) = (old / lo, old / hi);
-                for x in inv.iter_mut() {
-                    let wl = 2.0 * std::f64::consts::PI / *x;
-                    let scaled = if wl > lo_wl { *x / f } else { *x };
-                    let medium = wl >= hi_wl && wl <= lo_wl;
-                    *x = if medium {
-                        let s = (old / wl - lo) / (hi - lo);
-                        (1.0 - s) * scaled / f + s * scaled
-                    } else {
-                        scaled
-                    };
-                }
-            }
+            "linear" => scale_linear(&mut inv, factor)?,
+            "dynamic" => dynamic = Some(dynamic_params(spec.theta, factor, max_pos)?),
+            "llama3" => scale_llama3(&mut inv, p, factor, orig.unwrap_or(max_pos)),
             "yarn" => {
                 let o = orig.unwrap_or(max_pos);
-                let f = factor.unwrap_or(max_pos as f64 / o as f64);
-                let mscale = |s: f64, m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
-                attention_scaling = match (num(p, "attention_factor"), num(p, "mscale"), num(p, "mscale_all_dim")) {
-                    (Some(a), _, _) => a,
-                    (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => mscale(f, m) / mscale(f, ma),
-                    _ => mscale(f, 1.0),
-                };
-                let beta_fast = num(p, "beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0);
-                let beta_slow = num(p, "beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0);
-                let truncate = p.get("truncate").and_then(Value::as_bool).unwrap_or(true);
-                let corr = |rot: f64| {
-                    (dim as f64 * (o as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * spec.theta.ln())
-                };
-                let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
-                if truncate {
-                    low = low.floor();
-                    high = high.ceil();
-                }
-                let low = low.max(0.0);
-                let mut high = high.min(dim as f64 - 1.0);
-                if low == high {
-                    high += 0.001;
-                }
-                for (i, x) in inv.iter_mut().enumerate() {
-                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
-                    let extra = 1.0 - ramp;
-                    *x = (*x / f) * (1.0 - extra) + *x * extra;
-                }
+                attention_scaling = scale_yarn(&mut inv, spec, dim, factor, o, max_pos);
             }
             "longrope" => {
-                let o = orig.ok_or_else(|| {
-                    ModelError::Config("longrope needs `original_max_position_embeddings`".into())
-                })?;
-                let short = factors(p, "short_factor")?;
-                let longf = factors(p, "long_factor")?;
-                let f = factor.unwrap_or(max_pos as f64 / o as f64);
-                attention_scaling = num(p, "attention_factor").unwrap_or(if f <= 1.0 {
-                    1.0
-                } else {
-                    (1.0 + f.ln() / (o as f64).ln()).sqrt()
-                });
-                let base = base_inv_freq(spec.theta, dim);
-                if short.len() != base.len() || longf.len() != base.len() {
-                    return Err(ModelError::Config(format!(
-                        "longrope factors must have {} entries (rotary dim / 2)",
-                        base.len()
-                    )));
-                }
-                inv = base.iter().zip(&short).map(|(b, s)| b / s).collect();
-                let l: Vec<f64> = base.iter().zip(&longf).map(|(b, s)| b / s).collect();
-                long = Some((to_tensor(&l, device), o));
+                let lr = longrope(spec, dim, factor, orig, max_pos, device)?;
+                inv = lr.inv;
+                attention_scaling = lr.attention_scaling;
+                long = Some(lr.long);
             }
             other => {
                 return Err(ModelError::Config(format!(

@@ -166,7 +166,10 @@ impl InprocBackend {
             .with_n_ubatch(params.ubatch)
             .with_n_seq_max(1)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_flash_attention_policy(flash_attn_type(params.flash_attn))
+            .with_type_k(kv_cache_type(&params.cache_type_k)?)
+            .with_type_v(kv_cache_type(&params.cache_type_v)?);
         let ctx = model_ref.new_context(backend, cparams).map_err(|e| {
             OpenError::Model(format!(
                 "llama.cpp could not create a context of {} tokens for {}: {e} (try a smaller --ctx-size)",
@@ -292,6 +295,9 @@ impl Backend for InprocBackend {
             "n_ubatch": self.params.ubatch,
             "threads": self.params.threads,
             "n_gpu_layers": self.params.n_gpu_layers,
+            "flash_attn": self.params.flash_attn,
+            "cache_type_k": self.params.cache_type_k,
+            "cache_type_v": self.params.cache_type_v,
             "n_params": self.model.n_params(),
             "n_vocab": self.model.n_vocab(),
             "model_size_bytes": self.model.size(),
@@ -351,4 +357,35 @@ impl Backend for InprocBackend {
         })?;
         Ok(clock.measurement(tokens.len(), first, tail))
     }
+}
+
+/// llama.cpp's enum for `--flash-attn` (llama.h: -1 auto, 0 disabled, 1 enabled).
+fn flash_attn_type(f: crate::backend::FlashAttn) -> llama_cpp_sys_2::llama_flash_attn_type {
+    match f {
+        crate::backend::FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        crate::backend::FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        crate::backend::FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }
+}
+
+/// The ggml type of a `--cache-type-k/-v` name, as llama-server's `kv_cache_type_from_str` maps it.
+fn kv_cache_type(name: &str) -> Result<llama_cpp_2::context::params::KvCacheType, OpenError> {
+    use llama_cpp_2::context::params::KvCacheType as K;
+    Ok(match name {
+        "f32" => K::F32,
+        "f16" => K::F16,
+        "bf16" => K::BF16,
+        "q8_0" => K::Q8_0,
+        "q4_0" => K::Q4_0,
+        "q4_1" => K::Q4_1,
+        "iq4_nl" => K::IQ4_NL,
+        "q5_0" => K::Q5_0,
+        "q5_1" => K::Q5_1,
+        other => {
+            return Err(OpenError::Model(format!(
+                "--cache-type {other}: not a KV cache type (choose from {})",
+                crate::backend::KV_CACHE_TYPES.join(", ")
+            )))
+        }
+    })
 }

@@ -6,6 +6,7 @@
 //! (tokenize, prefill, sample, detokenize; or serialise, send, wait, parse) is inside the clock.
 
 pub mod api;
+pub mod fake;
 #[cfg(feature = "llama")]
 pub mod gguf;
 #[cfg(feature = "torch")]
@@ -295,7 +296,7 @@ fn check_gguf_magic(path: &std::path::Path) -> Result<(), OpenError> {
 
 /// llama.cpp settings shared by `inproc` and the spawned llama-server, so both run the model the
 /// same way: one source of truth, passed to the context params and to the server's flags.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LlamaParams {
     /// The GGUF file.
     pub gguf: std::path::PathBuf,
@@ -309,4 +310,40 @@ pub struct LlamaParams {
     pub ubatch: u32,
     /// Layers offloaded to the GPU (`-ngl`); 0 on CPU builds.
     pub n_gpu_layers: u32,
+    /// Flash attention (`--flash-attn`); both sides default to `auto`.
+    pub flash_attn: FlashAttn,
+    /// KV cache type of K (`--cache-type-k`), e.g. f16, q8_0.
+    pub cache_type_k: String,
+    /// KV cache type of V (`--cache-type-v`).
+    pub cache_type_v: String,
 }
+
+/// llama.cpp's flash-attention policy, with the server's spelling.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, clap::ValueEnum, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashAttn {
+    /// Let llama.cpp decide per device (the default of both llama-server and the library).
+    #[default]
+    Auto,
+    /// Always on.
+    On,
+    /// Always off.
+    Off,
+}
+
+impl fmt::Display for FlashAttn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        })
+    }
+}
+
+/// KV cache types llama-server accepts for `--cache-type-k/-v` (common/arg.cpp's list).
+pub const KV_CACHE_TYPES: &[&str] = &[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
+];

@@ -86,6 +86,12 @@ pub fn server_args(
         params.ubatch.to_string(),
         "--n-gpu-layers".into(),
         params.n_gpu_layers.to_string(),
+        "--flash-attn".into(),
+        params.flash_attn.to_string(),
+        "--cache-type-k".into(),
+        params.cache_type_k.clone(),
+        "--cache-type-v".into(),
+        params.cache_type_v.clone(),
         // One slot by default: the whole context for one request, like the single in-process
         // context; more only for load runs.
         "--parallel".into(),
@@ -395,6 +401,9 @@ mod tests {
             batch: 2048,
             ubatch: 512,
             n_gpu_layers: 0,
+            flash_attn: crate::backend::FlashAttn::Off,
+            cache_type_k: "q8_0".into(),
+            cache_type_v: "f16".into(),
         };
         let a = server_args(&p, "alias", 8080, 1, &[]).join(" ");
         let four = server_args(&p, "alias", 8080, 4, &[]).join(" ");
@@ -412,6 +421,9 @@ mod tests {
             "--cache-ram 0",
             "--batch-size 2048",
             "--ubatch-size 512",
+            "--flash-attn off",
+            "--cache-type-k q8_0",
+            "--cache-type-v f16",
         ] {
             assert!(a.contains(want), "{want} missing in {a}");
         }

@@ -56,6 +56,9 @@ pub fn llama_params() -> ttft::backend::LlamaParams {
         batch: 2048,
         ubatch: 512,
         n_gpu_layers: 0,
+        flash_attn: ttft::backend::FlashAttn::Auto,
+        cache_type_k: "f16".into(),
+        cache_type_v: "f16".into(),
     }
 }
 

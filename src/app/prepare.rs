@@ -1,0 +1,207 @@
+//! Everything checked and computed before the first timed run, so a bad file costs nothing
+//! measured: files and servers exist, prompts load, every backend's tokenizer sees the same ids
+//! (the parity gate), and prompts that cannot fit a point's context are known.
+
+use super::factory;
+use crate::backend::BackendKind;
+use crate::bench::parity::{self, ParityReport, Tokenizer};
+use crate::bench::prompts::{load_prompt_set, PromptSet};
+use crate::bench::record::PromptId;
+use crate::bench::runner::TooLong;
+use crate::settings::{PromptSource, Settings, SettingsPoint};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the measurement needs from preparation.
+pub struct Prepared {
+    /// The prompt sets.
+    pub sets: Vec<PromptSet>,
+    /// The parity gate's result.
+    pub parity: ParityReport,
+    /// Prompt token counts by the llama.cpp vocabulary, when inproc or a spawned server runs.
+    pub llama_counts: Option<Vec<(PromptId, u32, String)>>,
+}
+
+impl Prepared {
+    /// Prompts that do not fit `point`'s context with `max_new_tokens`.
+    pub fn too_long(&self, s: &Settings, point: &SettingsPoint) -> TooLong {
+        let mut out = TooLong::new();
+        let ctx = point.llama.ctx_size;
+        for (id, n, head) in self.llama_counts.iter().flatten() {
+            if n + s.max_new_tokens > ctx {
+                let path = self
+                    .sets
+                    .iter()
+                    .find(|x| x.name == id.set)
+                    .map_or(PathBuf::new(), |x| x.path.clone());
+                out.insert(
+                    id.clone(),
+                    format!(
+                        "prompt {id} (\"{head}…\" in {}) has {n} tokens + {} new > --ctx-size {ctx}",
+                        path.display(),
+                        s.max_new_tokens,
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Check files and servers, load prompts, run the parity gate and count tokens.
+pub fn prepare(s: &Settings) -> Result<Prepared> {
+    let mut sets = check_inputs(s)?;
+    let point = &s.points[0];
+    let mut toks = factory::tokenizers(s, point)?;
+    if let PromptSource::Synthetic { lengths } = &s.prompts {
+        sets = synthetic_sets(lengths, s.runs, s.seed, &mut toks)?;
+    }
+    let parity = parity::gate(&mut toks, &sets);
+    println!("{}", parity.summary());
+    if s.strict_parity && !parity.problems().is_empty() {
+        bail!("--strict-parity: the backends would not evaluate the same tokens (see above)");
+    }
+    let llama_counts = llama_counts(s, &sets, &mut toks)?;
+    let prepared = Prepared {
+        sets,
+        parity,
+        llama_counts,
+    };
+    for p in &s.points {
+        let too_long = prepared.too_long(s, p);
+        if let (Some(reason), false) = (too_long.values().next(), s.skip_too_long) {
+            bail!("{reason}: raise --ctx-size, shorten the prompt, or pass --skip-too-long");
+        }
+    }
+    Ok(prepared)
+}
+
+/// Token counts by the llama.cpp tokenizer (inproc's, or the spawned server's: the same GGUF
+/// through the same llama.cpp), with the prompt's head for messages.
+fn llama_counts(
+    s: &Settings,
+    sets: &[PromptSet],
+    toks: &mut [Tokenizer],
+) -> Result<Option<Vec<(PromptId, u32, String)>>> {
+    let spawned = s.spawns_server();
+    let Some(vocab) = toks
+        .iter_mut()
+        .find(|t| t.backend == BackendKind::Inproc || (t.backend == BackendKind::Api && spawned))
+    else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for set in sets {
+        for (i, p) in set.prompts.iter().enumerate() {
+            let n = vocab.encode(p).map_err(anyhow::Error::msg)?.len() as u32;
+            out.push((PromptId::new(&set.name, i), n, p.chars().take(40).collect()));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Synthetic prompt sets for `--prompt-tokens`: per length N, `runs` different texts of exactly N
+/// tokens (each timed once) plus one more for the warm-up.
+fn synthetic_sets(
+    lengths: &[u32],
+    runs: u32,
+    seed: u64,
+    toks: &mut [Tokenizer],
+) -> Result<Vec<PromptSet>> {
+    let mut sets = Vec::new();
+    for &n in lengths {
+        let mut prompts = Vec::new();
+        for r in 0..=runs {
+            let s = seed ^ (u64::from(n) << 32) ^ u64::from(r);
+            prompts.push(
+                crate::bench::synthetic::exact_prompt(n, s, toks)
+                    .map_err(|e| anyhow::anyhow!("--prompt-tokens {n}: {e}"))?,
+            );
+        }
+        let warmup = prompts.pop();
+        sets.push(PromptSet {
+            name: format!("n{n}"),
+            path: PathBuf::from(format!("(synthetic, exactly {n} tokens, seed {seed})")),
+            prompts,
+            repeat: Some(1),
+            warmup,
+        });
+    }
+    Ok(sets)
+}
+
+/// Files, binaries, ports and servers the run will use exist and work.
+fn check_inputs(s: &Settings) -> Result<Vec<PromptSet>> {
+    let mut sets = Vec::new();
+    if let PromptSource::Files(files) = &s.prompts {
+        for (name, path) in files {
+            sets.push(load_prompt_set(name, path)?);
+        }
+    }
+    let spawn_server = s.spawns_server();
+    if s.has(BackendKind::Inproc) || spawn_server {
+        for g in &s.grid.gguf {
+            crate::backend::check_gguf(g)?;
+        }
+    }
+    if let (true, Some(port)) = (spawn_server, s.api.server_port) {
+        if !crate::backend::server::port_is_free(port) {
+            bail!(
+                "--server-port {port} is already in use on 127.0.0.1: pick another or leave it out"
+            );
+        }
+    }
+    if spawn_server && !s.api.server_bin.exists() {
+        bail!(
+            "llama-server not found at {}: run scripts/setup.sh (or pass --server-bin)",
+            s.api.server_bin.display()
+        );
+    }
+    #[cfg(feature = "torch")]
+    if s.has(BackendKind::Hf) {
+        for p in &s.points {
+            crate::backend::hf::preflight(&factory::hf_settings(s, p))?;
+        }
+    }
+    if let (true, Some(url)) = (s.has(BackendKind::Api), &s.api.url) {
+        check_api_url(url, Duration::from_secs(5))?;
+    }
+    check_out_dir(&s.output.out)?;
+    Ok(sets)
+}
+
+fn check_out_dir(out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create the output folder", out.display()))?;
+    let probe = out.join(format!(".ttft-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: output folder is not writable", out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Quick reachability check of `--api-url` before anything is timed.
+fn check_api_url(url: &str, timeout: Duration) -> Result<()> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--api-url {url}: not a valid URL"))?;
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("--api-url {url}: no host"))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("--api-url {url}: cannot resolve {host}"))?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match std::net::TcpStream::connect_timeout(a, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    bail!(
+        "--api-url {url} is unreachable ({}): start the server or fix the flag",
+        last.map(|e| e.to_string())
+            .unwrap_or_else(|| "no address".into())
+    )
+}

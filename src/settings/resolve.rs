@@ -1,0 +1,309 @@
+//! `Settings::resolve`: flag, else config key, else built-in default, for every setting, and every
+//! check that needs no file or server (those are in `app::prepare`).
+
+use super::grid::Grid;
+use super::{
+    is_hub_id, parse_backends, ApiOptions, LoadOptions, OutputOptions, PromptSource, Settings,
+    SettingsError, DEFAULT_N_GPU_LAYERS,
+};
+use crate::backend::api::Endpoint;
+use crate::backend::{BackendKind, FlashAttn, KV_CACHE_TYPES};
+use crate::bench::load::LoadMode;
+use crate::bench::prompts::split_prompt_arg;
+use crate::cli::RunArgs;
+use crate::config::LoadedConfig;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+fn invalid(msg: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid(msg.into())
+}
+
+/// A list flag, else the config's single value, else the default.
+fn list<T: Clone>(flag: &[T], key: Option<T>, default: T) -> Vec<T> {
+    if flag.is_empty() {
+        vec![key.unwrap_or(default)]
+    } else {
+        flag.to_vec()
+    }
+}
+
+impl Settings {
+    /// Merge built-in defaults, the config file and the flags, and check them.
+    pub fn resolve(args: &RunArgs, cfg: &LoadedConfig) -> Result<Settings, SettingsError> {
+        let f = &cfg.file;
+        let backends = parse_backends(&if args.backend.is_empty() {
+            f.backends.clone().unwrap_or_else(|| vec!["all".into()])
+        } else {
+            args.backend.clone()
+        })?;
+        for k in &backends {
+            if !k.is_built() {
+                return Err(invalid(format!("--backend {k}: {}", k.not_built_reason())));
+            }
+        }
+        let max_new_tokens = args.max_new_tokens.or(f.max_new_tokens).unwrap_or(10);
+        if max_new_tokens == 0 {
+            return Err(invalid(
+                "--max-new-tokens must be at least 1 (the first token ends TTFT)",
+            ));
+        }
+        let runs = args.runs.or(f.runs).unwrap_or(3);
+        if runs == 0 {
+            return Err(invalid("--runs must be at least 1"));
+        }
+        let api = api_options(args, cfg)?;
+        let grid = grid(args, cfg)?;
+        grid.check_scopes(&backends, api.url.is_none())
+            .map_err(invalid)?;
+        let load = load_options(args)?;
+        if load.is_some() && backends != [BackendKind::Api] {
+            return Err(invalid(
+                "--concurrency / --request-rate load the api backend only: add --backend api",
+            ));
+        }
+        if (!api.rpc.is_empty() || api.spawn_rpc > 0) && api.url.is_some() {
+            return Err(invalid(
+                "--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url",
+            ));
+        }
+        let points = grid.points();
+        Ok(Settings {
+            backends,
+            points,
+            grid,
+            hf_revision: args.hf_revision.clone().or_else(|| f.hf_revision.clone()),
+            device: args
+                .device
+                .clone()
+                .or_else(|| f.device.clone())
+                .unwrap_or_else(|| "cpu".into()),
+            prompts: prompt_source(args, cfg),
+            runs,
+            min_time_s: args.min_time.max(0.0),
+            warmup: args.warmup.or(f.warmup).unwrap_or(1),
+            max_new_tokens,
+            seed: args.seed,
+            chat: args.chat,
+            skip_too_long: args.skip_too_long,
+            strict_parity: args.strict_parity,
+            api,
+            load,
+            output: OutputOptions {
+                out: path_setting(&args.out, &f.out, "results", cfg),
+                export_markdown: args.export_markdown.clone(),
+                breakdown: args.breakdown,
+                per_prompt: args.per_prompt,
+                progress: !args.no_progress && args.verbose == 0 && std::io::stderr().is_terminal(),
+                verbose: args.verbose,
+            },
+            config: cfg.path.clone(),
+            base: cfg.base.clone(),
+        })
+    }
+}
+
+fn path_setting(
+    flag: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    default: &str,
+    cfg: &LoadedConfig,
+) -> PathBuf {
+    match (flag, key) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => cfg.resolve(p),
+        (None, None) => cfg.resolve(Path::new(default)),
+    }
+}
+
+fn prompt_source(args: &RunArgs, cfg: &LoadedConfig) -> PromptSource {
+    if !args.prompt_tokens.is_empty() {
+        return PromptSource::Synthetic {
+            lengths: args.prompt_tokens.clone(),
+        };
+    }
+    if !args.prompts.is_empty() {
+        return PromptSource::Files(args.prompts.iter().map(|a| split_prompt_arg(a)).collect());
+    }
+    let f = &cfg.file;
+    PromptSource::Files(vec![
+        (
+            "short".into(),
+            path_setting(&None, &f.short_prompts, "data/short_prompts.txt", cfg),
+        ),
+        (
+            "long".into(),
+            path_setting(&None, &f.long_prompts, "data/long_prompts.txt", cfg),
+        ),
+    ])
+}
+
+/// The hf checkpoint: a flag as given; a config value relative to the config's folder unless it
+/// is a hub id.
+fn hf_models(args: &RunArgs, cfg: &LoadedConfig) -> Vec<String> {
+    if !args.hf_model.is_empty() {
+        return args.hf_model.clone();
+    }
+    let m = cfg
+        .file
+        .hf_model
+        .clone()
+        .unwrap_or_else(|| "models/SmolLM2-135M-Instruct-hf".into());
+    let local = cfg.resolve(Path::new(&m));
+    if local.exists() || !is_hub_id(&m, &cfg.base) {
+        vec![local.display().to_string()]
+    } else {
+        vec![m]
+    }
+}
+
+fn grid(args: &RunArgs, cfg: &LoadedConfig) -> Result<Grid, SettingsError> {
+    let f = &cfg.file;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let gguf = if args.gguf.is_empty() {
+        vec![path_setting(
+            &None,
+            &f.gguf,
+            "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            cfg,
+        )]
+    } else {
+        args.gguf.clone()
+    };
+    let kv = |flag: &[String], name: &str| -> Result<Vec<String>, SettingsError> {
+        let v = list(flag, None, "f16".to_string());
+        match v.iter().find(|t| !KV_CACHE_TYPES.contains(&t.as_str())) {
+            Some(bad) => Err(invalid(format!(
+                "--{name} {bad}: not a KV cache type (choose from {})",
+                KV_CACHE_TYPES.join(", ")
+            ))),
+            None => Ok(v),
+        }
+    };
+    let positive = |v: Vec<u32>, flag: &str| -> Result<Vec<u32>, SettingsError> {
+        match v.contains(&0) {
+            true => Err(invalid(format!("--{flag} must be at least 1"))),
+            false => Ok(v),
+        }
+    };
+    Ok(Grid {
+        gguf,
+        hf_model: hf_models(args, cfg),
+        threads: list(&args.threads, f.threads, 0)
+            .into_iter()
+            .map(|n| if n == 0 { cores } else { n })
+            .collect(),
+        ctx_size: positive(list(&args.ctx_size, f.ctx_size, 2048), "ctx-size")?,
+        batch_size: match args.batch_size.as_slice() {
+            [] => vec![None],
+            v => positive(v.to_vec(), "batch-size")?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        },
+        ubatch_size: match args.ubatch_size.as_slice() {
+            [] => vec![None],
+            v => positive(v.to_vec(), "ubatch-size")?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        },
+        n_gpu_layers: list(&args.n_gpu_layers, f.n_gpu_layers, DEFAULT_N_GPU_LAYERS),
+        flash_attn: list(&args.flash_attn, None, FlashAttn::Auto),
+        cache_type_k: kv(&args.cache_type_k, "cache-type-k")?,
+        cache_type_v: kv(&args.cache_type_v, "cache-type-v")?,
+        dtype: list(&args.dtype, f.dtype.clone(), "f32".to_string()),
+    })
+}
+
+fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, SettingsError> {
+    let f = &cfg.file;
+    let key =
+        crate::secret::api_key(args.api_key_file.as_deref()).map_err(SettingsError::ApiKey)?;
+    let (api_key, api_key_source) = match key {
+        Some((k, s)) => (Some(k), Some(s)),
+        None => (None, None),
+    };
+    for (flag, v) in [
+        ("--connect-timeout", args.connect_timeout),
+        ("--first-token-timeout", args.first_token_timeout),
+        ("--request-timeout", args.request_timeout),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(invalid(format!(
+                "{flag} must be a positive number of seconds"
+            )));
+        }
+    }
+    Ok(ApiOptions {
+        url: args
+            .api_url
+            .clone()
+            .or_else(|| f.api_url.clone())
+            .filter(|u| !u.trim().is_empty()),
+        endpoint: if args.chat {
+            Endpoint::Chat
+        } else {
+            args.api_endpoint
+                .or(f.api_endpoint)
+                .unwrap_or(Endpoint::Completion)
+        },
+        flavor: args.api_flavor,
+        api_model: args.api_model.clone(),
+        model_alias: args
+            .model_alias
+            .clone()
+            .or_else(|| f.model_alias.clone())
+            .unwrap_or_else(|| "default".into()),
+        server_bin: path_setting(
+            &args.server_bin,
+            &f.server_bin,
+            "vendor/bin/llama-server",
+            cfg,
+        ),
+        allow_commit_mismatch: args.allow_commit_mismatch,
+        connect_timeout_s: args.connect_timeout,
+        first_token_timeout_s: args.first_token_timeout,
+        request_timeout_s: args.request_timeout,
+        server_port: args.server_port,
+        server_slots: match (args.concurrency, args.request_rate) {
+            (Some(n), _) => n.max(1),
+            (None, Some(_)) => args.server_slots.unwrap_or(4).max(1),
+            (None, None) => 1,
+        },
+        rpc: args.rpc.clone(),
+        spawn_rpc: args.spawn_rpc,
+        api_key,
+        api_key_source,
+    })
+}
+
+fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {
+    let mode = match (args.concurrency, args.request_rate) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "--concurrency and --request-rate exclude each other",
+            ))
+        }
+        (Some(0), None) => return Err(invalid("--concurrency must be at least 1")),
+        (Some(n), None) => LoadMode::Closed { concurrency: n },
+        (None, Some(r)) if r <= 0.0 || args.burstiness <= 0.0 => {
+            return Err(invalid("--request-rate and --burstiness must be positive"))
+        }
+        (None, Some(r)) => LoadMode::Open {
+            rate: r,
+            burstiness: args.burstiness,
+        },
+        (None, None) => return Ok(None),
+    };
+    let slo = match &args.slo {
+        Some(s) => crate::bench::load::parse_slo(s).map_err(invalid)?,
+        None => Default::default(),
+    };
+    Ok(Some(LoadOptions {
+        mode,
+        num_requests: args.num_requests,
+        duration_s: args.duration,
+        slo,
+    }))
+}

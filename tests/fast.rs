@@ -1,0 +1,328 @@
+//! The fast tier: the runner, per-case statistics, warnings, exporters, exit codes and
+//! `ttft compare`, driven by the scripted fake backend. No model, no server, no libtorch:
+//! `cargo test --no-default-features --test fast` (or `--lib` for the unit tests) right after
+//! a clone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use ttft::backend::fake::{FakeBackend, Script};
+use ttft::backend::BackendKind;
+use ttft::bench::prompts::PromptSet;
+use ttft::bench::record::RunRecord;
+use ttft::bench::runner::{self, Plan};
+use ttft::report::{Level, Report, SetInfo};
+
+fn set(name: &str, prompts: &[&str]) -> PromptSet {
+    PromptSet {
+        name: name.into(),
+        path: format!("{name}.txt").into(),
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        repeat: None,
+        warmup: None,
+    }
+}
+
+fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
+    Plan {
+        sets,
+        runs,
+        warmup,
+        max_new_tokens: 4,
+        progress: false,
+        too_long: Default::default(),
+        verbose: 0,
+        min_time: Duration::ZERO,
+    }
+}
+
+/// Run `scripts` on a fake `kind` through the real runner.
+fn run(
+    kind: BackendKind,
+    scripts: &[(&str, Script)],
+    plan: &Plan,
+) -> (Vec<RunRecord>, runner::BackendReport) {
+    let scripts: BTreeMap<String, Script> = scripts
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.clone()))
+        .collect();
+    let mut b = FakeBackend::new(kind, scripts);
+    let mut rows = Vec::new();
+    let rep = runner::run_backend(&mut b, plan, "", &mut |r| rows.push(r.clone()));
+    (rows, rep)
+}
+
+fn report(plan: &Plan, parts: Vec<(Vec<RunRecord>, runner::BackendReport)>) -> Report {
+    let (mut runs, mut backends) = (Vec::new(), Vec::new());
+    for (r, b) in parts {
+        runs.extend(r);
+        backends.push(b);
+    }
+    Report {
+        sets: plan
+            .sets
+            .iter()
+            .map(|s| SetInfo {
+                name: s.name.clone(),
+                path: s.path.display().to_string(),
+                prompts: s.prompts.len(),
+                one_case: s.is_one_case(),
+            })
+            .collect(),
+        token_disagreements: runner::token_disagreements(&backends),
+        backends,
+        runs,
+        parity: Default::default(),
+        load: None,
+        peak_tflops: Default::default(),
+    }
+}
+
+/// A prompt at `base` ms with a little deterministic noise.
+fn noisy(base: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| base * (1.0 + 0.01 * ((i * 7 % 5) as f64 - 2.0)))
+        .collect()
+}
+
+#[test]
+fn prompts_of_very_different_speed_are_separate_cases() {
+    let p = plan(vec![set("long", &["fast", "slow"])], 8, 1);
+    // 9 calls of "fast": the warm-up, then 8 timed runs.
+    let scripts = [
+        ("fast", Script::ttfts(&noisy(20.0, 9), 5)),
+        ("slow", Script::ttfts(&noisy(2000.0, 9), 500)),
+    ];
+    let r = report(&p, vec![run(BackendKind::Inproc, &scripts, &p)]);
+    let warnings = ttft::report::warnings::warnings(&r);
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("outlier") && !w.contains("first timed run")),
+        "{warnings:?}"
+    );
+    let sums = r.summaries();
+    let set_row = sums.iter().find(|s| s.level == Level::Set).unwrap();
+    let prompts: Vec<_> = sums.iter().filter(|s| s.level == Level::Prompt).collect();
+    assert_eq!(prompts.len(), 2);
+    assert_eq!(set_row.prompts, 2);
+    // The set's median is the mean of the per-prompt medians...
+    let mean_of_medians =
+        (prompts[0].ttft.median_ms.unwrap() + prompts[1].ttft.median_ms.unwrap()) / 2.0;
+    assert!((set_row.ttft.median_ms.unwrap() - mean_of_medians).abs() < 1e-9);
+    // ...and its CI is measurement noise (±1 % of the prompts), not the 20 ms vs 2 s spread.
+    let (lo, hi) = set_row.ttft.median_ci95_ms.unwrap();
+    assert!(hi - lo < 0.05 * mean_of_medians, "{lo}–{hi}");
+    for p in &prompts {
+        let (a, b) = p.ttft.median_ci95_ms.unwrap();
+        assert!(b - a < 0.05 * p.ttft.median_ms.unwrap(), "{p:?}");
+    }
+    // Pooling the two prompts, as before, gives an interval wider than the faster prompt's TTFT.
+    let pooled: Vec<f64> = r.runs.iter().filter_map(|r| r.ttft_ms()).collect();
+    let (plo, phi) = ttft::bench::stats::bootstrap_median_ci(&pooled, 10_000, 0.95, 1).unwrap();
+    assert!(
+        phi - plo > hi - lo,
+        "pooled {plo}–{phi} vs per-prompt {lo}–{hi}"
+    );
+}
+
+#[test]
+fn a_slow_first_run_is_flagged_for_its_own_prompt_only() {
+    let p = plan(vec![set("short", &["a", "b"])], 6, 0);
+    let mut cold = noisy(10.0, 6);
+    cold[0] = 40.0;
+    let scripts = [
+        ("a", Script::ttfts(&cold, 3)),
+        ("b", Script::ttfts(&noisy(300.0, 6), 30)),
+    ];
+    let r = report(&p, vec![run(BackendKind::Hf, &scripts, &p)]);
+    let w = ttft::report::warnings::warnings(&r);
+    // The cold run is an outlier of its prompt and its first run; the other prompt is clean.
+    assert!(w.iter().all(|l| l.starts_with("hf short#0: ")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|l| l.contains("first timed run was much slower")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn relative_speed_is_the_geometric_mean_of_per_prompt_ratios() {
+    let p = plan(vec![set("long", &["x", "y"])], 5, 0);
+    let fast = [
+        ("x", Script::ttfts(&noisy(10.0, 5), 3)),
+        ("y", Script::ttfts(&noisy(1000.0, 5), 3)),
+    ];
+    let slow = [
+        ("x", Script::ttfts(&noisy(20.0, 5), 3)),
+        ("y", Script::ttfts(&noisy(2000.0, 5), 3)),
+    ];
+    let r = report(
+        &p,
+        vec![
+            run(BackendKind::Inproc, &fast, &p),
+            run(BackendKind::Api, &slow, &p),
+        ],
+    );
+    let rel = r.relative();
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert!(
+        rel[0].starts_with("inproc is 2.00× faster than api on long prompts (geometric mean of 2 per-prompt median ratios, 95% CI "),
+        "{rel:?}"
+    );
+}
+
+#[test]
+fn min_time_gives_every_prompt_of_a_set_the_same_number_of_runs() {
+    let mut p = plan(vec![set("s", &["quick", "slower"])], 2, 0);
+    p.min_time = Duration::from_millis(40);
+    let scripts: BTreeMap<String, Script> = [
+        ("quick".to_string(), Script::ttfts(&[2.0], 3)),
+        ("slower".to_string(), Script::ttfts(&[10.0], 3)),
+    ]
+    .into();
+    let mut b = FakeBackend::new(BackendKind::Inproc, scripts).sleeping();
+    let mut rows = Vec::new();
+    runner::run_backend(&mut b, &p, "", &mut |r| rows.push(r.clone()));
+    let count = |t: &str| rows.iter().filter(|r| r.prompt_text == t).count();
+    // "quick" needs about 20 runs of 2 ms to fill 40 ms; "slower" gets the same count.
+    assert!(count("quick") >= 15, "{}", count("quick"));
+    assert_eq!(count("quick"), count("slower"));
+    let mut idx: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.prompt_text == "slower")
+        .map(|r| r.run_idx)
+        .collect();
+    idx.sort();
+    assert_eq!(idx, (0..idx.len() as u32).collect::<Vec<_>>());
+}
+
+#[test]
+fn failures_are_rows_with_their_error_and_exit_code_1() {
+    let p = plan(vec![set("short", &["a"])], 3, 0);
+    let scripts = [("a", Script::ttfts(&[10.0], 3).failing(1, "HTTP 503: busy"))];
+    let r = report(&p, vec![run(BackendKind::Api, &scripts, &p)]);
+    assert_eq!(r.runs.len(), 3);
+    let bad: Vec<_> = r.runs.iter().filter(|r| !r.ok).collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].error.as_deref(), Some("HTTP 503: busy"));
+    assert!(bad[0].measurement.is_none());
+    let s = r
+        .summaries()
+        .into_iter()
+        .find(|s| s.level == Level::Set)
+        .unwrap();
+    assert_eq!((s.ttft.ok, s.ttft.runs), (2, 3));
+    assert_eq!(ttft::app::exit_code(&r, false, false), 1);
+    assert_eq!(ttft::app::exit_code(&r, true, false), 2);
+    let table = ttft::report::table::render(&r, false, false);
+    assert!(table.contains("67% (2/3)"), "{table}");
+}
+
+#[test]
+fn a_backend_that_cannot_open_leaves_failed_rows() {
+    let p = plan(vec![set("short", &["a", "b"])], 2, 1);
+    let mut rows = Vec::new();
+    let rep = runner::run_unopened(BackendKind::Hf, "", "no checkpoint", &p, &mut |r| {
+        rows.push(r.clone())
+    });
+    assert_eq!(rows.len(), 4);
+    assert!(rows
+        .iter()
+        .all(|r| !r.ok && r.error.as_deref() == Some("no checkpoint")));
+    assert_eq!(rep.open_error.as_deref(), Some("no checkpoint"));
+}
+
+/// A report through the JSON exporter, as `ttft compare` reads it.
+fn json_of(r: &Report) -> serde_json::Value {
+    let env = ttft::report::env::collect(1, None);
+    let bytes = ttft::report::json::render(r, &env, &serde_json::json!({"warnings": []}), "now");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn compare_fails_on_new_failures_and_on_slowdowns_and_passes_on_the_same_build() {
+    let p = plan(vec![set("short", &["a", "b"])], 6, 0);
+    let base = [
+        ("a", Script::ttfts(&noisy(10.0, 6), 3)),
+        ("b", Script::ttfts(&noisy(50.0, 6), 3)),
+    ];
+    let old = json_of(&report(&p, vec![run(BackendKind::Inproc, &base, &p)]));
+    let again = json_of(&report(&p, vec![run(BackendKind::Inproc, &base, &p)]));
+    let same = ttft::report::compare::compare(&old, &again, 5.0).unwrap();
+    assert!(same.changes.iter().all(|c| !c.verdict.is_regression()));
+    assert_eq!(same.changes.len(), 2, "one case per prompt");
+
+    let flaky = [
+        (
+            "a",
+            Script::ttfts(&noisy(9.0, 6), 3)
+                .failing(2, "timeout")
+                .failing(4, "timeout"),
+        ),
+        ("b", Script::ttfts(&noisy(50.0, 6), 3)),
+    ];
+    let new = json_of(&report(&p, vec![run(BackendKind::Inproc, &flaky, &p)]));
+    let c = ttft::report::compare::compare(&old, &new, 5.0).unwrap();
+    let a = c
+        .changes
+        .iter()
+        .find(|c| c.key.prompt_idx == Some(0))
+        .unwrap();
+    assert!(a.verdict.is_regression(), "{a:?}");
+
+    let slower = [
+        ("a", Script::ttfts(&noisy(10.0, 6), 3)),
+        ("b", Script::ttfts(&noisy(60.0, 6), 3)),
+    ];
+    let new = json_of(&report(&p, vec![run(BackendKind::Inproc, &slower, &p)]));
+    let c = ttft::report::compare::compare(&old, &new, 5.0).unwrap();
+    let b = c
+        .changes
+        .iter()
+        .find(|c| c.key.prompt_idx == Some(1))
+        .unwrap();
+    assert!(
+        b.verdict.is_regression() && b.change_pct.unwrap() > 15.0,
+        "{b:?}"
+    );
+    let a = c
+        .changes
+        .iter()
+        .find(|c| c.key.prompt_idx == Some(0))
+        .unwrap();
+    assert!(!a.verdict.is_regression(), "{a:?}");
+}
+
+#[test]
+fn exporters_write_every_row_and_the_json_names_each_case() {
+    let p = plan(vec![set("short", &["a", "b"])], 3, 0);
+    let scripts = [
+        ("a", Script::ttfts(&[10.0, 11.0], 3)),
+        ("b", Script::ttfts(&[20.0], 4)),
+    ];
+    let r = report(&p, vec![run(BackendKind::Inproc, &scripts, &p)]);
+    let doc = json_of(&r);
+    assert_eq!(doc["runs"].as_array().unwrap().len(), 6);
+    let summary = doc["summary"].as_array().unwrap();
+    let levels: Vec<(&str, serde_json::Value)> = summary
+        .iter()
+        .map(|s| (s["level"].as_str().unwrap(), s["prompt_idx"].clone()))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("set", serde_json::Value::Null),
+            ("prompt", 0.into()),
+            ("prompt", 1.into())
+        ]
+    );
+    assert!(summary[0]["method"]
+        .as_str()
+        .unwrap()
+        .contains("per-prompt"));
+    let md = String::from_utf8(ttft::report::markdown::render(&r, false, true)).unwrap();
+    assert!(md.contains("| short#1 | inproc |"), "{md}");
+    let csv: String = r.runs.iter().map(ttft::report::csv::row).collect();
+    assert_eq!(csv.lines().count(), 6);
+    assert!(csv.lines().all(|l| l.starts_with("short,")));
+}

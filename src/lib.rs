@@ -2,6 +2,7 @@
 //! them side by side: in-process llama.cpp (`inproc`), llama.cpp's HTTP server (`api`), and a Hugging
 //! Face checkpoint on libtorch (`hf`). See the README for the definition of every number.
 
+pub mod app;
 pub mod backend;
 pub mod bench;
 pub mod cli;
@@ -10,3 +11,4 @@ pub mod config;
 pub mod models;
 pub mod report;
 pub mod secret;
+pub mod settings;

@@ -1,7 +1,7 @@
-//! The `ttft` binary: a thin shell around [`ttft::cli::run`].
+//! The `ttft` binary: a thin shell around [`ttft::app::run`].
 
 fn main() {
-    let code = match ttft::cli::run() {
+    let code = match ttft::app::run() {
         Ok(code) => code,
         Err(e) => {
             // One line: the message, then each cause not already spelled out in it (a thiserror

@@ -490,3 +490,132 @@ fn a_prompt_longer_than_the_context_is_named_or_skipped() {
         }
     }
 }
+
+/// Files of one extension in `dir`.
+fn files_with(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_runs_in_the_same_second_into_one_folder_keep_both_sets_of_files() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("one.txt");
+    std::fs::write(&prompts, "The capital of France is\n").unwrap();
+    let args = [
+        "--backend",
+        "inproc",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "1",
+        "--out",
+        d.path().to_str().unwrap(),
+    ];
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ttft"))
+            .args(args)
+            .current_dir(root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for c in [a, b] {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    for ext in ["json", "csv", "jsonl"] {
+        let f = files_with(d.path(), ext);
+        assert_eq!(f.len(), 2, "{ext}: {f:?}");
+    }
+    for json in files_with(d.path(), "json") {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(v["runs"].as_array().unwrap().len(), 1, "{}", json.display());
+    }
+    for csv in files_with(d.path(), "csv") {
+        assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 2);
+    }
+}
+
+#[test]
+fn a_threads_grid_runs_each_point_on_both_llama_sides_with_the_same_settings() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("one.txt");
+    std::fs::write(&prompts, "The capital of France is\n").unwrap();
+    let o = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--threads",
+        "1,2",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(only_file(d.path(), "json")).unwrap())
+            .unwrap();
+    assert_eq!(json["settings"]["points"].as_array().unwrap().len(), 2);
+    let backends = json["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 4, "two points × two backends");
+    for threads in ["1", "2"] {
+        let point = format!("threads={threads}");
+        let at: Vec<&serde_json::Value> = backends.iter().filter(|b| b["point"] == point).collect();
+        assert_eq!(at.len(), 2, "{point}");
+        let inproc = at.iter().find(|b| b["name"] == "inproc").unwrap();
+        assert_eq!(inproc["info"]["threads"].to_string(), threads);
+        let api = at.iter().find(|b| b["name"] == "api").unwrap();
+        let args: Vec<&str> = api["info"]["server_args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for flag in ["--threads", "--threads-batch"] {
+            let i = args.iter().position(|a| *a == flag).unwrap();
+            assert_eq!(args[i + 1], threads, "{flag} in {args:?}");
+        }
+        for (flag, key) in [
+            ("--ctx-size", "n_ctx"),
+            ("--batch-size", "n_batch"),
+            ("--ubatch-size", "n_ubatch"),
+        ] {
+            let i = args.iter().position(|a| *a == flag).unwrap();
+            assert_eq!(args[i + 1], inproc["info"][key].to_string(), "{flag}");
+        }
+        let rows = json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["point"] == point && r["ok"] == true)
+            .count();
+        assert_eq!(rows, 6, "{point}: 3 runs on each backend");
+    }
+    let out = stdout(&o);
+    assert!(
+        out.contains("inproc [threads=1]") && out.contains("api [threads=2]"),
+        "{out}"
+    );
+    assert_schema_valid(&json);
+}

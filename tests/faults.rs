@@ -190,7 +190,7 @@ fn the_api_key_is_sent_but_never_written_or_printed() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(json["settings"]["api_key"], "***");
+    assert_eq!(json["settings"]["api"]["api_key"], "***");
     let help = Command::new(env!("CARGO_BIN_EXE_ttft"))
         .arg("--help")
         .env("TTFT_API_KEY", KEY)

@@ -1,10 +1,13 @@
 //! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
 
+pub mod bootstrap;
 pub mod chat;
 pub mod interrupt;
 pub mod load;
+pub mod load_run;
 pub mod parity;
 pub mod prompts;
+pub mod record;
 pub mod runner;
 pub mod stats;
 pub mod synthetic;

@@ -20,6 +20,15 @@ pub struct PromptSet {
     pub warmup: Option<String>,
 }
 
+impl PromptSet {
+    /// Whether the set's prompts are interchangeable draws of one distribution (synthetic
+    /// exact-length texts, a fresh one per run, so no cache can serve them): then the set, not
+    /// each prompt, is the case its statistics describe.
+    pub fn is_one_case(&self) -> bool {
+        self.repeat.is_some()
+    }
+}
+
 /// Why a prompt file cannot be used.
 #[derive(Debug, Error)]
 pub enum PromptError {

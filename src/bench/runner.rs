@@ -1,52 +1,27 @@
-//! The protocol every backend goes through, identically:
+//! The protocol every backend goes through, identically, at each settings point:
 //!
 //! 1. open the backend (model load / server start), timed as load time, never as TTFT;
 //! 2. count the prompt tokens of every prompt with the backend's own tokenizer (untimed), so token
 //!    disagreements between backends are reported, not hidden;
-//! 3. per prompt set: `warmup` untimed runs, then `runs` timed runs of every prompt;
+//! 3. per prompt set: `warmup` untimed runs, then `runs` timed runs of every prompt; with
+//!    `--min-time`, more runs, the same number for every prompt of the set;
 //! 4. every run, success or failure, becomes a [`RunRecord`] handed to the sink as soon as it ends.
 //!
 //! Backends run one after another, never concurrently, so they do not compete for the cores.
 
 use super::interrupt;
 use super::prompts::PromptSet;
-use crate::backend::{Backend, BackendKind, Measurement};
+use super::record::{row_flags, PromptId, RunContext, RunRecord};
+use crate::backend::{Backend, BackendKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-/// One timed run, successful or not.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    /// Prompt set name ("short", "long", ...).
-    pub prompt_type: String,
-    /// Index of the prompt in its set.
-    pub prompt_idx: usize,
-    /// Repetition number, from 0.
-    pub run_idx: u32,
-    /// The backend.
-    pub runner: BackendKind,
-    /// The prompt text.
-    pub prompt_text: String,
-    /// Whether a first token was produced.
-    pub ok: bool,
-    /// Why not, when `ok` is false.
-    pub error: Option<String>,
-    /// Warnings about this row (cache hit, token count differing from the tokenizer count).
-    pub flags: Vec<String>,
-    /// What was measured, when `ok`.
-    #[serde(flatten)]
-    pub measurement: Option<Measurement>,
-}
+/// Prompts that do not fit the context: prompt → reason.
+pub type TooLong = BTreeMap<PromptId, String>;
 
-impl RunRecord {
-    /// TTFT in milliseconds of a successful run.
-    pub fn ttft_ms(&self) -> Option<f64> {
-        self.measurement.as_ref().map(|m| m.ttft_ms)
-    }
-}
-
-/// What to run.
+/// What to run on one backend at one settings point.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Prompt sets, in order.
@@ -60,11 +35,11 @@ pub struct Plan {
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// Prompts that do not fit the context (`--skip-too-long`): failed rows, never timed.
-    pub too_long: std::collections::BTreeMap<(String, usize), String>,
+    pub too_long: TooLong,
     /// 1: a line per run on stderr.
     pub verbose: u8,
-    /// Keep repeating a prompt beyond `runs` until it has been measured this long.
-    pub min_time: std::time::Duration,
+    /// Repeat every prompt beyond `runs` until each has been measured this long.
+    pub min_time: Duration,
 }
 
 /// `--min-time` never runs a prompt more than this many times `--runs`.
@@ -75,6 +50,8 @@ pub const MAX_EXTRA_FACTOR: u32 = 20;
 pub struct BackendReport {
     /// The backend.
     pub name: BackendKind,
+    /// The settings point it ran at ("" without a grid).
+    pub point: String,
     /// Load time in ms (model load + context, or server start); `None` when it did not open.
     pub load_ms: Option<f64>,
     /// Peak resident memory of the ttft process while this backend ran, MiB (the mark is reset
@@ -85,19 +62,85 @@ pub struct BackendReport {
     pub gpu_memory_mib: Option<f64>,
     /// Why the backend could not be opened.
     pub open_error: Option<String>,
-    /// Backend facts (build, commit, settings actually used).
+    /// Backend facts (build, commit, settings actually used), as the backend reports them.
     pub info: serde_json::Value,
+    /// The facts the report reads, typed, taken from `info` in one place.
+    pub facts: BackendFacts,
     /// Prompt token counts from the backend's tokenizer: set name → per prompt.
     pub token_counts: BTreeMap<String, Vec<Option<u32>>>,
+}
+
+/// The facts of [`BackendReport::info`] that reports compute with: read once, here, so no
+/// report module looks up JSON keys of its own.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackendFacts {
+    /// Model parameters (GGUF, checkpoint, or the server's `/v1/models` meta).
+    pub n_params: Option<f64>,
+    /// api: `llama` or `openai`.
+    pub flavor: Option<String>,
+    /// ggml's `system_info` line (inproc, spawned server).
+    pub system_info: Option<String>,
+    /// The spawned server's peak resident memory, MiB.
+    pub server_peak_rss_mib: Option<f64>,
+    /// Layers offloaded to a GPU.
+    pub n_gpu_layers: Option<u64>,
+    /// The spawned server's process id.
+    pub server_pid: Option<u32>,
+}
+
+impl BackendFacts {
+    /// Read the facts from a backend's `info()` document.
+    pub fn of(info: &serde_json::Value) -> Self {
+        let f = |k: &str| info.get(k).and_then(|v| v.as_f64());
+        let s = |k: &str| info.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Self {
+            n_params: f("n_params").or_else(|| {
+                info.pointer("/models/0/meta/n_params")
+                    .and_then(|v| v.as_f64())
+            }),
+            flavor: s("flavor"),
+            system_info: s("system_info"),
+            server_peak_rss_mib: f("server_peak_rss_mib"),
+            n_gpu_layers: info.get("n_gpu_layers").and_then(|v| v.as_u64()),
+            server_pid: info
+                .get("server_pid")
+                .and_then(|v| v.as_u64())
+                .map(|p| p as u32),
+        }
+    }
+}
+
+/// Where the rows of one backend at one point go.
+struct Run<'a> {
+    backend: &'a mut dyn Backend,
+    plan: &'a Plan,
+    point: &'a str,
+    sink: &'a mut dyn FnMut(&RunRecord),
 }
 
 /// Run every prompt of `plan` on an opened backend, handing each record to `sink` as it ends.
 pub fn run_backend(
     backend: &mut dyn Backend,
     plan: &Plan,
+    point: &str,
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
-    let kind = backend.kind();
+    let token_counts = count_tokens(backend, plan);
+    let mut run = Run {
+        backend,
+        plan,
+        point,
+        sink,
+    };
+    for set in &plan.sets {
+        if !run.set(set, &token_counts[&set.name]) {
+            break;
+        }
+    }
+    report(run.backend, point, token_counts)
+}
+
+fn count_tokens(backend: &mut dyn Backend, plan: &Plan) -> BTreeMap<String, Vec<Option<u32>>> {
     let mut token_counts = BTreeMap::new();
     for set in &plan.sets {
         let counts = set
@@ -113,115 +156,176 @@ pub fn run_backend(
             .collect::<Vec<_>>();
         token_counts.insert(set.name.clone(), counts);
     }
+    token_counts
+}
 
-    for set in &plan.sets {
-        let bar = progress_bar(plan, kind, set);
-        let first_fit =
-            (0..set.prompts.len()).find(|i| !plan.too_long.contains_key(&(set.name.clone(), *i)));
-        let warm = set.warmup.as_ref().or(first_fit.map(|i| &set.prompts[i]));
-        if let Some(first) = warm {
-            for _ in 0..plan.warmup {
-                if interrupt::requested() {
-                    break;
-                }
-                // Warm-ups are never recorded; a failing warm-up shows up in the timed runs anyway.
-                let _ = backend.measure(first, plan.max_new_tokens);
+impl Run<'_> {
+    /// One prompt set: warm-ups, `runs` of every prompt, then the `--min-time` extra runs.
+    /// False when interrupted.
+    fn set(&mut self, set: &PromptSet, counts: &[Option<u32>]) -> bool {
+        let bar = progress_bar(self.plan, self.backend.kind(), set);
+        self.warm_up(set);
+        let min_runs = set.repeat.unwrap_or(self.plan.runs);
+        let mut spent = Vec::new();
+        for idx in 0..set.prompts.len() {
+            match self.prompt(set, idx, 0..min_runs, counts, &bar) {
+                Some(d) => spent.push(d),
+                None => return false,
             }
         }
-        let counts = &token_counts[&set.name];
-        for (idx, prompt) in set.prompts.iter().enumerate() {
-            let started = std::time::Instant::now();
-            let min_runs = set.repeat.unwrap_or(plan.runs);
-            // hyperfine's --min-time: at least `runs` repetitions, more until the prompt has been
-            // measured for `min_time` (bounded, so a slow backend cannot run forever).
-            let more = |run_idx: u32| {
-                run_idx < min_runs
-                    || (set.repeat.is_none()
-                        && started.elapsed() < plan.min_time
-                        && run_idx < min_runs.saturating_mul(MAX_EXTRA_FACTOR))
-            };
-            let mut run_idx = 0;
-            while more(run_idx) {
-                run_idx += 1;
-                let run_idx = run_idx - 1;
-                if interrupt::requested() {
-                    bar.abandon();
-                    return report(backend, token_counts);
+        let target = if set.repeat.is_some() {
+            min_runs
+        } else {
+            runs_for_min_time(&spent, min_runs, self.plan.min_time)
+        };
+        if target > min_runs {
+            bar.inc_length(u64::from(target - min_runs) * set.prompts.len() as u64);
+            for idx in 0..set.prompts.len() {
+                if self
+                    .prompt(set, idx, min_runs..target, counts, &bar)
+                    .is_none()
+                {
+                    return false;
                 }
-                if let Some(reason) = plan.too_long.get(&(set.name.clone(), idx)) {
-                    sink(&failed_record(set, idx, run_idx, kind, reason.clone()));
-                    bar.inc(1);
-                    continue;
-                }
-                let rec = match backend.measure(prompt, plan.max_new_tokens) {
-                    Ok(mut m) => {
-                        let mut flags = row_flags(&m, counts[idx]);
-                        if m.prompt_tokens.is_none() && counts[idx].is_some() {
-                            // The stream carried no count (OpenAI servers that send no usage
-                            // while streaming): the untimed pre-count of this prompt stands in.
-                            m.prompt_tokens = counts[idx];
-                            flags.push("prompt_tokens_from_untimed_usage".into());
-                        }
-                        RunRecord {
-                            prompt_type: set.name.clone(),
-                            prompt_idx: idx,
-                            run_idx,
-                            runner: kind,
-                            prompt_text: prompt.clone(),
-                            ok: true,
-                            error: None,
-                            flags,
-                            measurement: Some(m),
-                        }
-                    }
-                    Err(e) => failed_record(set, idx, run_idx, kind, e.to_string()),
-                };
-                if plan.verbose >= 1 {
-                    match (&rec.measurement, &rec.error) {
-                        (Some(m), _) => eprintln!(
-                            "ttft: {kind} {}#{idx} run {run_idx}: ttft {:.2} ms, {} prompt tokens",
-                            set.name,
-                            m.ttft_ms,
-                            m.prompt_tokens.map_or("?".into(), |n| n.to_string())
-                        ),
-                        (None, e) => eprintln!(
-                            "ttft: {kind} {}#{idx} run {run_idx}: failed: {}",
-                            set.name,
-                            e.as_deref().unwrap_or("?")
-                        ),
-                    }
-                }
-                sink(&rec);
-                bar.inc(1);
             }
         }
         bar.finish();
+        true
     }
-    report(backend, token_counts)
+
+    fn warm_up(&mut self, set: &PromptSet) {
+        let fits = |i: &usize| {
+            !self
+                .plan
+                .too_long
+                .contains_key(&PromptId::new(&set.name, *i))
+        };
+        let first_fit = (0..set.prompts.len()).find(fits);
+        let Some(first) = set.warmup.as_ref().or(first_fit.map(|i| &set.prompts[i])) else {
+            return;
+        };
+        for _ in 0..self.plan.warmup {
+            if interrupt::requested() {
+                break;
+            }
+            // Warm-ups are never recorded; a failing warm-up shows up in the timed runs anyway.
+            let _ = self.backend.measure(first, self.plan.max_new_tokens);
+        }
+    }
+
+    /// Runs `runs` of prompt `idx`; the time they took, or None when interrupted.
+    fn prompt(
+        &mut self,
+        set: &PromptSet,
+        idx: usize,
+        runs: std::ops::Range<u32>,
+        counts: &[Option<u32>],
+        bar: &ProgressBar,
+    ) -> Option<Duration> {
+        let id = PromptId::new(&set.name, idx);
+        let ctx = RunContext {
+            prompt: &id,
+            text: &set.prompts[idx],
+            runner: self.backend.kind(),
+            point: self.point,
+        };
+        let started = Instant::now();
+        for run_idx in runs {
+            if interrupt::requested() {
+                bar.abandon();
+                return None;
+            }
+            let rec = match self.plan.too_long.get(&id) {
+                Some(reason) => RunRecord::failure(&ctx, run_idx, reason.clone()),
+                None => self.timed(&ctx, run_idx, counts[idx]),
+            };
+            if self.plan.verbose >= 1 {
+                eprintln!("{}", verbose_line(&rec));
+            }
+            (self.sink)(&rec);
+            bar.inc(1);
+        }
+        Some(started.elapsed())
+    }
+
+    fn timed(&mut self, ctx: &RunContext, run_idx: u32, count: Option<u32>) -> RunRecord {
+        match self.backend.measure(ctx.text, self.plan.max_new_tokens) {
+            Ok(mut m) => {
+                let mut flags = row_flags(&m, count);
+                if m.prompt_tokens.is_none() && count.is_some() {
+                    // The stream carried no count (OpenAI servers that send no usage while
+                    // streaming): the untimed pre-count of this prompt stands in.
+                    m.prompt_tokens = count;
+                    flags.push("prompt_tokens_from_untimed_usage".into());
+                }
+                RunRecord::success(ctx, run_idx, m, flags)
+            }
+            Err(e) => RunRecord::failure(ctx, run_idx, e.to_string()),
+        }
+    }
+}
+
+/// hyperfine's `--min-time` for a set: the run count that gives *every* prompt at least
+/// `min_time` (the fastest prompt decides), the same for all so that no prompt weighs more in
+/// the set's summary; at least `min_runs`, at most `MAX_EXTRA_FACTOR × min_runs`.
+pub fn runs_for_min_time(spent: &[Duration], min_runs: u32, min_time: Duration) -> u32 {
+    if min_time.is_zero() || min_runs == 0 {
+        return min_runs;
+    }
+    let need = spent
+        .iter()
+        .map(|d| {
+            let per_run = d.as_secs_f64() / f64::from(min_runs);
+            if per_run <= 0.0 {
+                u32::MAX
+            } else {
+                (min_time.as_secs_f64() / per_run)
+                    .ceil()
+                    .min(f64::from(u32::MAX)) as u32
+            }
+        })
+        .max()
+        .unwrap_or(min_runs);
+    need.clamp(min_runs, min_runs.saturating_mul(MAX_EXTRA_FACTOR))
+}
+
+fn verbose_line(rec: &RunRecord) -> String {
+    let head = format!("ttft: {} {} run {}", rec.runner, rec.prompt, rec.run_idx);
+    match (&rec.measurement, &rec.error) {
+        (Some(m), _) => format!(
+            "{head}: ttft {:.2} ms, {} prompt tokens",
+            m.ttft_ms,
+            m.prompt_tokens.map_or("?".into(), |n| n.to_string())
+        ),
+        (None, e) => format!("{head}: failed: {}", e.as_deref().unwrap_or("?")),
+    }
 }
 
 /// The facts of an opened backend after its runs (also used by load runs).
 pub fn report(
     backend: &dyn Backend,
+    point: &str,
     token_counts: BTreeMap<String, Vec<Option<u32>>>,
 ) -> BackendReport {
     let info = backend.info();
+    let facts = BackendFacts::of(&info);
     BackendReport {
         name: backend.kind(),
+        point: point.to_string(),
         load_ms: Some(backend.load_ms()),
         peak_rss_mib: crate::report::env::peak_rss_mib(None),
-        gpu_memory_mib: gpu_memory_mib(backend.kind(), &info),
+        gpu_memory_mib: gpu_memory_mib(backend.kind(), &facts),
         open_error: None,
         info,
+        facts,
         token_counts,
     }
 }
 
 /// See `BackendReport::gpu_memory_mib`; a remote api server's memory is not ours to see.
-fn gpu_memory_mib(kind: BackendKind, info: &serde_json::Value) -> Option<f64> {
+fn gpu_memory_mib(kind: BackendKind, facts: &BackendFacts) -> Option<f64> {
     if kind == BackendKind::Api {
-        let pid = info.get("server_pid")?.as_u64()?;
-        crate::report::gpu::backend_used_mib(Some(pid as u32))
+        crate::report::gpu::backend_used_mib(Some(facts.server_pid?))
     } else {
         crate::report::gpu::backend_used_mib(None)
     }
@@ -230,65 +334,36 @@ fn gpu_memory_mib(kind: BackendKind, info: &serde_json::Value) -> Option<f64> {
 /// A backend that could not be opened: every run it would have made is a failed row with the reason.
 pub fn run_unopened(
     kind: BackendKind,
+    point: &str,
     reason: &str,
     plan: &Plan,
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
     for set in &plan.sets {
-        for idx in 0..set.prompts.len() {
+        for (idx, text) in set.prompts.iter().enumerate() {
+            let id = PromptId::new(&set.name, idx);
+            let ctx = RunContext {
+                prompt: &id,
+                text,
+                runner: kind,
+                point,
+            };
             for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
-                sink(&failed_record(set, idx, run_idx, kind, reason.to_string()));
+                sink(&RunRecord::failure(&ctx, run_idx, reason));
             }
         }
     }
     BackendReport {
         name: kind,
+        point: point.to_string(),
         load_ms: None,
         peak_rss_mib: None,
         gpu_memory_mib: None,
         open_error: Some(reason.to_string()),
         info: serde_json::Value::Null,
+        facts: BackendFacts::default(),
         token_counts: BTreeMap::new(),
     }
-}
-
-fn failed_record(
-    set: &PromptSet,
-    idx: usize,
-    run_idx: u32,
-    kind: BackendKind,
-    error: String,
-) -> RunRecord {
-    RunRecord {
-        prompt_type: set.name.clone(),
-        prompt_idx: idx,
-        run_idx,
-        runner: kind,
-        prompt_text: set.prompts[idx].clone(),
-        ok: false,
-        error: Some(error),
-        flags: Vec::new(),
-        measurement: None,
-    }
-}
-
-/// Warnings for one successful row: a server-side cache hit (the run is not a cold prefill) and
-/// a prompt token count that differs from what the backend's tokenizer said beforehand.
-pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
-    let mut flags = Vec::new();
-    if m.first_token.is_empty() {
-        // End-of-generation or an incomplete UTF-8 piece: TTFT ended at a token with no text.
-        flags.push("first_token_without_text".to_string());
-    }
-    if let Some(c) = m.cache_n.filter(|&c| c > 0) {
-        flags.push(format!("cache_hit:{c}"));
-    }
-    if let (Some(used), Some(counted)) = (m.prompt_tokens, tokenizer_count) {
-        if used != counted {
-            flags.push(format!("prompt_tokens_{used}_vs_tokenizer_{counted}"));
-        }
-    }
-    flags
 }
 
 fn progress_bar(plan: &Plan, kind: BackendKind, set: &PromptSet) -> ProgressBar {
@@ -346,35 +421,16 @@ pub fn token_disagreements(reports: &[BackendReport]) -> Vec<ParityRow> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cache_hits_and_token_mismatch_are_flagged() {
-        let m = Measurement {
-            first_token: " x".into(),
-            cache_n: Some(12),
-            prompt_tokens: Some(20),
-            ..Measurement::default()
-        };
-        let f = row_flags(&m, Some(21));
-        assert_eq!(f, ["cache_hit:12", "prompt_tokens_20_vs_tokenizer_21"]);
-        let clean = Measurement {
-            first_token: " x".into(),
-            cache_n: Some(0),
-            prompt_tokens: Some(20),
-            ..Measurement::default()
-        };
-        assert!(row_flags(&clean, Some(20)).is_empty());
-        let eog = Measurement::default();
-        assert_eq!(row_flags(&eog, None), ["first_token_without_text"]);
-    }
-
     fn report(kind: BackendKind, counts: &[Option<u32>]) -> BackendReport {
         BackendReport {
             name: kind,
+            point: String::new(),
             load_ms: Some(1.0),
             peak_rss_mib: None,
             gpu_memory_mib: None,
             open_error: None,
             info: serde_json::Value::Null,
+            facts: BackendFacts::default(),
             token_counts: [("short".to_string(), counts.to_vec())].into(),
         }
     }
@@ -388,5 +444,15 @@ mod tests {
         assert_eq!(d[0].1, 1);
         assert_eq!(d[0].2[&BackendKind::Api], Some(10));
         assert_eq!(d[1].1, 2);
+    }
+
+    #[test]
+    fn min_time_gives_every_prompt_the_slowest_prompts_count() {
+        let ms = Duration::from_millis;
+        // 3 runs each: 30 ms (10 ms/run) and 300 ms (100 ms/run); 1 s needs 100 and 10 runs.
+        assert_eq!(runs_for_min_time(&[ms(30), ms(300)], 3, ms(1000)), 60);
+        assert_eq!(runs_for_min_time(&[ms(300)], 3, ms(1000)), 10);
+        assert_eq!(runs_for_min_time(&[ms(3000)], 3, ms(1000)), 3);
+        assert_eq!(runs_for_min_time(&[ms(30)], 3, Duration::ZERO), 3);
     }
 }

@@ -3,7 +3,7 @@
 //! Rows are written and flushed one by one as runs finish, so an interrupted benchmark keeps every
 //! finished run on disk.
 
-use crate::bench::runner::RunRecord;
+use crate::bench::record::RunRecord;
 use std::io::Write;
 use std::path::Path;
 
@@ -32,6 +32,7 @@ pub const COLUMNS: &[&str] = &[
     "e2e_ms",
     "first_token",
     "flags",
+    "point",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -83,8 +84,8 @@ pub fn row(r: &RunRecord) -> String {
         })
         .unwrap_or_default();
     let fields = [
-        escape(&r.prompt_type),
-        r.prompt_idx.to_string(),
+        escape(&r.prompt.set),
+        r.prompt.idx.to_string(),
         text_cell(&r.prompt_text),
         r.runner.to_string(),
         text_cell(&preview),
@@ -111,6 +112,7 @@ pub fn row(r: &RunRecord) -> String {
                 .unwrap_or_default(),
         ),
         escape(&r.flags.join(";")),
+        escape(&r.point),
     ];
     fields.join(",") + "\n"
 }
@@ -121,9 +123,9 @@ pub struct CsvSink {
 }
 
 impl CsvSink {
-    /// Create the file and write the header.
+    /// Create the file (never over an existing one) and write the header.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let mut file = std::fs::File::create(path)?;
+        let mut file = super::outputs::create_new(path)?;
         file.write_all(header().as_bytes())?;
         file.flush()?;
         Ok(Self { file })
@@ -159,24 +161,25 @@ mod tests {
     }
 
     fn record(ok: bool) -> RunRecord {
-        RunRecord {
-            prompt_type: "short".into(),
-            prompt_idx: 2,
-            run_idx: 1,
+        let id = crate::bench::record::PromptId::new("short", 2);
+        let ctx = crate::bench::record::RunContext {
+            prompt: &id,
+            text: "Hello, \"world\"\nbye",
             runner: BackendKind::Api,
-            prompt_text: "Hello, \"world\"\nbye".into(),
-            ok,
-            error: (!ok).then(|| "HTTP 500: boom".into()),
-            flags: vec![],
-            measurement: ok.then(|| Measurement {
-                ttft_ms: 1234.5,
-                prompt_tokens: Some(7),
-                cache_n: Some(0),
-                output: " Paris, France\n".into(),
-                first_token: " Paris".into(),
-                ..Measurement::default()
-            }),
+            point: "",
+        };
+        if !ok {
+            return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
         }
+        let m = Measurement {
+            ttft_ms: 1234.5,
+            prompt_tokens: Some(7),
+            cache_n: Some(0),
+            output: " Paris, France\n".into(),
+            first_token: " Paris".into(),
+            ..Measurement::default()
+        };
+        RunRecord::success(&ctx, 1, m, vec![])
     }
 
     #[test]

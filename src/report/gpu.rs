@@ -192,6 +192,39 @@ pub fn peak_tflops(gpu_name: &str, dtype: &str) -> Option<f64> {
     }
 }
 
+/// The dense peak of the GPU each backend runs on, when there is a known NVIDIA GPU: hf on
+/// `--device cuda[:N]` in its dtype; inproc and the spawned server with GPU layers (f16 kernels).
+/// With a settings grid, the first point's dtype and layers decide.
+pub fn backend_peaks(
+    s: &crate::settings::Settings,
+) -> std::collections::BTreeMap<crate::backend::BackendKind, f64> {
+    use crate::backend::BackendKind;
+    let gpus = query();
+    let mut out = std::collections::BTreeMap::new();
+    let (Some(first), Some(point)) = (gpus.first(), s.points.first()) else {
+        return out;
+    };
+    if let Some(idx) = s.device.strip_prefix("cuda") {
+        let i: u32 = idx.trim_start_matches(':').parse().unwrap_or(0);
+        if let Some(p) = gpus
+            .iter()
+            .find(|g| g.index == i)
+            .and_then(|g| peak_tflops(&g.name, &point.dtype))
+        {
+            out.insert(BackendKind::Hf, p);
+        }
+    }
+    if point.llama.n_gpu_layers > 0 {
+        if let Some(p) = peak_tflops(&first.name, "f16") {
+            out.insert(BackendKind::Inproc, p);
+            if s.api.url.is_none() {
+                out.insert(BackendKind::Api, p);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

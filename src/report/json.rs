@@ -5,7 +5,7 @@ use super::Report;
 use serde_json::{json, Value};
 
 /// Version of the document layout; bump on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Render the full report. `settings` is what was asked for (after config and flags).
 pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: &str) -> Vec<u8> {
@@ -16,6 +16,7 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
         "finished_at": chrono::Local::now().to_rfc3339(),
         "settings": settings,
         "environment": env,
+        "sets": report.sets,
         "backends": report.backends,
         "token_disagreements": report.token_disagreements.iter().map(|(set, idx, counts)| json!({
             "prompt_type": set, "prompt_idx": idx, "counts": counts,

@@ -1,7 +1,7 @@
 //! JSON lines: one complete JSON object per finished run, appended and flushed immediately, so an
 //! interrupted or crashed benchmark leaves every finished run machine-readable on disk.
 
-use crate::bench::runner::RunRecord;
+use crate::bench::record::RunRecord;
 use std::io::Write;
 use std::path::Path;
 
@@ -11,10 +11,15 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
-    /// Create (truncate) the file.
+    /// Append to an already created file (the one `OutputNames::claim` opened).
+    pub fn new(file: std::fs::File) -> Self {
+        Self { file }
+    }
+
+    /// Create the file (never over an existing one).
     pub fn create(path: &Path) -> std::io::Result<Self> {
         Ok(Self {
-            file: std::fs::File::create(path)?,
+            file: super::outputs::create_new(path)?,
         })
     }
 

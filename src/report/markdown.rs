@@ -9,8 +9,8 @@ fn cell(s: &str) -> String {
 }
 
 /// Render the summary, the relative speeds and the fits as Markdown.
-pub fn render(report: &Report, breakdown: bool) -> Vec<u8> {
-    let sums = report.summaries();
+pub fn render(report: &Report, breakdown: bool, per_prompt: bool) -> Vec<u8> {
+    let sums = super::table::rows(report, per_prompt);
     let mut out = String::from("## TTFT summary\n\n");
     if let Some(first) = sums.first() {
         let cols = columns(first, breakdown);
@@ -32,6 +32,9 @@ pub fn render(report: &Report, breakdown: bool) -> Vec<u8> {
             .map(|c| cell(&c.1))
             .collect();
         out.push_str(&format!("| {} |\n", vals.join(" | ")));
+    }
+    if report.sets.iter().any(|s| !s.one_case) {
+        out.push_str(&format!("\n{}\n", super::table::SET_ROW_NOTE));
     }
     let rel = report.relative();
     if !rel.is_empty() {

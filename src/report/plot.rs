@@ -114,15 +114,15 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn legend(entries: &[(BackendKind, String)], out: &mut String) {
-    for (i, (k, label)) in entries.iter().enumerate() {
+fn legend(entries: &[(&str, String)], out: &mut String) {
+    for (i, (col, label)) in entries.iter().enumerate() {
         let y = TOP + 10.0 + i as f64 * 22.0;
         let x = W - RIGHT + 15.0;
         let _ = writeln!(
             out,
             r#"<rect x="{x}" y="{}" width="14" height="14" fill="{}"/><text x="{}" y="{}">{}</text>"#,
             y - 11.0,
-            color(*k),
+            col,
             x + 20.0,
             y,
             esc(label)
@@ -189,56 +189,8 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
     }
     let mut legend_entries = Vec::new();
     for (k, pts) in &data {
-        let c = color(*k);
-        // Confidence band: upper edge left to right, lower edge back.
-        let mut band: Vec<String> = pts
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.2 .1)))
-            .collect();
-        band.extend(
-            pts.iter()
-                .rev()
-                .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.2 .0))),
-        );
-        let _ = writeln!(
-            s,
-            r#"<polygon points="{}" fill="{c}" fill-opacity="0.18" stroke="none"/>"#,
-            band.join(" ")
-        );
-        let line: Vec<String> = pts
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2.5"/>"#,
-            line.join(" ")
-        );
-        for p in pts {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}"/>"#,
-                sx(p.0),
-                sy(p.1)
-            );
-        }
-        let xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
-        let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
-        let mut label = k.name().to_string();
-        if let Some((a, b, r2)) = stats::linear_fit(&xs, &ys) {
-            let x0 = 0.0;
-            let x1 = xmax / 1.05;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{c}" stroke-width="1.2" stroke-dasharray="6 4"/>"#,
-                sx(x0),
-                sy(a.max(0.0)),
-                sx(x1),
-                sy((a + b * x1).min(ymax))
-            );
-            label = format!("{} (R² {:.3})", k.name(), r2);
-        }
-        legend_entries.push((*k, label));
+        let label = draw_series(&mut s, *k, pts, (&sx, &sy), (xmax, ymax));
+        legend_entries.push((color(*k), label));
     }
     legend(&legend_entries, &mut s);
     let (nx, ny) = (
@@ -254,89 +206,169 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
     Some(s)
 }
 
-/// One bar chart per prompt set: (set name, SVG).
+/// One backend's medians, CI band and fit line; returns its legend text.
+fn draw_series(
+    s: &mut String,
+    k: BackendKind,
+    pts: &[(f64, f64, (f64, f64))],
+    (sx, sy): (&dyn Fn(f64) -> f64, &dyn Fn(f64) -> f64),
+    (xmax, ymax): (f64, f64),
+) -> String {
+    let c = color(k);
+    // Confidence band: upper edge left to right, lower edge back.
+    let mut band: Vec<String> = pts
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.2 .1)))
+        .collect();
+    band.extend(
+        pts.iter()
+            .rev()
+            .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.2 .0))),
+    );
+    let _ = writeln!(
+        s,
+        r#"<polygon points="{}" fill="{c}" fill-opacity="0.18" stroke="none"/>"#,
+        band.join(" ")
+    );
+    let line: Vec<String> = pts
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2.5"/>"#,
+        line.join(" ")
+    );
+    for p in pts {
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{c}"/>"#,
+            sx(p.0),
+            sy(p.1)
+        );
+    }
+    let xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    let mut label = k.name().to_string();
+    if let Some((a, b, r2)) = stats::linear_fit(&xs, &ys) {
+        let x0 = 0.0;
+        let x1 = xmax / 1.05;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{c}" stroke-width="1.2" stroke-dasharray="6 4"/>"#,
+            sx(x0),
+            sy(a.max(0.0)),
+            sx(x1),
+            sy((a + b * x1).min(ymax))
+        );
+        label = format!("{} (R² {:.3})", k.name(), r2);
+    }
+    label
+}
+
+/// One bar of a bar chart.
+pub struct Bar {
+    /// Text under the bar.
+    pub label: String,
+    /// Fill colour.
+    pub color: &'static str,
+    /// Its height (a median), ms.
+    pub value: f64,
+    /// Whiskers (the median's 95 % CI), ms.
+    pub ci: Option<(f64, f64)>,
+    /// Legend text.
+    pub legend: String,
+}
+
+/// One bar chart per prompt set, from the set rows: (set name, SVG).
 pub fn bars_per_set(report: &Report) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let summaries = report.summaries();
+    let summaries: Vec<_> = report
+        .summaries()
+        .into_iter()
+        .filter(|c| c.level == super::Level::Set)
+        .collect();
     let mut sets: Vec<&str> = Vec::new();
     for c in &summaries {
         if !sets.contains(&c.prompt_type.as_str()) {
             sets.push(&c.prompt_type);
         }
     }
+    let mut out = Vec::new();
     for set in sets {
-        let cases: Vec<_> = summaries
+        let bars: Vec<Bar> = summaries
             .iter()
-            .filter(|c| c.prompt_type == set && c.ttft.median_ms.is_some())
-            .collect();
-        if cases.is_empty() {
-            continue;
-        }
-        let ymax = cases
-            .iter()
-            .map(|c| {
-                c.ttft
-                    .median_ci95_ms
-                    .map_or(0.0, |ci| ci.1)
-                    .max(c.ttft.median_ms.unwrap_or(0.0))
+            .filter(|c| c.prompt_type == set)
+            .filter_map(|c| {
+                let who = if c.point.is_empty() {
+                    c.runner.to_string()
+                } else {
+                    format!("{} [{}]", c.runner, c.point)
+                };
+                Some(Bar {
+                    value: c.ttft.median_ms?,
+                    ci: c.ttft.median_ci95_ms,
+                    color: color(c.runner),
+                    legend: format!("{who} ({}/{} ok)", c.ttft.ok, c.ttft.runs),
+                    label: who,
+                })
             })
-            .fold(0.0, f64::max)
-            * 1.15;
-        let mut s = String::new();
-        let n = cases.len() as f64;
-        let (sx, sy) = frame(
-            &format!("Median TTFT, prompt set \"{set}\""),
-            "backend",
-            "TTFT (ms)",
-            n,
-            ymax,
-            &mut s,
-        );
-        let mut legend_entries = Vec::new();
-        for (i, c) in cases.iter().enumerate() {
-            let med = c.ttft.median_ms.unwrap_or(0.0);
-            let x0 = sx(i as f64 + 0.2);
-            let x1 = sx(i as f64 + 0.8);
-            let col = color(c.runner);
-            let _ = writeln!(
-                s,
-                r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{col}"/>"#,
-                sy(med),
-                x1 - x0,
-                sy(0.0) - sy(med)
-            );
-            if let Some((lo, hi)) = c.ttft.median_ci95_ms {
-                let xm = (x0 + x1) / 2.0;
-                let (ylo, yhi, xa, xb) = (sy(lo), sy(hi), xm - 8.0, xm + 8.0);
-                let _ = writeln!(
-                    s,
-                    r#"<path d="M{xm:.1},{ylo:.1} V{yhi:.1} M{xa:.1},{ylo:.1} H{xb:.1} M{xa:.1},{yhi:.1} H{xb:.1}" stroke="black" stroke-width="1.5" fill="none"/>"#
-                );
-            }
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-                (x0 + x1) / 2.0,
-                H - BOTTOM + 18.0,
-                c.runner
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{:.1} ms</text>"#,
-                (x0 + x1) / 2.0,
-                sy(med) - 6.0,
-                med
-            );
-            legend_entries.push((
-                c.runner,
-                format!("{} ({}/{} ok)", c.runner, c.ttft.ok, c.ttft.runs),
-            ));
+            .collect();
+        if !bars.is_empty() {
+            let title = format!("Median TTFT, prompt set \"{set}\" (mean of per-prompt medians)");
+            out.push((set.to_string(), bar_chart(&title, "backend", &bars)));
         }
-        legend(&legend_entries, &mut s);
-        s.push_str("</svg>\n");
-        out.push((set.to_string(), s));
     }
     out
+}
+
+/// A bar chart of medians with CI whiskers and a legend.
+pub fn bar_chart(title: &str, xlabel: &str, bars: &[Bar]) -> String {
+    let ymax = bars
+        .iter()
+        .map(|b| b.ci.map_or(0.0, |ci| ci.1).max(b.value))
+        .fold(0.0, f64::max)
+        * 1.15;
+    let mut s = String::new();
+    let (sx, sy) = frame(title, xlabel, "TTFT (ms)", bars.len() as f64, ymax, &mut s);
+    let mut legend_entries = Vec::new();
+    for (i, b) in bars.iter().enumerate() {
+        let x0 = sx(i as f64 + 0.2);
+        let x1 = sx(i as f64 + 0.8);
+        let xm = (x0 + x1) / 2.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
+            sy(b.value),
+            x1 - x0,
+            sy(0.0) - sy(b.value),
+            b.color
+        );
+        if let Some((lo, hi)) = b.ci {
+            let (ylo, yhi, xa, xb) = (sy(lo), sy(hi), xm - 8.0, xm + 8.0);
+            let _ = writeln!(
+                s,
+                r#"<path d="M{xm:.1},{ylo:.1} V{yhi:.1} M{xa:.1},{ylo:.1} H{xb:.1} M{xa:.1},{yhi:.1} H{xb:.1}" stroke="black" stroke-width="1.5" fill="none"/>"#
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{xm:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"#,
+            H - BOTTOM + 18.0,
+            esc(&b.label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{xm:.1}" y="{:.1}" text-anchor="middle" font-size="12">{:.1} ms</text>"#,
+            sy(b.value) - 6.0,
+            b.value
+        );
+        if !b.legend.is_empty() {
+            legend_entries.push((b.color, b.legend.clone()));
+        }
+    }
+    legend(&legend_entries, &mut s);
+    s.push_str("</svg>\n");
+    s
 }
 
 /// Render SVG text to PNG bytes with resvg, using the system's fonts.

@@ -1,8 +1,9 @@
 //! The summary table (the seed's Prompt Type | Runner | Avg TTFT (s) | Success Rate, extended with
 //! median and its confidence interval, p90, prompt tokens and the API overhead; `--breakdown` adds
-//! the TTFT parts and decode metrics).
+//! the TTFT parts and decode metrics). One row per prompt set, computed from its prompts;
+//! `--per-prompt` adds a row per prompt (`long#1`).
 
-use super::{CaseSummary, Report};
+use super::{CaseSummary, Level, Report};
 use prettytable::{format, Cell, Row, Table};
 
 fn secs(v: Option<f64>) -> String {
@@ -17,9 +18,18 @@ pub fn msf(v: Option<f64>) -> String {
 
 /// The columns of one case: (header, value, right-aligned).
 pub fn columns(s: &CaseSummary, breakdown: bool) -> Vec<(&'static str, String, bool)> {
+    let prompt = match s.prompt_idx {
+        Some(i) => format!("{}#{i}", s.prompt_type),
+        None => s.prompt_type.clone(),
+    };
+    let runner = if s.point.is_empty() {
+        s.runner.to_string()
+    } else {
+        format!("{} [{}]", s.runner, s.point)
+    };
     let mut c = vec![
-        ("Prompt Type", s.prompt_type.clone(), false),
-        ("Runner", s.runner.to_string(), false),
+        ("Prompt Type", prompt, false),
+        ("Runner", runner, false),
         ("Avg TTFT (s)", secs(s.ttft.mean_ms), true),
         ("Median (s)", secs(s.ttft.median_ms), true),
         (
@@ -73,11 +83,23 @@ pub fn columns(s: &CaseSummary, breakdown: bool) -> Vec<(&'static str, String, b
     c
 }
 
+/// The rows shown: set rows, and with `per_prompt` each set's prompt rows after it.
+pub fn rows(report: &Report, per_prompt: bool) -> Vec<CaseSummary> {
+    report
+        .summaries()
+        .into_iter()
+        .filter(|s| per_prompt || s.level == Level::Set)
+        .collect()
+}
+
+/// How set rows are computed, said under every table that shows them.
+pub const SET_ROW_NOTE: &str = "Set rows: each prompt's statistics, averaged over the set's prompts (Median = mean of per-prompt medians, CI by bootstrap within each prompt); --per-prompt shows every prompt.";
+
 /// Render the summary table (and load time, memory, relative speed, fits) as text.
-pub fn render(report: &Report, breakdown: bool) -> String {
+pub fn render(report: &Report, breakdown: bool, per_prompt: bool) -> String {
     let mut t = Table::new();
     t.set_format(*format::consts::FORMAT_BOX_CHARS);
-    let sums = report.summaries();
+    let sums = rows(report, per_prompt);
     if let Some(first) = sums.first() {
         t.set_titles(Row::new(
             columns(first, breakdown)
@@ -102,17 +124,26 @@ pub fn render(report: &Report, breakdown: bool) -> String {
         ));
     }
     let mut out = t.to_string();
+    if report.sets.iter().any(|s| !s.one_case) {
+        out.push_str(SET_ROW_NOTE);
+        out.push('\n');
+    }
     for b in &report.backends {
+        let who = if b.point.is_empty() {
+            b.name.to_string()
+        } else {
+            format!("{} [{}]", b.name, b.point)
+        };
         match (&b.load_ms, &b.open_error) {
             (Some(ms), _) => {
-                let mut line = format!("{} load: {:.1} ms (not part of TTFT)", b.name, ms);
+                let mut line = format!("{who} load: {ms:.1} ms (not part of TTFT)");
                 if let Some(m) = b.peak_rss_mib {
                     line.push_str(&format!(", peak RSS {m:.0} MiB"));
                 }
-                if let Some(m) = b.info.get("server_peak_rss_mib").and_then(|v| v.as_f64()) {
+                if let Some(m) = b.facts.server_peak_rss_mib {
                     line.push_str(&format!(", server peak RSS {m:.0} MiB"));
                 }
-                if let Some(n) = b.info.get("n_gpu_layers").and_then(|v| v.as_u64()) {
+                if let Some(n) = b.facts.n_gpu_layers {
                     if n > 0 {
                         line.push_str(&format!(", n_gpu_layers {n}"));
                     }
@@ -123,7 +154,7 @@ pub fn render(report: &Report, breakdown: bool) -> String {
                 out.push_str(&line);
                 out.push('\n');
             }
-            (None, Some(e)) => out.push_str(&format!("{} did not start: {e}\n", b.name)),
+            (None, Some(e)) => out.push_str(&format!("{who} did not start: {e}\n")),
             _ => {}
         }
     }
@@ -143,7 +174,7 @@ pub fn render_fits(report: &Report) -> String {
         .map(|f| {
             format!(
                 "fit {}: TTFT ≈ {:.2} ms + {:.4} ms/token × n  ({} prompt tokens/s, R² {:.4}, lengths {:?})\n",
-                f.runner,
+                if f.point.is_empty() { f.runner.to_string() } else { format!("{} [{}]", f.runner, f.point) },
                 f.a_ms,
                 f.b_ms_per_token,
                 f.prefill_tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),

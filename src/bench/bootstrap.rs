@@ -56,7 +56,7 @@ fn geomean_of_ratios(rs: &[f64]) -> Option<f64> {
 
 /// Resample within each group, hand the groups' medians to `stat`, and take the percentile
 /// interval of `stat` over `iters` resamples. None when a group has no value.
-fn bootstrap_stratified(
+pub(crate) fn bootstrap_stratified(
     groups: &[Vec<f64>],
     iters: usize,
     level: f64,

@@ -109,27 +109,8 @@ pub fn bootstrap_median_ci(xs: &[f64], iters: usize, level: f64, seed: u64) -> O
     if xs.len() < 2 {
         return None;
     }
-    let mut rng = SplitMix64::new(seed);
-    let mut medians = Vec::with_capacity(iters);
-    let mut sample = vec![0.0; xs.len()];
-    for _ in 0..iters {
-        for s in sample.iter_mut() {
-            *s = xs[rng.below(xs.len())];
-        }
-        medians.push(median(&sample)?);
-    }
-    let alpha = (1.0 - level) / 2.0;
-    Some((
-        percentile(&medians, alpha * 100.0)?,
-        percentile(&medians, (1.0 - alpha) * 100.0)?,
-    ))
-}
-
-/// `a / b` with the uncertainty propagated from both standard deviations (first-order, as
-/// hyperfine reports "1.83 ± 0.07 times faster").
-pub fn ratio_with_error(a: f64, sd_a: f64, b: f64, sd_b: f64) -> (f64, f64) {
-    let r = a / b;
-    (r, r * ((sd_a / a).powi(2) + (sd_b / b).powi(2)).sqrt())
+    // One group: the stratified resampler draws exactly as a plain bootstrap does.
+    super::bootstrap::bootstrap_stratified(&[xs.to_vec()], iters, level, seed, |m| Some(m[0]))
 }
 
 /// Ordinary least squares `y ≈ a + b x`; returns (a, b, R²). None below two distinct x values.
@@ -158,96 +139,6 @@ pub fn linear_fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64, f64)> {
         1.0 - ss_res / ss_tot
     };
     Some((a, b, r2))
-}
-
-/// Welch's t statistic and its degrees of freedom for two independent samples.
-pub fn welch_t(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
-    let (ma, mb) = (mean(a)?, mean(b)?);
-    let (va, vb) = (stddev(a)?.powi(2), stddev(b)?.powi(2));
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let se2 = va / na + vb / nb;
-    if se2 == 0.0 {
-        return None;
-    }
-    let t = (mb - ma) / se2.sqrt();
-    let df = se2.powi(2) / ((va / na).powi(2) / (na - 1.0) + (vb / nb).powi(2) / (nb - 1.0));
-    Some((t, df))
-}
-
-/// Two-sided p-value of Student's t with `df` degrees of freedom (regularised incomplete beta by
-/// continued fractions, Numerical Recipes style).
-pub fn t_test_p(t: f64, df: f64) -> f64 {
-    let x = df / (df + t * t);
-    incomplete_beta(df / 2.0, 0.5, x)
-}
-
-fn ln_gamma(x: f64) -> f64 {
-    // Lanczos approximation, g = 7.
-    const C: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        return std::f64::consts::PI.ln()
-            - (std::f64::consts::PI * x).sin().ln()
-            - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let mut a = C[0];
-    let t = x + 7.5;
-    for (i, c) in C.iter().enumerate().skip(1) {
-        a += c / (x + i as f64);
-    }
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
-}
-
-fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
-    if x <= 0.0 {
-        return 0.0;
-    }
-    if x >= 1.0 {
-        return 1.0;
-    }
-    let front =
-        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
-    if x < (a + 1.0) / (a + b + 2.0) {
-        front * beta_cf(a, b, x) / a
-    } else {
-        1.0 - front * beta_cf(b, a, 1.0 - x) / b
-    }
-}
-
-fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
-    d = 1.0 / if d.abs() < 1e-300 { 1e-300 } else { d };
-    let mut h = d;
-    for m in 1..300 {
-        let m = m as f64;
-        // Even and odd steps of the continued fraction.
-        for num in [
-            m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0)),
-        ] {
-            d = 1.0 + num * d;
-            d = 1.0 / if d.abs() < 1e-300 { 1e-300 } else { d };
-            c = 1.0 + num / c;
-            if c.abs() < 1e-300 {
-                c = 1e-300;
-            }
-            h *= d * c;
-        }
-        if (d * c - 1.0).abs() < 1e-12 {
-            break;
-        }
-    }
-    h
 }
 
 /// The numbers the summary table shows for one (prompt set, backend) case.
@@ -376,18 +267,6 @@ mod tests {
         let (a, b, r2) = linear_fit(&[1.0, 2.0, 3.0], &[1.0, 2.0, 2.0]).unwrap();
         assert!(close(a, 2.0 / 3.0) && close(b, 0.5) && close(r2, 0.75));
         assert_eq!(linear_fit(&[1.0, 1.0], &[2.0, 3.0]), None);
-    }
-
-    #[test]
-    fn ratio_error_and_t_test() {
-        let (r, e) = ratio_with_error(20.0, 1.0, 10.0, 0.5);
-        assert!(close(r, 2.0));
-        assert!(close(e, 2.0 * (0.05f64.powi(2) * 2.0).sqrt()));
-        // t = 2.0 with 10 df: two-sided p = 0.07339 (tables)
-        assert!((t_test_p(2.0, 10.0) - 0.07339).abs() < 1e-4);
-        assert!((t_test_p(0.0, 5.0) - 1.0).abs() < 1e-9);
-        let (t, df) = welch_t(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]).unwrap();
-        assert!(close(t, 3.0 / (2.0f64 / 3.0).sqrt()) && close(df, 4.0));
     }
 
     #[test]

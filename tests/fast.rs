@@ -184,8 +184,9 @@ fn min_time_gives_every_prompt_of_a_set_the_same_number_of_runs() {
     let mut rows = Vec::new();
     runner::run_backend(&mut b, &p, "", &mut |r| rows.push(r.clone()));
     let count = |t: &str| rows.iter().filter(|r| r.prompt_text == t).count();
-    // "quick" needs about 20 runs of 2 ms to fill 40 ms; "slower" gets the same count.
-    assert!(count("quick") >= 15, "{}", count("quick"));
+    // "quick" needs up to 20 runs of 2 ms to fill 40 ms (fewer when sleeps overshoot on a busy
+    // machine), "slower" only 4 of 10 ms; the fastest prompt decides and both get its count.
+    assert!(count("quick") >= 6, "{}", count("quick"));
     assert_eq!(count("quick"), count("slower"));
     let mut idx: Vec<u32> = rows
         .iter()

@@ -50,12 +50,22 @@ pub fn mad(xs: &[f64]) -> Option<f64> {
     median(&dev)
 }
 
+/// Fewest runs of a case in which outliers are looked for: below it the MAD is the gap to the
+/// nearest neighbour, and a 1 % difference can score as an outlier.
+pub const OUTLIER_MIN_RUNS: usize = 5;
+
 /// Indices of statistical outliers by the modified z-score (Iglewicz & Hoaglin):
-/// `0.6745 * |x - median| / MAD > 3.5`. Robust to the outliers themselves, unlike mean/stddev.
+/// `0.6745 * |x - median| / MAD > 3.5`, robust to the outliers themselves, unlike mean/stddev;
+/// only with at least [`OUTLIER_MIN_RUNS`] values, and with the MAD floored at 1 % of the median
+/// so that near-identical runs do not turn a small difference into an outlier.
 pub fn outliers(xs: &[f64]) -> Vec<usize> {
+    if xs.len() < OUTLIER_MIN_RUNS {
+        return Vec::new();
+    }
     let (Some(m), Some(d)) = (median(xs), mad(xs)) else {
         return Vec::new();
     };
+    let d = d.max(m.abs() * 0.01);
     if d == 0.0 {
         return Vec::new();
     }
@@ -235,7 +245,10 @@ mod tests {
         // median 10.5; |dev| = .5 .5 0 .3 19.5 .3 .4 -> MAD 0.4
         assert!(close(mad(&xs).unwrap(), 0.4));
         assert_eq!(outliers(&xs), [4]);
-        assert!(outliers(&[5.0, 5.0, 5.0]).is_empty());
+        assert!(outliers(&[5.0, 5.0, 5.0, 5.0, 5.0]).is_empty());
+        // Three runs, or runs within a few percent of each other: nothing to call an outlier.
+        assert!(outliers(&[10.0, 10.01, 10.5]).is_empty());
+        assert!(outliers(&[10.0, 10.0, 10.0, 10.01, 10.2]).is_empty());
         assert!(first_run_much_slower(&[25.0, 10.0, 10.2, 9.9, 10.1]));
         assert!(!first_run_much_slower(&[10.3, 10.0, 10.2, 9.9, 10.1]));
     }

@@ -23,7 +23,8 @@ Decode metrics (vLLM's definitions), with max_new_tokens > 1:
   ITL  = each gap between two consecutive tokens arriving on the host, pooled over requests.
 A case is (prompt set, prompt, backend, settings point). Statistics are per case, never over
 different prompts: mean, median with a bootstrap 95% CI (10,000 resamples, fixed seed), p90,
-p99, stddev, min, max; outliers by median/MAD (modified z > 3.5). A set's row combines its
+p99, stddev, min, max; outliers by median/MAD (modified z > 3.5, MAD at least 1% of the median,
+from 5 runs of a case). A set's row combines its
 prompts: the mean of per-prompt medians, its CI by a bootstrap within each prompt. Relative
 speed: the geometric mean of per-prompt median ratios. --prompt-tokens fits TTFT = a + b*n per
 backend (least squares, R^2); each synthetic length is one case (a fresh text per run).

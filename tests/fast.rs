@@ -233,6 +233,11 @@ fn a_backend_that_cannot_open_leaves_failed_rows() {
     assert_eq!(rep.open_error.as_deref(), Some("no checkpoint"));
 }
 
+const RULE: ttft::report::compare::Rule = ttft::report::compare::Rule {
+    threshold_pct: 5.0,
+    alpha: 0.05,
+};
+
 /// A report through the JSON exporter, as `ttft compare` reads it.
 fn json_of(r: &Report) -> serde_json::Value {
     let env = ttft::report::env::collect(1, None);
@@ -249,7 +254,7 @@ fn compare_fails_on_new_failures_and_on_slowdowns_and_passes_on_the_same_build()
     ];
     let old = json_of(&report(&p, vec![run(BackendKind::Inproc, &base, &p)]));
     let again = json_of(&report(&p, vec![run(BackendKind::Inproc, &base, &p)]));
-    let same = ttft::report::compare::compare(&old, &again, 5.0).unwrap();
+    let same = ttft::report::compare::compare(&old, &again, RULE).unwrap();
     assert!(same.changes.iter().all(|c| !c.verdict.is_regression()));
     assert_eq!(same.changes.len(), 2, "one case per prompt");
 
@@ -263,7 +268,7 @@ fn compare_fails_on_new_failures_and_on_slowdowns_and_passes_on_the_same_build()
         ("b", Script::ttfts(&noisy(50.0, 6), 3)),
     ];
     let new = json_of(&report(&p, vec![run(BackendKind::Inproc, &flaky, &p)]));
-    let c = ttft::report::compare::compare(&old, &new, 5.0).unwrap();
+    let c = ttft::report::compare::compare(&old, &new, RULE).unwrap();
     let a = c
         .changes
         .iter()
@@ -276,7 +281,7 @@ fn compare_fails_on_new_failures_and_on_slowdowns_and_passes_on_the_same_build()
         ("b", Script::ttfts(&noisy(60.0, 6), 3)),
     ];
     let new = json_of(&report(&p, vec![run(BackendKind::Inproc, &slower, &p)]));
-    let c = ttft::report::compare::compare(&old, &new, 5.0).unwrap();
+    let c = ttft::report::compare::compare(&old, &new, RULE).unwrap();
     let b = c
         .changes
         .iter()

@@ -24,7 +24,11 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
     let mut markdown = String::new();
     let mut comparisons = Vec::new();
     for (path, doc) in args.reports.iter().zip(&docs).skip(1) {
-        let c = compare::compare(&docs[0], doc, args.threshold)
+        let rule = compare::Rule {
+            threshold_pct: args.threshold,
+            alpha: args.alpha,
+        };
+        let c = compare::compare(&docs[0], doc, rule)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if c.changes.is_empty() {
             bail!(
@@ -45,8 +49,8 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
             .count();
         if n > 0 {
             println!(
-                "{n} case(s) regressed: slower by more than {}% (95% CI above 0) or fewer successful runs",
-                args.threshold
+                "{n} case(s) regressed: slower by more than {}% (rank test p < {}) or fewer successful runs",
+                args.threshold, args.alpha
             );
         }
         regressions += n;

@@ -123,6 +123,80 @@ pub fn bootstrap_median_ci(xs: &[f64], iters: usize, level: f64, seed: u64) -> O
     super::bootstrap::bootstrap_stratified(&[xs.to_vec()], iters, level, seed, |m| Some(m[0]))
 }
 
+/// Two-sided p-value of the Mann–Whitney U (Wilcoxon rank-sum) test that `a` and `b` come from
+/// the same distribution: exact for small samples (n·m ≤ 400), the normal approximation with a
+/// continuity correction above. Ties count one half. None when a side is empty. With 3 runs a
+/// side the smallest possible p is 0.1: three runs cannot show a change at the 5 % level.
+pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (n, m) = (a.len(), b.len());
+    if n == 0 || m == 0 {
+        return None;
+    }
+    let u: f64 = a
+        .iter()
+        .map(|x| {
+            b.iter()
+                .map(|y| match x.total_cmp(y) {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    let nm = (n * m) as f64;
+    let extreme = u.min(nm - u);
+    if n * m <= 400 {
+        let counts = u_distribution(n, m);
+        let total: f64 = counts.iter().sum();
+        let tail: f64 = counts
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| (*k as f64) <= extreme + 1e-9)
+            .map(|(_, c)| c)
+            .sum();
+        return Some((2.0 * tail / total).min(1.0));
+    }
+    let sd = (nm * (n + m + 1) as f64 / 12.0).sqrt();
+    let z = (nm / 2.0 - extreme - 0.5).max(0.0) / sd;
+    Some((2.0 * normal_upper_tail(z)).min(1.0))
+}
+
+/// How many orderings of n + m distinct values give each U = 0..=n·m (the recurrence
+/// f(n, m, u) = f(n - 1, m, u - m) + f(n, m - 1, u)).
+fn u_distribution(n: usize, m: usize) -> Vec<f64> {
+    // prev[j] = distribution for (i - 1, j); built up row by row.
+    let mut prev: Vec<Vec<f64>> = (0..=m).map(|_| vec![1.0]).collect();
+    for i in 1..=n {
+        let mut cur: Vec<Vec<f64>> = vec![vec![1.0]];
+        for j in 1..=m {
+            let mut d = vec![0.0; i * j + 1];
+            for (u, c) in prev[j].iter().enumerate() {
+                d[u + j] += c;
+            }
+            for (u, c) in cur[j - 1].iter().enumerate() {
+                d[u] += c;
+            }
+            cur.push(d);
+        }
+        prev = cur;
+    }
+    prev.pop().unwrap_or_default()
+}
+
+/// P(Z > z) for a standard normal Z (Abramowitz & Stegun 7.1.26 for erfc, |error| < 1.5e-7).
+fn normal_upper_tail(z: f64) -> f64 {
+    let x = z / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erfc = poly * (-x * x).exp();
+    let erfc = if x >= 0.0 { erfc } else { 2.0 - erfc };
+    erfc / 2.0
+}
+
 /// Ordinary least squares `y ≈ a + b x`; returns (a, b, R²). None below two distinct x values.
 pub fn linear_fit(xs: &[f64], ys: &[f64]) -> Option<(f64, f64, f64)> {
     if xs.len() != ys.len() || xs.len() < 2 {
@@ -280,6 +354,27 @@ mod tests {
         let (a, b, r2) = linear_fit(&[1.0, 2.0, 3.0], &[1.0, 2.0, 2.0]).unwrap();
         assert!(close(a, 2.0 / 3.0) && close(b, 0.5) && close(r2, 0.75));
         assert_eq!(linear_fit(&[1.0, 1.0], &[2.0, 3.0]), None);
+    }
+
+    #[test]
+    fn rank_test_p_values_match_tables() {
+        // 3 vs 3, fully separated: 2 / C(6,3) = 0.1, the smallest possible.
+        assert!(close(
+            mann_whitney_p(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]).unwrap(),
+            0.1
+        ));
+        // 5 vs 5 fully separated: 2 / 252.
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let b = [6.0, 7.0, 8.0, 9.0, 10.0];
+        assert!(close(mann_whitney_p(&a, &b).unwrap(), 2.0 / 252.0));
+        assert!(close(mann_whitney_p(&a, &a).unwrap(), 1.0));
+        // Large samples: the normal approximation, a clear shift is tiny, none is large.
+        let x: Vec<f64> = (0..30).map(f64::from).collect();
+        let y: Vec<f64> = (0..30).map(|i| f64::from(i) + 20.0).collect();
+        assert!(mann_whitney_p(&x, &y).unwrap() < 1e-4);
+        assert!(mann_whitney_p(&x, &x).unwrap() > 0.9);
+        assert!((normal_upper_tail(1.959_964) - 0.025).abs() < 1e-6);
+        assert_eq!(mann_whitney_p(&[], &[1.0]), None);
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub enum Command {
     /// Run the benchmark (the default when no subcommand is given).
     Run(Box<RunArgs>),
     /// Compare JSON reports case by case (prompt set, prompt, backend, settings point), each
-    /// against the first: the change of the median TTFT with a bootstrap 95% CI. Exits 1 when a
-    /// case got slower beyond the threshold (CI above it) or its success rate fell.
+    /// against the first: the change of the median TTFT with a bootstrap 95% CI and a
+    /// Mann-Whitney rank test. Exits 1 when a case got slower beyond the threshold (p < alpha)
+    /// or its success rate fell.
     Compare(CompareArgs),
 }
 
@@ -66,6 +67,9 @@ pub struct CompareArgs {
     /// Smallest change of the median, percent, that counts as a regression.
     #[arg(long, default_value_t = 5.0)]
     pub threshold: f64,
+    /// Significance level of the Mann–Whitney rank test on the case's runs.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
     /// Also write the comparison as Markdown to FILE.
     #[arg(long, value_name = "FILE")]
     pub export_markdown: Option<PathBuf>,

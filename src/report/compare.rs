@@ -96,6 +96,8 @@ pub struct CaseChange {
     pub change_pct: Option<f64>,
     /// Bootstrap 95 % CI of the median difference, as percent of the old median.
     pub ci_pct: Option<(f64, f64)>,
+    /// Two-sided Mann–Whitney p-value of the runs.
+    pub p_value: Option<f64>,
     /// Success rates before and after.
     pub success: (f64, f64),
     /// The verdict.
@@ -156,13 +158,22 @@ pub fn cases(doc: &Value) -> Result<BTreeMap<CaseKey, CaseRuns>, String> {
     Ok(out)
 }
 
-/// Compare `new` against `old`; `threshold_pct` is the smallest change of the median that counts.
-pub fn compare(old: &Value, new: &Value, threshold_pct: f64) -> Result<Comparison, String> {
+/// How a change is judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rule {
+    /// Smallest change of the median, percent, that counts.
+    pub threshold_pct: f64,
+    /// Significance level of the rank test.
+    pub alpha: f64,
+}
+
+/// Compare `new` against `old` case by case.
+pub fn compare(old: &Value, new: &Value, rule: Rule) -> Result<Comparison, String> {
     let (a, b) = (cases(old)?, cases(new)?);
     let mut c = Comparison::default();
     for (key, xs) in &a {
         match b.get(key) {
-            Some(ys) => c.changes.push(change(key, xs, ys, threshold_pct)),
+            Some(ys) => c.changes.push(change(key, xs, ys, rule)),
             None => c.only_old.push(key.clone()),
         }
     }
@@ -170,7 +181,10 @@ pub fn compare(old: &Value, new: &Value, threshold_pct: f64) -> Result<Compariso
     Ok(c)
 }
 
-fn change(key: &CaseKey, xs: &CaseRuns, ys: &CaseRuns, threshold_pct: f64) -> CaseChange {
+/// A median change beyond the threshold that the rank test also finds (a rank test, not the
+/// bootstrap CI, decides: with a handful of runs the bootstrap interval is too narrow, and two
+/// runs of one build would "regress"); a fall of the success rate always counts.
+fn change(key: &CaseKey, xs: &CaseRuns, ys: &CaseRuns, rule: Rule) -> CaseChange {
     let (m0, m1) = (stats::median(&xs.ttft_ms), stats::median(&ys.ttft_ms));
     let change_pct = m0.zip(m1).map(|(a, b)| (b - a) / a * 100.0);
     let ci_pct = m0
@@ -183,10 +197,12 @@ fn change(key: &CaseKey, xs: &CaseRuns, ys: &CaseRuns, threshold_pct: f64) -> Ca
         ))
         .map(|(m, (lo, hi))| (lo / m * 100.0, hi / m * 100.0));
     let success = (xs.success_rate(), ys.success_rate());
-    let verdict = match (change_pct, ci_pct) {
+    let p_value = stats::mann_whitney_p(&xs.ttft_ms, &ys.ttft_ms);
+    let significant = p_value.is_some_and(|p| p < rule.alpha);
+    let verdict = match change_pct {
         _ if success.1 < success.0 => Verdict::FewerSuccesses,
-        (Some(p), Some((lo, _))) if p >= threshold_pct && lo > 0.0 => Verdict::Slower,
-        (Some(p), Some((_, hi))) if p <= -threshold_pct && hi < 0.0 => Verdict::Faster,
+        Some(c) if significant && c >= rule.threshold_pct => Verdict::Slower,
+        Some(c) if significant && c <= -rule.threshold_pct => Verdict::Faster,
         _ => Verdict::NoChange,
     };
     CaseChange {
@@ -195,6 +211,7 @@ fn change(key: &CaseKey, xs: &CaseRuns, ys: &CaseRuns, threshold_pct: f64) -> Ca
         new_median: m1,
         change_pct,
         ci_pct,
+        p_value,
         success,
         verdict,
     }
@@ -204,8 +221,8 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
-/// (case, old p50, new p50, change, CI, success, verdict) as text cells.
-fn cells(c: &CaseChange) -> [String; 7] {
+/// (case, old p50, new p50, change, CI, p, success, verdict) as text cells.
+fn cells(c: &CaseChange) -> [String; 8] {
     [
         c.key.to_string(),
         opt(c.old_median, |m| format!("{m:.2}")),
@@ -214,24 +231,26 @@ fn cells(c: &CaseChange) -> [String; 7] {
         c.ci_pct
             .map(|(lo, hi)| format!("{lo:+.1}%…{hi:+.1}%"))
             .unwrap_or_else(|| "-".into()),
+        opt(c.p_value, |p| format!("{p:.3}")),
         format!("{:.0}%→{:.0}%", c.success.0 * 100.0, c.success.1 * 100.0),
         c.verdict.text().to_string(),
     ]
 }
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 8] = [
     "case",
     "old p50 ms",
     "new p50 ms",
     "change",
     "95% CI",
+    "p (rank test)",
     "success",
     "verdict",
 ];
 
 /// The comparison as a text table, then the cases only one side has.
 pub fn render(c: &Comparison) -> String {
-    let rows: Vec<[String; 7]> = c.changes.iter().map(cells).collect();
+    let rows: Vec<[String; 8]> = c.changes.iter().map(cells).collect();
     let width = |i: usize| {
         rows.iter()
             .map(|r| r[i].chars().count())
@@ -239,13 +258,13 @@ pub fn render(c: &Comparison) -> String {
             .max()
             .unwrap_or(0)
     };
-    let w: Vec<usize> = (0..7).map(width).collect();
+    let w: Vec<usize> = (0..8).map(width).collect();
     let line = |r: &[String]| {
         let mut s = format!("{:<w0$}", r[0], w0 = w[0]);
-        for i in 1..6 {
-            s.push_str(&format!("  {:>wi$}", r[i], wi = w[i]));
+        for (cell, wi) in r.iter().zip(&w).take(7).skip(1) {
+            s.push_str(&format!("  {cell:>wi$}"));
         }
-        format!("{s}  {}\n", r[6])
+        format!("{s}  {}\n", r[7])
     };
     let mut s = line(&HEADERS.map(String::from));
     for r in &rows {
@@ -262,7 +281,7 @@ pub fn render(c: &Comparison) -> String {
 /// The comparison as a Markdown table.
 pub fn render_markdown(title: &str, c: &Comparison) -> String {
     let mut s = format!("### {title}\n\n| {} |\n|:---|", HEADERS.join(" | "));
-    s.push_str(&"---:|".repeat(5));
+    s.push_str(&"---:|".repeat(6));
     s.push_str(":---|\n");
     for ch in &c.changes {
         let cells = cells(ch).map(|x| x.replace('|', "\\|"));
@@ -281,6 +300,11 @@ pub fn render_markdown(title: &str, c: &Comparison) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const RULE: Rule = Rule {
+        threshold_pct: 5.0,
+        alpha: 0.05,
+    };
 
     fn doc(vals: &[(&str, usize, &str, Option<f64>)]) -> Value {
         json!({"runs": vals.iter().map(|(p, i, r, t)| match t {
@@ -305,18 +329,27 @@ mod tests {
 
     #[test]
     fn a_clear_slowdown_is_a_regression_and_noise_is_not() {
-        let mut old = runs("short", 0, "api", &[10.0, 10.2, 9.9, 10.1]);
-        old.extend(runs("long", 0, "api", &[100.0, 103.0, 98.0]));
-        let mut new = runs("short", 0, "api", &[13.0, 13.1, 12.9, 13.2]);
-        new.extend(runs("long", 0, "api", &[101.0, 99.0, 102.0]));
-        let c = compare(&as_doc(&old), &as_doc(&new), 5.0).unwrap();
+        let mut old = runs("short", 0, "api", &[10.0, 10.2, 9.9, 10.1, 10.05]);
+        old.extend(runs("long", 0, "api", &[100.0, 103.0, 98.0, 101.0, 99.5]));
+        let mut new = runs("short", 0, "api", &[13.0, 13.1, 12.9, 13.2, 13.05]);
+        new.extend(runs("long", 0, "api", &[101.0, 99.0, 102.0, 100.5, 98.5]));
+        let c = compare(&as_doc(&old), &as_doc(&new), RULE).unwrap();
         let short = c.changes.iter().find(|c| c.key.set == "short").unwrap();
         assert_eq!(short.verdict, Verdict::Slower);
         assert!((short.change_pct.unwrap() - 29.85).abs() < 0.1);
+        // Three runs a side can never be significant at 5 %: no verdict from noise.
+        let three = |v: &[f64]| runs("x", 0, "api", v);
+        let c3 = compare(
+            &as_doc(&three(&[10.0, 10.1, 10.2])),
+            &as_doc(&three(&[20.0, 20.1, 20.2])),
+            RULE,
+        )
+        .unwrap();
+        assert_eq!(c3.changes[0].verdict, Verdict::NoChange);
         let long = c.changes.iter().find(|c| c.key.set == "long").unwrap();
         assert_eq!(long.verdict, Verdict::NoChange);
         // The same report against itself has no change.
-        let same = compare(&as_doc(&old), &as_doc(&old), 5.0).unwrap();
+        let same = compare(&as_doc(&old), &as_doc(&old), RULE).unwrap();
         assert!(same.changes.iter().all(|c| c.verdict == Verdict::NoChange));
     }
 
@@ -324,7 +357,7 @@ mod tests {
     fn failed_runs_are_a_regression_even_when_the_median_improves() {
         let old = doc(&[("s", 0, "api", Some(10.0)), ("s", 0, "api", Some(10.0))]);
         let new = doc(&[("s", 0, "api", Some(8.0)), ("s", 0, "api", None)]);
-        let c = compare(&old, &new, 5.0).unwrap();
+        let c = compare(&old, &new, RULE).unwrap();
         assert_eq!(c.changes[0].verdict, Verdict::FewerSuccesses);
         assert!(c.changes[0].verdict.is_regression());
     }
@@ -333,7 +366,7 @@ mod tests {
     fn prompts_are_separate_cases_and_one_sided_cases_are_listed() {
         let old = doc(&[("s", 0, "api", Some(10.0)), ("s", 1, "api", Some(500.0))]);
         let new = doc(&[("s", 0, "api", Some(10.0)), ("s", 2, "api", Some(9.0))]);
-        let c = compare(&old, &new, 5.0).unwrap();
+        let c = compare(&old, &new, RULE).unwrap();
         assert_eq!(c.changes.len(), 1);
         assert_eq!(c.only_old[0].prompt_idx, Some(1));
         assert_eq!(c.only_new[0].prompt_idx, Some(2));

@@ -46,6 +46,25 @@ fn compare_flags_a_regression_between_two_committed_reports() {
         .lines()
         .skip(1)
         .all(|l| l.ends_with("no significant change")));
+    // One api run of the newer report failed: a regression, though its median did not move.
+    let o = ttft(&[
+        "compare",
+        "tests/data/compare_old.json",
+        "tests/data/compare_failed.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        line_of(&stdout(&o), "short#0 api").ends_with("fewer successes"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+fn line_of(out: &str, start: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no {start} line in {out}"))
+        .to_string()
 }
 
 #[test]

@@ -94,12 +94,8 @@ pub struct Grid {
     pub dtype: Vec<String>,
 }
 
-fn show<T: std::fmt::Debug>(v: &T) -> String {
-    format!("{v:?}").trim_matches('"').to_string()
-}
-
 impl Grid {
-    /// (axis, number of values, the flag) for every axis.
+    /// (axis, number of values) for every axis, in the order `points` varies them.
     fn lengths(&self) -> [(&'static str, usize); 11] {
         [
             ("gguf", self.gguf.len()),
@@ -185,8 +181,8 @@ impl Grid {
             llama.ubatch.to_string(),
             llama.n_gpu_layers.to_string(),
             llama.flash_attn.to_string(),
-            show(&llama.cache_type_k),
-            show(&llama.cache_type_v),
+            llama.cache_type_k.clone(),
+            llama.cache_type_v.clone(),
             self.dtype[pick[10]].clone(),
         ];
         let names = self.lengths().map(|(a, _)| a);

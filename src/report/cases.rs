@@ -76,6 +76,14 @@ pub struct CaseSummary {
     pub prefill_peak_fraction: Option<f64>,
 }
 
+impl CaseSummary {
+    /// Whether this row describes one case (a prompt, or a one-case synthetic set), so that
+    /// case-level checks (outliers, a cold first run) apply to it; a combined set row is not.
+    pub fn is_case(&self) -> bool {
+        self.level == Level::Prompt || self.method == Some(ONE_CASE_METHOD)
+    }
+}
+
 /// The key of a set's rows: (set, backend, point).
 pub type SetKey = (String, BackendKind, String);
 
@@ -98,7 +106,8 @@ impl Report {
         keys
     }
 
-    fn one_case(&self, set: &str) -> bool {
+    /// Whether `set` is one case (a synthetic exact-length set).
+    pub(super) fn one_case(&self, set: &str) -> bool {
         self.sets.iter().any(|s| s.name == set && s.one_case)
     }
 
@@ -128,6 +137,12 @@ impl Report {
 
     /// The set row of `key`, from its prompt cases (or over its runs for a synthetic set).
     pub fn set_case(&self, key: &SetKey) -> CaseSummary {
+        self.set_rows(key).0
+    }
+
+    /// The set row and the prompt rows of `key`; the prompt cases are computed once and the set
+    /// row is combined from them.
+    fn set_rows(&self, key: &SetKey) -> (CaseSummary, Vec<CaseSummary>) {
         if self.one_case(&key.0) {
             let rows: Vec<&RunRecord> = self.rows(key).collect();
             let mut c = self.case(key, &rows);
@@ -138,7 +153,7 @@ impl Report {
                 .map(|r| r.prompt.idx)
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
-            return c;
+            return (c, Vec::new());
         }
         let prompts = self.prompt_cases(key);
         let groups: Vec<Vec<f64>> = prompts
@@ -148,7 +163,12 @@ impl Report {
                 (!v.is_empty()).then_some(v)
             })
             .collect();
-        combine(key, &prompts, &groups)
+        (combine(key, &prompts, &groups), prompts)
+    }
+
+    /// Successful TTFTs of every run of a set key (all prompts: for a one-case set).
+    pub(super) fn all_ttfts(&self, key: &SetKey) -> Vec<f64> {
+        self.rows(key).filter_map(RunRecord::ttft_ms).collect()
     }
 
     /// Successful TTFTs of one prompt of a set key.
@@ -163,7 +183,10 @@ impl Report {
     pub fn summaries(&self) -> Vec<CaseSummary> {
         self.set_keys()
             .iter()
-            .flat_map(|k| std::iter::once(self.set_case(k)).chain(self.prompt_cases(k)))
+            .flat_map(|k| {
+                let (set, prompts) = self.set_rows(k);
+                std::iter::once(set).chain(prompts)
+            })
             .collect()
     }
 

@@ -101,15 +101,8 @@ impl Report {
 
     /// (slower's TTFTs, faster's TTFTs) per prompt both measured; a synthetic set is one pair.
     fn paired_samples(&self, fast: &SetKey, slow: &SetKey) -> Vec<(Vec<f64>, Vec<f64>)> {
-        if self.sets.iter().any(|s| s.name == fast.0 && s.one_case) {
-            let all = |k: &SetKey| -> Vec<f64> {
-                self.runs
-                    .iter()
-                    .filter(|r| r.prompt.set == k.0 && r.runner == k.1 && r.point == k.2)
-                    .filter_map(|r| r.ttft_ms())
-                    .collect()
-            };
-            return vec![(all(slow), all(fast))];
+        if self.one_case(&fast.0) {
+            return vec![(self.all_ttfts(slow), self.all_ttfts(fast))];
         }
         let idxs: BTreeSet<usize> = self
             .runs

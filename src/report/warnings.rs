@@ -1,6 +1,6 @@
 //! Things a reader must know before trusting the table, one line each.
 
-use super::{CaseSummary, Level, Report};
+use super::{CaseSummary, Report};
 use crate::backend::server::cpu_features;
 use crate::backend::BackendKind;
 
@@ -72,7 +72,7 @@ fn token_warnings(report: &Report) -> Vec<String> {
 fn case_warnings(report: &Report) -> Vec<String> {
     let mut w = Vec::new();
     for s in report.summaries() {
-        if s.level == Level::Set && s.method != Some(super::cases::ONE_CASE_METHOD) {
+        if !s.is_case() {
             continue;
         }
         let case = case_name(&s);

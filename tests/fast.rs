@@ -58,16 +58,7 @@ fn report(plan: &Plan, parts: Vec<(Vec<RunRecord>, runner::BackendReport)>) -> R
         backends.push(b);
     }
     Report {
-        sets: plan
-            .sets
-            .iter()
-            .map(|s| SetInfo {
-                name: s.name.clone(),
-                path: s.path.display().to_string(),
-                prompts: s.prompts.len(),
-                one_case: s.is_one_case(),
-            })
-            .collect(),
+        sets: plan.sets.iter().map(SetInfo::of).collect(),
         token_disagreements: runner::token_disagreements(&backends),
         backends,
         runs,

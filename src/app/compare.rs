@@ -63,11 +63,13 @@ pub fn run(args: &CompareArgs) -> Result<i32> {
         println!("Markdown: {}", md.display());
     }
     if let Some(svg) = &args.plot {
-        std::fs::write(svg, plot(&args.reports, &comparisons))
+        let drawn = plot(&args.reports, &comparisons);
+        std::fs::write(svg, &drawn)
             .with_context(|| format!("--plot {}: cannot write", svg.display()))?;
-        if let Ok(png) = crate::report::plot::svg_to_png(&plot(&args.reports, &comparisons)) {
-            std::fs::write(svg.with_extension("png"), png)
-                .with_context(|| format!("--plot {}: cannot write the PNG", svg.display()))?;
+        match crate::report::plot::svg_to_png(&drawn) {
+            Ok(png) => std::fs::write(svg.with_extension("png"), png)
+                .with_context(|| format!("--plot {}: cannot write the PNG", svg.display()))?,
+            Err(e) => eprintln!("ttft: warning: PNG of {} not written: {e}", svg.display()),
         }
         println!("Plot: {} (+ .png)", svg.display());
     }

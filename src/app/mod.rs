@@ -48,16 +48,7 @@ pub fn run() -> Result<i32> {
 /// The report from what was prepared and measured.
 fn assemble(s: &Settings, prepared: prepare::Prepared, m: &measure::Measured) -> Report {
     Report {
-        sets: prepared
-            .sets
-            .iter()
-            .map(|x| SetInfo {
-                name: x.name.clone(),
-                path: x.path.display().to_string(),
-                prompts: x.prompts.len(),
-                one_case: x.is_one_case(),
-            })
-            .collect(),
+        sets: prepared.sets.iter().map(SetInfo::of).collect(),
         token_disagreements: crate::bench::runner::token_disagreements(&m.backends),
         backends: m.backends.clone(),
         runs: m.runs.clone(),

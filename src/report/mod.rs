@@ -93,6 +93,18 @@ pub struct SetInfo {
     pub one_case: bool,
 }
 
+impl SetInfo {
+    /// The facts of a prompt set as the report records them.
+    pub fn of(set: &crate::bench::prompts::PromptSet) -> Self {
+        Self {
+            name: set.name.clone(),
+            path: set.path.display().to_string(),
+            prompts: set.prompts.len(),
+            one_case: set.is_one_case(),
+        }
+    }
+}
+
 /// Everything one invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

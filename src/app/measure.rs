@@ -6,6 +6,7 @@
 use super::factory;
 use super::prepare::Prepared;
 use crate::backend::api::ApiBackend;
+use crate::backend::BackendKind;
 use crate::bench::interrupt;
 use crate::bench::load::LoadReport;
 use crate::bench::record::RunRecord;
@@ -71,12 +72,18 @@ pub fn measure(
 ) -> Measured {
     let mut out = Measured::default();
     let spawned = s.spawns_server();
+    let runs_at: Vec<(BackendKind, Vec<usize>)> = s
+        .backends
+        .iter()
+        .map(|&k| (k, points_for(&s.points, k, spawned)))
+        .collect();
     for point in &s.points {
-        for &kind in &s.backends {
+        for (kind, at) in &runs_at {
+            let kind = *kind;
             if interrupt::requested() {
                 return out;
             }
-            if !points_for(&s.points, kind, spawned).contains(&point.index) {
+            if !at.contains(&point.index) {
                 continue;
             }
             let label = point.label(kind, spawned);

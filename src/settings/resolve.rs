@@ -1,7 +1,7 @@
 //! `Settings::resolve`: flag, else config key, else built-in default, for every setting, and every
 //! check that needs no file or server (those are in `app::prepare`).
 
-use super::grid::Grid;
+use super::grid::{self, Grid};
 use super::{
     is_hub_id, parse_backends, ApiOptions, LoadOptions, OutputOptions, PromptSource, Settings,
     SettingsError, DEFAULT_N_GPU_LAYERS,
@@ -68,6 +68,12 @@ impl Settings {
             ));
         }
         let points = grid.points();
+        let api_points = grid::points_for(&points, BackendKind::Api, api.url.is_none()).len();
+        if load.is_some() && api_points > 1 {
+            return Err(invalid(format!(
+                "--concurrency / --request-rate measure one settings point, and these lists give {api_points}: pass single values"
+            )));
+        }
         Ok(Settings {
             backends,
             points,
@@ -306,4 +312,46 @@ fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {
         duration_s: args.duration,
         slo,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flags as clap parses them (with clap's defaults, which `RunArgs::default()` lacks).
+    fn args(backend: &str) -> RunArgs {
+        use clap::Parser;
+        crate::cli::Cli::parse_from(["ttft", "--backend", backend]).run
+    }
+
+    #[test]
+    fn a_load_run_measures_one_point() {
+        let cfg = LoadedConfig::default();
+        let mut a = args("api");
+        a.concurrency = Some(2);
+        a.threads = vec![1, 2];
+        let e = Settings::resolve(&a, &cfg).unwrap_err().to_string();
+        assert!(e.contains("one settings point") && e.contains("2"), "{e}");
+        a.threads = vec![2];
+        assert_eq!(Settings::resolve(&a, &cfg).unwrap().points.len(), 1);
+    }
+
+    #[test]
+    fn lists_become_points_and_bad_values_name_their_flag() {
+        let cfg = LoadedConfig::default();
+        let mut a = args("api");
+        a.threads = vec![1, 2];
+        a.ctx_size = vec![1024, 2048];
+        let s = Settings::resolve(&a, &cfg).unwrap();
+        assert_eq!(s.points.len(), 4);
+        assert_eq!(s.points[1].llama.ctx_size, 2048);
+        assert_eq!(s.points[1].llama.batch, 2048);
+        assert_eq!(
+            s.points[0].llama.batch, 1024,
+            "batch defaults to min(2048, ctx)"
+        );
+        a.cache_type_k = vec!["q9".into()];
+        let e = Settings::resolve(&a, &cfg).unwrap_err().to_string();
+        assert!(e.starts_with("--cache-type-k q9"), "{e}");
+    }
 }

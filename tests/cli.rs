@@ -491,17 +491,6 @@ fn a_prompt_longer_than_the_context_is_named_or_skipped() {
     }
 }
 
-/// Files of one extension in `dir`.
-fn files_with(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn two_runs_in_the_same_second_into_one_folder_keep_both_sets_of_files() {
     let _serial = serial();

@@ -119,13 +119,20 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// The single file in `dir` with extension `ext`.
-pub fn only_file(dir: &Path, ext: &str) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+/// The files in `dir` with extension `ext`, sorted.
+pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
+    files.sort();
+    files
+}
+
+/// The single file in `dir` with extension `ext`.
+pub fn only_file(dir: &Path, ext: &str) -> PathBuf {
+    let files = files_with(dir, ext);
     assert_eq!(
         files.len(),
         1,

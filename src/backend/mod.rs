@@ -125,6 +125,47 @@ pub struct Measurement {
     pub first_token: String,
     /// All generated text.
     pub output: String,
+    /// Id of the first generated token, where the backend sees ids (inproc, hf; api when the
+    /// server streams them). First-token agreement compares ids, not text.
+    pub first_token_id: Option<u32>,
+    /// The first token's raw bytes in hex (a token can be part of a UTF-8 character, so its
+    /// bytes are not always text).
+    pub first_token_bytes: Option<String>,
+    /// Prompt handed over → first complete character of generated text on the host, when that
+    /// comes later than the first token (a partial UTF-8 character, an EOS, a tool call).
+    pub first_char_ms: Option<f64>,
+    /// api chat: request written → first `delta.tool_calls` chunk, when there is one.
+    pub first_tool_call_ms: Option<f64>,
+    /// How `generated_tokens` was counted (see [`TokenCount`]).
+    pub tokens_counted_by: Option<TokenCount>,
+    /// Why generation ended: `eos`, `length` (max new tokens), or the server's finish reason.
+    pub stop_reason: Option<String>,
+    /// openai flavor: tokens of the unique cache-busting prefix put before the prompt (recorded so
+    /// every row says what it prefilled).
+    pub cache_bust_tokens: Option<u32>,
+    /// api: connection setup (TCP, TLS) done before the clock started, ms.
+    pub connect_ms: Option<f64>,
+    /// api: `pre-opened` (connected before the clock) or `fresh` (`--fresh-connection`: connect
+    /// inside the clock, as a client without keep-alive does).
+    pub connection: Option<String>,
+}
+
+/// Where a row's `generated_tokens` comes from. The rule on every backend: the end-of-generation
+/// token, when generation stops at one, *is* a generated token (it took a forward pass and a
+/// sample, and llama-server's `predicted_n` and vLLM's `completion_tokens` count it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCount {
+    /// In-process: the decode loop counted every sampled token.
+    Decoder,
+    /// llama.cpp `timings.predicted_n`.
+    ServerPredicted,
+    /// OpenAI `usage.completion_tokens` of the timed request itself.
+    Usage,
+    /// The server's per-event `tokens` arrays.
+    TokensArrays,
+    /// Nothing better: one token per non-empty chunk.
+    Chunks,
 }
 
 /// The clock readings of an in-process run (inproc, hf): the four parts of TTFT, in order.

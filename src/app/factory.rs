@@ -36,6 +36,8 @@ pub fn api_settings(s: &Settings, server_log: &Path) -> ApiSettings {
         server_log: server_log.to_path_buf(),
         allow_commit_mismatch: a.allow_commit_mismatch,
         connect_timeout: Duration::from_secs_f64(a.connect_timeout_s),
+        fresh_connection: a.fresh_connection,
+        ca_cert: a.ca_cert.clone(),
         first_token_timeout: Duration::from_secs_f64(a.first_token_timeout_s),
         total_timeout: Duration::from_secs_f64(a.request_timeout_s),
         server_port: a.server_port,

@@ -98,9 +98,18 @@ pub struct RunArgs {
     /// Accept a server built from another llama.cpp commit than the one linked in-process.
     #[arg(long)]
     pub allow_commit_mismatch: bool,
-    /// TCP connect timeout for api requests, seconds.
+    /// Connection setup timeout for api requests (DNS, TCP, TLS handshake), seconds.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// api: open each timed request's connection inside the clock (what a client without
+    /// keep-alive pays). By default it is opened just before the clock starts and its setup time
+    /// is reported apart as connect_ms.
+    #[arg(long)]
+    pub fresh_connection: bool,
+    /// api: also trust the certificates in this PEM file for an https:// --api-url (e.g. a
+    /// self-signed server certificate or a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub api_ca_cert: Option<PathBuf>,
     /// api: fail a run when no token arrived this many seconds after sending.
     #[arg(long, value_name = "S", default_value_t = 300.0)]
     pub first_token_timeout: f64,

@@ -63,8 +63,12 @@ pub struct ApiOptions {
     pub server_bin: PathBuf,
     /// Accept a server of another llama.cpp commit.
     pub allow_commit_mismatch: bool,
-    /// TCP connect timeout, seconds.
+    /// Connection setup timeout, seconds.
     pub connect_timeout_s: f64,
+    /// Connect inside the clock (`--fresh-connection`) instead of just before it.
+    pub fresh_connection: bool,
+    /// Extra trusted certificates (PEM) for an https server (`--api-ca-cert`).
+    pub ca_cert: Option<PathBuf>,
     /// No first token after this long fails the run, seconds.
     pub first_token_timeout_s: f64,
     /// A run longer than this fails, seconds.

@@ -269,6 +269,8 @@ fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, Setting
         ),
         allow_commit_mismatch: args.allow_commit_mismatch,
         connect_timeout_s: args.connect_timeout,
+        fresh_connection: args.fresh_connection,
+        ca_cert: ca_cert(args)?,
         first_token_timeout_s: args.first_token_timeout,
         request_timeout_s: args.request_timeout,
         server_port: args.server_port,
@@ -282,6 +284,20 @@ fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, Setting
         api_key,
         api_key_source,
     })
+}
+
+/// `--api-ca-cert`: a readable file (its PEM is parsed when the api backend opens).
+fn ca_cert(args: &RunArgs) -> Result<Option<PathBuf>, SettingsError> {
+    let Some(f) = &args.api_ca_cert else {
+        return Ok(None);
+    };
+    if let Err(e) = std::fs::metadata(f) {
+        return Err(invalid(format!(
+            "--api-ca-cert {}: {e} (give a PEM file with the server's certificate or CA)",
+            f.display()
+        )));
+    }
+    Ok(Some(f.clone()))
 }
 
 fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {

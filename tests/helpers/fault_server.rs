@@ -51,7 +51,7 @@ impl Drop for FaultServer {
     }
 }
 
-fn event(s: &mut TcpStream, json: &str) -> std::io::Result<()> {
+fn event(s: &mut impl Write, json: &str) -> std::io::Result<()> {
     s.write_all(format!("data: {json}\n\n").as_bytes())?;
     s.flush()
 }
@@ -65,11 +65,11 @@ fn token(text: &str) -> String {
 
 const FINAL: &str = r#"{"content":"","tokens":[],"stop":true,"timings":{"cache_n":0,"prompt_n":3,"prompt_ms":1.5,"predicted_n":3,"predicted_ms":3.0}}"#;
 
-fn stream_head(s: &mut TcpStream) -> std::io::Result<()> {
+fn stream_head(s: &mut impl Write) -> std::io::Result<()> {
     s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
 }
 
-fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
+fn respond(s: &mut impl Write, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
     s.write_all(
         format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -79,7 +79,7 @@ fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io:
     )
 }
 
-fn good_stream(s: &mut TcpStream) -> std::io::Result<()> {
+fn good_stream(s: &mut impl Write) -> std::io::Result<()> {
     stream_head(s)?;
     for t in [" ok", " fine", "."] {
         event(s, &token(t))?;
@@ -156,7 +156,11 @@ fn fault(s: &mut TcpStream, f: Fault) -> std::io::Result<()> {
 
 /// Read one request: the header block and the body (Content-Length).
 fn read_request(s: &TcpStream) -> Option<(String, String)> {
-    let mut r = BufReader::new(s.try_clone().ok()?);
+    read_request_from(&mut BufReader::new(s.try_clone().ok()?))
+}
+
+/// Read one request from any reader (plain TCP or TLS).
+fn read_request_from(r: &mut impl BufRead) -> Option<(String, String)> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -227,5 +231,94 @@ impl FaultServer {
             stop,
             requests,
         }
+    }
+}
+
+/// An https llama.cpp-like server (a correct stream for every completion) with a fresh self-signed
+/// certificate for 127.0.0.1. After accepting a connection it waits `setup_delay` before its side
+/// of the TLS handshake: that time is connection setup, which only a fresh connection may put
+/// inside TTFT. No real server slows its handshake on demand.
+pub struct TlsServer {
+    /// Base URL (`https://127.0.0.1:PORT`).
+    pub url: String,
+    /// The certificate (PEM), to trust with `--api-ca-cert`.
+    pub cert_pem: String,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url.trim_start_matches("https://"));
+    }
+}
+
+impl TlsServer {
+    /// Start on a free loopback port.
+    pub fn start(setup_delay: Duration) -> Self {
+        use tokio_rustls::rustls;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let cfg = Arc::new(cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop2, accepted2) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(tcp) = conn else { continue };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(setup_delay);
+                    let Ok(tls) = rustls::ServerConnection::new(cfg) else {
+                        return;
+                    };
+                    let mut s = rustls::StreamOwned::new(tls, tcp);
+                    let _ = serve_tls(&mut s);
+                    s.conn.send_close_notify();
+                    let _ = s.flush();
+                });
+            }
+        });
+        TlsServer {
+            url,
+            cert_pem: ck.cert.pem(),
+            accepted,
+            stop,
+        }
+    }
+}
+
+/// One request on a TLS connection: /props identifies llama.cpp, /completion streams.
+fn serve_tls(s: &mut (impl Read + Write)) -> std::io::Result<()> {
+    let Some((head, _body)) = read_request_from(&mut BufReader::new(&mut *s)) else {
+        return Ok(());
+    };
+    let first = head.lines().next().unwrap_or("");
+    if first.starts_with("POST /completion") {
+        good_stream(s)
+    } else if first.starts_with("GET /props") {
+        respond(
+            s,
+            "200 OK",
+            "application/json",
+            r#"{"build_info":"b1-9e3b928"}"#,
+        )
+    } else {
+        respond(s, "404 Not Found", "text/plain", "not here")
     }
 }

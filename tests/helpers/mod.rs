@@ -78,6 +78,8 @@ pub fn api_settings(
         server_log: dir.join("server.log"),
         allow_commit_mismatch: false,
         connect_timeout: Duration::from_secs(5),
+        fresh_connection: false,
+        ca_cert: None,
         first_token_timeout: Duration::from_secs(120),
         total_timeout: Duration::from_secs(300),
         server_port: None,

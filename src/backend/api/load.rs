@@ -38,8 +38,14 @@ impl ApiBackend {
                 async move {
                     in_flight.set(in_flight.get() + 1);
                     max_in_flight.set(max_in_flight.get().max(in_flight.get()));
+                    // Connected inside the clock, as load runs always were: a load client's
+                    // arrival-to-first-token includes its connection setup.
                     let r = self
-                        .stream_one(&prompts[i % prompts.len()], max_new_tokens)
+                        .stream_one(
+                            &prompts[i % prompts.len()],
+                            max_new_tokens,
+                            super::stream::Connection::Fresh,
+                        )
                         .await;
                     in_flight.set(in_flight.get() - 1);
                     (done.borrow_mut())(i, r);

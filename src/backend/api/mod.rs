@@ -5,13 +5,17 @@
 //! non-empty has been parsed. Response headers arrive long before the first token, so time to first
 //! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
 //! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
-//! `ttft - prompt_ms` follows.
+//! `ttft - prompt_ms` follows. The timed request's connection is opened (and for https
+//! handshaken) just before the clock starts, one per request (`conn`); `--fresh-connection` opens
+//! it inside the clock.
 //!
 //! By job: this file has the settings, `open` and the [`Backend`] impl; `probe` identifies the
 //! server at open, `body` builds requests and decodes an event's token, `stream` is the timed run,
-//! `load` the load runs, `tokenize` the untimed helper requests.
+//! `load` the load runs, `tokenize` the untimed helper requests, `conn` the timed request's
+//! connection.
 
 mod body;
+mod conn;
 mod load;
 mod probe;
 mod stream;
@@ -80,8 +84,12 @@ pub struct ApiSettings {
     pub server_log: PathBuf,
     /// Accept a server built from another llama.cpp commit than the linked one.
     pub allow_commit_mismatch: bool,
-    /// TCP connect timeout.
+    /// Connection setup timeout (DNS, TCP, TLS handshake).
     pub connect_timeout: Duration,
+    /// Open each timed request's connection inside the clock instead of just before it.
+    pub fresh_connection: bool,
+    /// Extra trusted root certificates (PEM) for an `https://` server, e.g. a self-signed one.
+    pub ca_cert: Option<PathBuf>,
     /// Request sent → first token, before the run is failed.
     pub first_token_timeout: Duration,
     /// Whole request, before the run is failed.
@@ -104,7 +112,10 @@ pub struct ApiSettings {
 /// synchronous and identical for every backend.
 pub struct ApiBackend {
     rt: tokio::runtime::Runtime,
+    /// The untimed helper requests (probe, tokenize, template) only.
     client: reqwest::Client,
+    /// Where timed requests connect (their own connection each, see `conn`).
+    target: conn::Target,
     base: String,
     settings: ApiSettings,
     server: Option<ServerProcess>,
@@ -138,18 +149,7 @@ impl ApiBackend {
             .enable_all()
             .build()
             .map_err(|e| OpenError::Server(format!("tokio runtime: {e}")))?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(settings.connect_timeout)
-            // A fresh connection per request: llama-server closes a connection after a streamed
-            // answer, and reusing a pooled one races with that close ("connection closed before
-            // message completed"). Connecting on loopback costs well under a millisecond and is
-            // part of what a real client pays, so it stays inside the clock.
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))?;
-
+        let client = helper_client(settings)?;
         let (base, server, load_ms, rpc_workers, rpc) = match &settings.url {
             Some(url) => {
                 let base = url.trim_end_matches('/').to_string();
@@ -167,9 +167,12 @@ impl ApiBackend {
             }
         };
 
+        let target = conn::Target::new(&base, settings.ca_cert.as_deref())
+            .map_err(|e| OpenError::Server(e.to_string()))?;
         let mut me = Self {
             rt,
             client,
+            target,
             base,
             settings: settings.clone(),
             server,
@@ -216,6 +219,27 @@ impl ApiBackend {
     pub fn endpoint(&self) -> Endpoint {
         self.settings.endpoint
     }
+}
+
+/// The reqwest client of the untimed helper requests. No pooled connection is kept: llama-server
+/// closes a connection after a streamed answer and a pooled one can race with that close.
+fn helper_client(settings: &ApiSettings) -> Result<reqwest::Client, OpenError> {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(settings.connect_timeout)
+        .pool_max_idle_per_host(0);
+    if let Some(f) = &settings.ca_cert {
+        let pem = std::fs::read(f)
+            .map_err(|e| OpenError::Server(format!("--api-ca-cert {}: {e}", f.display())))?;
+        for c in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| OpenError::Server(format!("--api-ca-cert {}: {e}", f.display())))?
+        {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| OpenError::Server(format!("HTTP client: {}", error_chain(&e))))
 }
 
 /// Spawn the vendored llama-server for `params` (first any local rpc-server workers it should
@@ -301,6 +325,12 @@ impl Backend for ApiBackend {
     }
 
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
-        self.rt.block_on(self.stream_one(prompt, max_new_tokens))
+        let how = if self.settings.fresh_connection {
+            stream::Connection::Fresh
+        } else {
+            stream::Connection::PreOpened
+        };
+        self.rt
+            .block_on(self.stream_one(prompt, max_new_tokens, how))
     }
 }

@@ -1,22 +1,41 @@
 //! The timed request: send the body, read the SSE stream, stamp the first token and every later
 //! one, and turn what the stream delivered into a [`Measurement`].
 
-use super::{error_chain, event_token, ApiBackend, ApiFlavor, Endpoint, EventToken};
+use super::{conn, error_chain, event_token, ApiBackend, ApiFlavor, Endpoint, EventToken};
 use crate::backend::sse::{SseEvent, SseParser};
 use crate::backend::{Measurement, RunError};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// How a timed request gets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Connection {
+    /// Opened just before the clock starts (a keep-alive client's setup is not per request).
+    PreOpened,
+    /// Opened inside the clock (`--fresh-connection`, and load runs).
+    Fresh,
+}
+
+impl Connection {
+    fn label(self) -> &'static str {
+        match self {
+            Connection::PreOpened => "pre-opened",
+            Connection::Fresh => "fresh",
+        }
+    }
+}
+
 impl ApiBackend {
     pub(super) async fn stream_one(
         &self,
         prompt: &str,
         max_new_tokens: u32,
+        how: Connection,
     ) -> Result<Measurement, RunError> {
         let mut headers = None;
         let r = self
-            .stream_timed(prompt, max_new_tokens, &mut headers)
+            .stream_timed(prompt, max_new_tokens, how, &mut headers)
             .await;
         if let Some((status, after)) = headers {
             eprintln!(
@@ -30,28 +49,49 @@ impl ApiBackend {
     }
 
     /// One timed run. The clock starts before the body is built (serialising it is part of what
-    /// a client pays) and the first token is stamped the moment its event has been parsed.
+    /// a client pays) and the first token is stamped the moment its event has been parsed. The
+    /// connection is opened before the clock unless `how` is [`Connection::Fresh`].
     async fn stream_timed(
         &self,
         prompt: &str,
         max_new_tokens: u32,
+        how: Connection,
         headers: &mut Option<(u16, Duration)>,
     ) -> Result<Measurement, RunError> {
+        let connect = || async {
+            self.target
+                .open(self.settings.connect_timeout)
+                .await
+                .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))
+        };
+        let pre = match how {
+            Connection::PreOpened => Some(connect().await?),
+            Connection::Fresh => None,
+        };
         let t0 = Instant::now();
-        let body = self.request_body(prompt, max_new_tokens);
-        let url = format!("{}{}", self.base, self.settings.endpoint.path());
-        let resp = tokio::time::timeout(
-            self.settings.first_token_timeout,
-            self.authed(self.client.post(&url).json(&body)).send(),
-        )
-        .await
-        .map_err(|_| {
-            RunError::new(format!(
-                "timeout (no response headers after {:.0} s)",
-                self.settings.first_token_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))?;
+        let mut conn = match pre {
+            Some(c) => c,
+            None => connect().await?,
+        };
+        let body = serde_json::to_vec(&self.request_body(prompt, max_new_tokens))
+            .map_err(|e| RunError::new(format!("request body: {e}")))?;
+        let req = self
+            .target
+            .post(
+                self.settings.endpoint.path(),
+                body,
+                self.settings.api_key.as_ref(),
+            )
+            .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))?;
+        let resp = tokio::time::timeout(self.settings.first_token_timeout, conn.send(req))
+            .await
+            .map_err(|_| {
+                RunError::new(format!(
+                    "timeout (no response headers after {:.0} s)",
+                    self.settings.first_token_timeout.as_secs_f64()
+                ))
+            })?
+            .map_err(|e| RunError::new(format!("request failed: {}", error_chain(&e))))?;
 
         let status = resp.status();
         if self.settings.verbose >= 2 {
@@ -59,11 +99,11 @@ impl ApiBackend {
             *headers = Some((status.as_u16(), t0.elapsed()));
         }
         if !status.is_success() {
-            return Err(http_error(resp, status).await);
+            return Err(http_error(resp, status.as_u16()).await);
         }
         let ctype = resp
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
@@ -74,20 +114,25 @@ impl ApiBackend {
             )));
         }
 
-        // Owned here, not in read_stream: dropping the stream closes the connection, and that
-        // must come after into_measurement has read the end-to-end clock, not before.
-        let mut stream = resp.bytes_stream();
+        // Owned here, not in read_stream: dropping the stream (and `conn`, declared before it, so
+        // dropped after it) closes the connection, and that must come after into_measurement has
+        // read the end-to-end clock, not before.
+        let mut stream = conn::body_stream(resp);
         let mut parser = SseParser::default();
-        self.read_stream(&mut stream, &mut parser, t0)
+        let mut m = self
+            .read_stream(&mut stream, &mut parser, t0)
             .await?
-            .into_measurement()
+            .into_measurement()?;
+        m.connect_ms = Some(conn.connect_ms);
+        m.connection = Some(how.label().to_string());
+        Ok(m)
     }
 
     /// Read the event stream to its end, feeding every event to a [`StreamState`]. Until the
     /// first token the first-token deadline applies, after it the whole request's.
-    async fn read_stream<C: AsRef<[u8]>>(
+    async fn read_stream<C: AsRef<[u8]>, E: std::error::Error>(
         &self,
-        stream: &mut (impl Stream<Item = reqwest::Result<C>> + Unpin),
+        stream: &mut (impl Stream<Item = Result<C, E>> + Unpin),
         parser: &mut SseParser,
         t0: Instant,
     ) -> Result<StreamState, RunError> {
@@ -317,8 +362,8 @@ impl StreamState {
 
 /// A non-2xx answer: a bounded read of the error body, keeping the server's own message and type
 /// (llama-server: {"error": {"message": ..., "type": "exceed_context_size_error"}}).
-async fn http_error(resp: reqwest::Response, status: reqwest::StatusCode) -> RunError {
-    let text = read_bounded(resp, 64 * 1024).await;
+async fn http_error(resp: hyper::Response<hyper::body::Incoming>, status: u16) -> RunError {
+    let text = conn::read_bounded(resp, 64 * 1024).await;
     let v = serde_json::from_str::<Value>(&text).ok();
     let field = |k: &str| {
         v.as_ref()
@@ -328,21 +373,5 @@ async fn http_error(resp: reqwest::Response, status: reqwest::StatusCode) -> Run
     };
     let msg = field("message").unwrap_or_else(|| text.chars().take(300).collect());
     let kind = field("type").map(|t| format!(" {t}")).unwrap_or_default();
-    RunError::new(format!("HTTP {}{kind}: {}", status.as_u16(), msg.trim()))
-}
-
-/// Read at most `limit` bytes of a response body as text (an error page can be anything).
-async fn read_bounded(resp: reqwest::Response, limit: usize) -> String {
-    let mut buf = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Ok(Some(Ok(chunk))) =
-        tokio::time::timeout(Duration::from_secs(5), stream.next()).await
-    {
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= limit {
-            buf.truncate(limit);
-            break;
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+    RunError::new(format!("HTTP {status}{kind}: {}", msg.trim()))
 }

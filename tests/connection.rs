@@ -40,6 +40,14 @@ fn run_api(
     args.extend(extra);
     let res = ttft(&args);
     let runs = json_of(&out)["runs"].as_array().unwrap().clone();
+    // The CSV carries the same two facts.
+    let csv = std::fs::read_to_string(only_file(&out, "csv")).unwrap();
+    let head: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    let col = head
+        .iter()
+        .position(|c| *c == "connection")
+        .expect("connection column");
+    assert_eq!(head[col - 1], "connect_ms");
     (res.status.code(), runs, stderr(&res))
 }
 

@@ -283,3 +283,74 @@ pub(super) async fn read_bounded(resp: Response<Incoming>, limit: usize) -> Stri
     }
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_gives_host_port_prefix_and_host_header() {
+        let t = Target::new("http://127.0.0.1:8080", None).unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str()),
+            ("127.0.0.1", 8080, "")
+        );
+        assert_eq!(t.authority, "127.0.0.1:8080");
+        assert!(t.tls.is_none());
+        let t = Target::new("http://user:pw@example.com/proxy/", None).unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str()),
+            ("example.com", 80, "/proxy")
+        );
+        // No credentials in the Host header.
+        assert_eq!(t.authority, "example.com");
+        let t = Target::new("http://[::1]:9000", None).unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str()),
+            ("::1", "[::1]:9000")
+        );
+        let req = t.post("/completion", b"{}".to_vec(), None).unwrap();
+        assert_eq!(req.uri(), "/completion");
+        assert_eq!(req.headers()[HOST], "[::1]:9000");
+        assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn bad_urls_and_certificate_files_name_the_flag() {
+        for bad in ["ftp://h", "127.0.0.1:8080", "http://"] {
+            let e = Target::new(bad, None).err().unwrap().to_string();
+            assert!(e.starts_with("--api-url"), "{bad}: {e}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("ca.pem");
+        std::fs::write(&f, "no pem here\n").unwrap();
+        let e = Target::new("https://h", Some(&f))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("--api-ca-cert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = Target::new("https://h", Some(&d.path().join("missing.pem")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("--api-ca-cert"), "{e}");
+    }
+
+    #[test]
+    fn the_key_is_a_sensitive_bearer_header() {
+        let t = Target::new("http://h:1", None).unwrap();
+        let key = crate::secret::Secret::new("sk-123").unwrap();
+        let req = t.post("/v1/completions", Vec::new(), Some(&key)).unwrap();
+        let v = &req.headers()[AUTHORIZATION];
+        assert_eq!(v, "Bearer sk-123");
+        assert!(v.is_sensitive());
+        let bad = crate::secret::Secret::new("sk\n1").unwrap();
+        assert!(matches!(
+            t.post("/x", Vec::new(), Some(&bad)),
+            Err(ConnError::BadKey)
+        ));
+    }
+}

@@ -147,8 +147,12 @@ fn an_untrusted_certificate_is_refused_with_the_fix() {
         "--out",
         &out,
     ]);
-    assert_ne!(res.status.code(), Some(0));
-    assert!(stderr(&res).contains("certificate"), "{}", stderr(&res));
+    assert_eq!(res.status.code(), Some(2));
+    let err = stderr(&res);
+    assert!(
+        err.contains("certificate") && err.contains("--api-ca-cert FILE"),
+        "{err}"
+    );
 
     let bad = d.path().join("bad.pem");
     std::fs::write(&bad, "not a certificate\n").unwrap();
@@ -168,7 +172,7 @@ fn an_untrusted_certificate_is_refused_with_the_fix() {
         "--api-ca-cert",
         bad.to_str().unwrap(),
     ]);
-    assert_ne!(res.status.code(), Some(0));
+    assert_eq!(res.status.code(), Some(2));
     assert!(stderr(&res).contains("--api-ca-cert"), "{}", stderr(&res));
     let res = ttft(&[
         "--backend",

@@ -182,7 +182,15 @@ impl ApiBackend {
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
         };
-        me.info = me.probe()?;
+        me.info = me.probe().map_err(|e| match e {
+            // An https server whose certificate no system root signs: say how to trust it.
+            OpenError::Server(m) if m.contains("certificate") && me.base.starts_with("https://") => {
+                OpenError::Server(format!(
+                    "{m} (a self-signed or private-CA server: trust its certificate with --api-ca-cert FILE)"
+                ))
+            }
+            other => other,
+        })?;
         me.info["rpc"] = json!({
             "endpoints": rpc,
             "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),

@@ -114,6 +114,8 @@ pub struct ApiBackend {
     info: Value,
     flavor: ApiFlavor,
     model: String,
+    /// The server rejected `stream_options.continuous_usage_stats` once: not sent any more.
+    no_continuous_usage: std::sync::atomic::AtomicBool,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -178,6 +180,7 @@ impl ApiBackend {
             info: Value::Null,
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
+            no_continuous_usage: Default::default(),
         };
         me.info = me.probe()?;
         me.info["rpc"] = json!({

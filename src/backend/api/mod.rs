@@ -1,8 +1,9 @@
 //! `api`: a GGUF behind llama-server (spawned here, or any server given with `--api-url`), streamed
 //! over SSE.
 //!
-//! Client TTFT = just before the request body is built → the first SSE event whose token text is
-//! non-empty has been parsed. Response headers arrive long before the first token, so time to first
+//! Client TTFT = just before the request body is built → the first SSE event that carries a
+//! token of any kind (text, reasoning, tool call, token ids; see `body::event_token`) has been
+//! parsed. Response headers arrive long before the first token, so time to first
 //! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
 //! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
 //! `ttft - prompt_ms` follows.

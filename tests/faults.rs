@@ -4,7 +4,7 @@
 
 mod helpers;
 
-use helpers::fault_server::{Fault, FaultServer};
+use helpers::fault_server::{Fault, FaultServer, PAUSE};
 use helpers::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -92,6 +92,146 @@ fn every_http_fault_is_a_failed_row_with_its_reason() {
             }
         }
     }
+}
+
+/// Run the stream variant `fault` (on the FAULT prompt; the others get a good stream of the
+/// same format) and return that row; every run must succeed.
+fn variant_row(fault: Fault, extra: &[&str]) -> serde_json::Value {
+    let server = FaultServer::start(fault);
+    let (code, _, runs, err) = run_against(&server, extra);
+    assert_eq!(code, Some(0), "{fault:?}: {err}");
+    assert!(runs.iter().all(|r| r["ok"] == true), "{fault:?}: {runs:?}");
+    runs.into_iter()
+        .find(|r| r["prompt_idx"] == 1)
+        .expect("the FAULT prompt's row")
+}
+
+fn ms(r: &serde_json::Value, k: &str) -> f64 {
+    r[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {r}"))
+}
+
+/// The fake paused [`PAUSE`] between `a` and `b`; allow for scheduling, not for a missing pause.
+fn paused_between(r: &serde_json::Value, a: &str, b: &str) {
+    let gap = ms(r, b) - ms(r, a);
+    assert!(
+        gap >= PAUSE.as_secs_f64() * 1e3 * 0.8,
+        "{a} {} → {b} {}: the pause is not between them",
+        ms(r, a),
+        ms(r, b)
+    );
+}
+
+#[test]
+fn reasoning_under_either_field_name_ends_ttft_before_the_visible_answer() {
+    for (fault, tokens, by) in [
+        (Fault::Reasoning, 4, "usage"),
+        (Fault::ReasoningContent, 2, "chunks"),
+    ] {
+        let r = variant_row(fault, &["--chat"]);
+        paused_between(&r, "ttft_ms", "first_visible_ms");
+        assert_eq!(r["first_token"], "Let me think.", "{fault:?}");
+        assert_eq!(r["output"], "Let me think. ok", "{fault:?}");
+        assert_eq!(r["generated_tokens"], tokens, "{fault:?}");
+        assert_eq!(r["tokens_counted_by"], by, "{fault:?}");
+        assert_eq!(
+            r["stop_reason"], "stop",
+            "{fault:?}: chat cannot tell EOS from a stop string"
+        );
+        assert!(r["first_tool_call_ms"].is_null());
+    }
+}
+
+#[test]
+fn a_tool_call_only_first_chunk_is_the_first_token() {
+    let r = variant_row(Fault::ToolCallFirst, &["--chat"]);
+    assert_eq!(ms(&r, "first_tool_call_ms"), ms(&r, "ttft_ms"));
+    paused_between(&r, "ttft_ms", "e2e_ms");
+    assert!(r["first_visible_ms"].is_null(), "{r}");
+    assert_eq!(r["stop_reason"], "tool_calls");
+    assert_eq!(r["generated_tokens"], 2);
+    assert_eq!(r["tokens_counted_by"], "chunks");
+}
+
+#[test]
+fn null_and_empty_content_chunks_are_no_token() {
+    let r = variant_row(Fault::NullContent, &["--chat"]);
+    assert!(
+        ms(&r, "ttft_ms") >= PAUSE.as_secs_f64() * 1e3 * 0.8,
+        "a content:null or \"\" chunk ended TTFT: {r}"
+    );
+    assert_eq!(ms(&r, "first_visible_ms"), ms(&r, "ttft_ms"));
+    assert_eq!(r["first_token"], " ok");
+    assert_eq!(r["generated_tokens"], 2);
+    assert_eq!(r["itl_ms"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn two_tokens_per_chunk_are_counted_from_usage_and_tpot_divides_by_them() {
+    for flavor in ["llama", "openai"] {
+        let r = variant_row(
+            Fault::TwoTokensPerChunk,
+            &["--api-endpoint", "v1", "--api-flavor", flavor],
+        );
+        assert_eq!(r["generated_tokens"], 4, "{flavor}");
+        assert_eq!(r["tokens_counted_by"], "usage", "{flavor}");
+        assert_eq!(r["stop_reason"], "length", "{flavor}");
+        let itl = r["itl_ms"].as_array().unwrap();
+        assert_eq!(itl.len(), 1, "{flavor}: one gap per arriving chunk");
+        let gap = itl[0].as_f64().unwrap();
+        assert!(gap >= PAUSE.as_secs_f64() * 1e3 * 0.8, "{flavor}: {gap}");
+        let tpot = ms(&r, "decode_ms_per_token");
+        assert!(
+            (tpot - gap / 3.0).abs() < 1e-6,
+            "{flavor}: TPOT {tpot} vs gap {gap} / 3"
+        );
+    }
+}
+
+#[test]
+fn a_final_event_without_its_blank_line_still_gives_stop_and_timings() {
+    let r = variant_row(Fault::NoTrailingBlankLine, &[]);
+    assert_eq!(r["stop_reason"], "eos");
+    assert_eq!(r["server_prompt_ms"], 1.5);
+    assert_eq!(r["cache_n"], 0);
+    assert_eq!(r["generated_tokens"], 3);
+    assert_eq!(r["tokens_counted_by"], "server_predicted");
+    assert_eq!(r["first_token_id"], 1, "the native event's tokens: [1]");
+    assert_eq!(r["first_token_bytes"], "206f6b");
+}
+
+#[test]
+fn a_server_that_rejects_continuous_usage_stats_is_asked_without_it() {
+    let server = FaultServer::start(Fault::RejectsContinuousUsage);
+    let (code, _, runs, err) =
+        run_against(&server, &["--api-endpoint", "v1", "--api-flavor", "openai"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(runs.iter().all(|r| r["ok"] == true), "{runs:?}");
+    assert!(
+        err.contains("rejects stream_options.continuous_usage_stats"),
+        "{err}"
+    );
+    assert!(
+        runs.iter().all(|r| r["tokens_counted_by"] == "usage"),
+        "{runs:?}"
+    );
+    let sent = server.requests.lock().unwrap();
+    let asked = sent
+        .iter()
+        .filter(|r| r.contains("continuous_usage_stats"))
+        .count();
+    assert_eq!(asked, 1, "asked once, then never again");
+    // The llama flavor never sends it (llama-server does not offer it).
+    drop(sent);
+    let llama = FaultServer::start(Fault::RejectsContinuousUsage);
+    let (code, ..) = run_against(&llama, &["--api-endpoint", "v1"]);
+    assert_eq!(code, Some(0));
+    assert!(llama
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.contains("continuous_usage_stats")));
 }
 
 #[test]

@@ -108,8 +108,8 @@ pub struct Measurement {
     pub cache_n: Option<u32>,
     /// api: everything in TTFT that is not server prompt processing: `ttft - server_prompt_ms`.
     pub api_overhead_ms: Option<f64>,
-    /// api chat: request sent → first *visible* content (after any reasoning text); equal to
-    /// TTFT unless the server streams reasoning first.
+    /// api: request sent → first *visible* content (after any reasoning text or tool call);
+    /// equal to TTFT unless the server streams reasoning or a tool call first.
     pub first_visible_ms: Option<f64>,
     /// Tokens generated in total (the first included).
     pub generated_tokens: u32,
@@ -117,7 +117,8 @@ pub struct Measurement {
     /// for this request.
     pub decode_ms_per_token: Option<f64>,
     /// Inter-token latencies: the gaps between consecutive generated tokens' arrival on the host
-    /// (vLLM's ITL), generated - 1 values.
+    /// (vLLM's ITL), generated - 1 values; api: one per arriving token chunk after the first
+    /// (a chunk of several tokens is one gap, as in vLLM's benchmark).
     pub itl_ms: Vec<f64>,
     /// Prompt handed over → last token text on the host.
     pub e2e_ms: f64,

@@ -1,7 +1,7 @@
 //! Things a reader must know before trusting the table, one line each.
 
 use super::{CaseSummary, Report};
-use crate::backend::server::cpu_features;
+use crate::backend::server::system_info_differences;
 use crate::backend::BackendKind;
 
 /// "inproc long#2" or "inproc [threads=1] long#2".
@@ -113,16 +113,9 @@ fn server_warnings(report: &Report) -> Vec<String> {
             .iter()
             .find(|b| b.name == k)
             .and_then(|b| b.facts.system_info.as_deref())
-            .map(cpu_features)
     };
     if let (Some(a), Some(b)) = (si(BackendKind::Inproc), si(BackendKind::Api)) {
-        if a != b {
-            w.push(format!(
-                "ggml CPU features differ between inproc ({}) and llama-server ({}): rebuild with scripts/setup.sh",
-                a.join(" "),
-                b.join(" ")
-            ));
-        }
+        w.extend(system_info_differences(a, b));
     }
     w
 }

@@ -1,6 +1,10 @@
 //! A deliberately misbehaving llama.cpp-like HTTP server on 127.0.0.1, for fault injection only:
 //! no real component produces these faults on demand. Prompts without "FAULT" get a correct
 //! stream (so the other runs of a benchmark must still succeed); prompts with "FAULT" get the fault.
+//! It answers llama.cpp's native `/completion` and the OpenAI `/v1/completions` and
+//! `/v1/chat/completions` formats; the stream variants (reasoning, tool calls, several tokens per
+//! chunk, ...) are the shapes vLLM, SGLang and llama.cpp send, which the llama-server of the
+//! tests does not produce for this model.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,6 +37,35 @@ pub enum Fault {
     NotEventStream,
     /// Headers at once, then nothing for 3 seconds.
     SlowFirstToken,
+    /// Chat: a role-only chunk, `delta.reasoning` (current vLLM), a pause of [`PAUSE`], then content;
+    /// `usage.completion_tokens` 4 at the end.
+    Reasoning,
+    /// Chat: the same with `delta.reasoning_content` (older vLLM, DeepSeek, llama.cpp), no usage.
+    ReasoningContent,
+    /// Chat: the first chunk after the role is a `delta.tool_calls` entry, [`PAUSE`], its
+    /// arguments, then finish_reason "tool_calls".
+    ToolCallFirst,
+    /// Chat: chunks with `content: null` and `""` first, [`PAUSE`], then two content chunks.
+    NullContent,
+    /// /v1/completions: two tokens per chunk (speculative decoding), [`PAUSE`] between the
+    /// chunks, usage reporting 4 completion tokens.
+    TwoTokensPerChunk,
+    /// Native: the final event (stop_type "eos", timings) without the blank line after it.
+    NoTrailingBlankLine,
+    /// Every OpenAI request that asks for `stream_options.continuous_usage_stats` is refused
+    /// with HTTP 400, as a server that rejects unknown fields does; others get a good stream.
+    RejectsContinuousUsage,
+}
+
+/// The fake's pause inside a stream variant: long enough that an assertion on it is about time.
+pub const PAUSE: Duration = Duration::from_millis(150);
+
+/// The endpoint a request went to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Api {
+    Native,
+    V1,
+    Chat,
 }
 
 /// The running fake server; stops when dropped.
@@ -40,7 +73,8 @@ pub struct FaultServer {
     /// Base URL.
     pub url: String,
     stop: Arc<AtomicBool>,
-    /// Every request's header block, for assertions (e.g. the Authorization header was sent).
+    /// Every request's header block and body, for assertions (the Authorization header was
+    /// sent, which stream_options were asked for).
     pub requests: Arc<Mutex<Vec<String>>>,
 }
 
@@ -63,7 +97,7 @@ fn token(text: &str) -> String {
     )
 }
 
-const FINAL: &str = r#"{"content":"","tokens":[],"stop":true,"timings":{"cache_n":0,"prompt_n":3,"prompt_ms":1.5,"predicted_n":3,"predicted_ms":3.0}}"#;
+const FINAL: &str = r#"{"content":"","tokens":[],"stop":true,"stop_type":"eos","timings":{"cache_n":0,"prompt_n":3,"prompt_ms":1.5,"predicted_n":3,"predicted_ms":3.0}}"#;
 
 fn stream_head(s: &mut impl Write) -> std::io::Result<()> {
     s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
@@ -79,17 +113,140 @@ fn respond(s: &mut impl Write, status: &str, ctype: &str, body: &str) -> std::io
     )
 }
 
-fn good_stream(s: &mut impl Write) -> std::io::Result<()> {
+fn good_stream(s: &mut impl Write, api: Api) -> std::io::Result<()> {
     stream_head(s)?;
-    for t in [" ok", " fine", "."] {
-        event(s, &token(t))?;
+    let tokens = [" ok", " fine", "."];
+    match api {
+        Api::Native => {
+            for t in tokens {
+                event(s, &token(t))?;
+            }
+            event(s, FINAL)
+        }
+        Api::V1 => {
+            for t in tokens {
+                event(s, &v1_chunk(t, None))?;
+            }
+            oai_end(s, &v1_chunk("", Some("length")), 3)
+        }
+        Api::Chat => {
+            event(
+                s,
+                &chat_chunk(r#"{"role":"assistant","content":null}"#, None),
+            )?;
+            for t in tokens {
+                event(s, &chat_chunk(&content(t), None))?;
+            }
+            oai_end(s, &chat_chunk("{}", Some("length")), 3)
+        }
     }
-    event(s, FINAL)
 }
 
-fn fault(s: &mut TcpStream, f: Fault) -> std::io::Result<()> {
+/// An OpenAI /v1/completions chunk.
+fn v1_chunk(text: &str, finish: Option<&str>) -> String {
+    format!(
+        r#"{{"object":"text_completion","choices":[{{"index":0,"text":{},"finish_reason":{}}}]}}"#,
+        serde_json::to_string(text).unwrap(),
+        serde_json::to_string(&finish).unwrap()
+    )
+}
+
+/// An OpenAI chat chunk with this `delta` object.
+fn chat_chunk(delta: &str, finish: Option<&str>) -> String {
+    format!(
+        r#"{{"object":"chat.completion.chunk","choices":[{{"index":0,"delta":{delta},"finish_reason":{}}}]}}"#,
+        serde_json::to_string(&finish).unwrap()
+    )
+}
+
+fn content(t: &str) -> String {
+    format!(r#"{{"content":{}}}"#, serde_json::to_string(t).unwrap())
+}
+
+/// The finish chunk, a usage chunk (`completion_tokens`, none when 0) and `[DONE]`.
+fn oai_end(s: &mut impl Write, finish: &str, completion_tokens: u32) -> std::io::Result<()> {
+    event(s, finish)?;
+    if completion_tokens > 0 {
+        event(
+            s,
+            &format!(
+                r#"{{"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":{completion_tokens},"total_tokens":{}}}}}"#,
+                3 + completion_tokens
+            ),
+        )?;
+    }
+    event(s, "[DONE]")
+}
+
+/// The stream variants: shapes of real servers' streams, for a FAULT prompt.
+fn variant(s: &mut TcpStream, f: Fault) -> std::io::Result<()> {
+    stream_head(s)?;
+    let role = chat_chunk(r#"{"role":"assistant","content":null}"#, None);
     match f {
-        Fault::StopListening => good_stream(s),
+        Fault::Reasoning | Fault::ReasoningContent => {
+            let field = if f == Fault::Reasoning {
+                "reasoning"
+            } else {
+                "reasoning_content"
+            };
+            event(s, &role)?;
+            event(
+                s,
+                &chat_chunk(
+                    &format!(r#"{{"content":null,"{field}":"Let me think."}}"#),
+                    None,
+                ),
+            )?;
+            std::thread::sleep(PAUSE);
+            event(s, &chat_chunk(&content(" ok"), None))?;
+            let usage = if f == Fault::Reasoning { 4 } else { 0 };
+            oai_end(s, &chat_chunk("{}", Some("stop")), usage)
+        }
+        Fault::ToolCallFirst => {
+            event(s, &role)?;
+            let call = r#"{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}"#;
+            event(s, &chat_chunk(call, None))?;
+            std::thread::sleep(PAUSE);
+            let args =
+                r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":\"Paris\"}"}}]}"#;
+            event(s, &chat_chunk(args, None))?;
+            oai_end(s, &chat_chunk("{}", Some("tool_calls")), 0)
+        }
+        Fault::NullContent => {
+            event(s, &role)?;
+            event(s, &chat_chunk(r#"{"content":null}"#, None))?;
+            event(s, &chat_chunk(r#"{"content":""}"#, None))?;
+            std::thread::sleep(PAUSE);
+            event(s, &chat_chunk(&content(" ok"), None))?;
+            event(s, &chat_chunk(&content(" fine"), None))?;
+            oai_end(s, &chat_chunk("{}", Some("stop")), 0)
+        }
+        Fault::TwoTokensPerChunk => {
+            event(s, &v1_chunk(" ok fine", None))?;
+            std::thread::sleep(PAUSE);
+            event(s, &v1_chunk(" good day", None))?;
+            oai_end(s, &v1_chunk("", Some("length")), 4)
+        }
+        Fault::NoTrailingBlankLine => {
+            for t in [" ok", " fine"] {
+                event(s, &token(t))?;
+            }
+            s.write_all(format!("data: {FINAL}").as_bytes())?;
+            s.flush()
+        }
+        _ => unreachable!("{f:?} is not a stream variant"),
+    }
+}
+
+fn fault(s: &mut TcpStream, f: Fault, api: Api) -> std::io::Result<()> {
+    match f {
+        Fault::StopListening | Fault::RejectsContinuousUsage => good_stream(s, api),
+        Fault::Reasoning
+        | Fault::ReasoningContent
+        | Fault::ToolCallFirst
+        | Fault::NullContent
+        | Fault::TwoTokensPerChunk
+        | Fault::NoTrailingBlankLine => variant(s, f),
         Fault::Http500 => respond(
             s,
             "500 Internal Server Error",
@@ -202,26 +359,47 @@ impl FaultServer {
                 let Some((head, body)) = read_request(&s) else {
                     continue;
                 };
-                requests2.lock().unwrap().push(head.clone());
+                requests2.lock().unwrap().push(format!("{head}{body}"));
                 let first = head.lines().next().unwrap_or("").to_string();
-                let is_completion = first.starts_with("POST /completion");
-                if is_completion && body.contains("FAULT") {
-                    let _ = fault(&mut s, f);
-                } else if is_completion {
-                    let _ = good_stream(&mut s);
-                } else if first.starts_with("GET /props") {
-                    // Identifies itself as llama.cpp of the linked commit (flavor detection).
-                    let _ = respond(
-                        &mut s,
-                        "200 OK",
-                        "application/json",
-                        r#"{"build_info":"b1-9e3b928"}"#,
-                    );
-                } else {
-                    let _ = respond(&mut s, "404 Not Found", "text/plain", "not here");
+                let api = [
+                    ("POST /completion", Api::Native),
+                    ("POST /v1/completions", Api::V1),
+                    ("POST /v1/chat/completions", Api::Chat),
+                ]
+                .into_iter()
+                .find_map(|(p, a)| first.starts_with(p).then_some(a));
+                let refused =
+                    f == Fault::RejectsContinuousUsage && body.contains("continuous_usage_stats");
+                match api {
+                    Some(_) if refused => {
+                        let _ = respond(
+                            &mut s,
+                            "400 Bad Request",
+                            "application/json",
+                            r#"{"error":{"message":"Unrecognized request argument supplied: stream_options.continuous_usage_stats","type":"invalid_request_error"}}"#,
+                        );
+                    }
+                    Some(api) if body.contains("FAULT") => {
+                        let _ = fault(&mut s, f, api);
+                    }
+                    Some(api) => {
+                        let _ = good_stream(&mut s, api);
+                    }
+                    None if first.starts_with("GET /props") => {
+                        // Identifies itself as llama.cpp of the linked commit (flavor detection).
+                        let _ = respond(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            r#"{"build_info":"b1-9e3b928"}"#,
+                        );
+                    }
+                    None => {
+                        let _ = respond(&mut s, "404 Not Found", "text/plain", "not here");
+                    }
                 }
                 drop(s);
-                if is_completion && f == Fault::StopListening {
+                if api.is_some() && f == Fault::StopListening {
                     break; // the listener is dropped: connections are refused from now on
                 }
             }
@@ -310,7 +488,7 @@ fn serve_tls(s: &mut (impl Read + Write)) -> std::io::Result<()> {
     };
     let first = head.lines().next().unwrap_or("");
     if first.starts_with("POST /completion") {
-        good_stream(s)
+        good_stream(s, Api::Native)
     } else if first.starts_with("GET /props") {
         respond(
             s,

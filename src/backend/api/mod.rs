@@ -1,8 +1,9 @@
 //! `api`: a GGUF behind llama-server (spawned here, or any server given with `--api-url`), streamed
 //! over SSE.
 //!
-//! Client TTFT = just before the request body is built → the first SSE event whose token text is
-//! non-empty has been parsed. Response headers arrive long before the first token, so time to first
+//! Client TTFT = just before the request body is built → the first SSE event that carries a
+//! token of any kind (text, reasoning, tool call, token ids; see `body::event_token`) has been
+//! parsed. Response headers arrive long before the first token, so time to first
 //! byte is *not* TTFT. Every request carries `"cache_prompt": false`; the server's `timings` in the
 //! final event prove it (`cache_n == 0`) and give its own prompt time, from which the HTTP overhead
 //! `ttft - prompt_ms` follows. The timed request's connection is opened (and for https
@@ -125,6 +126,8 @@ pub struct ApiBackend {
     info: Value,
     flavor: ApiFlavor,
     model: String,
+    /// The server rejected `stream_options.continuous_usage_stats` once: not sent any more.
+    no_continuous_usage: std::sync::atomic::AtomicBool,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -181,6 +184,7 @@ impl ApiBackend {
             info: Value::Null,
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
+            no_continuous_usage: Default::default(),
         };
         me.info = me.probe().map_err(|e| match e {
             // An https server whose certificate no system root signs: say how to trust it.

@@ -608,3 +608,79 @@ fn a_threads_grid_runs_each_point_on_both_llama_sides_with_the_same_settings() {
     );
     assert_schema_valid(&json);
 }
+
+#[test]
+fn an_hf_panic_inside_libtorch_is_a_failed_row_beside_the_other_backends() {
+    let _serial = serial();
+    let _ = gguf();
+    let model = tiny_gpt2_checkpoint();
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("p.txt");
+    // 100 byte tokens on the tiny GPT-2 (n_positions 64), then a prompt that fits.
+    std::fs::write(&prompts, format!("{}\nhello\n", "a".repeat(100))).unwrap();
+    let out = d.path().join("out");
+    let (p, m, o) = (
+        format!("edge={}", prompts.display()),
+        model.path().display().to_string(),
+        out.display().to_string(),
+    );
+    let args = [
+        "--backend",
+        "hf,inproc",
+        "--hf-model",
+        &m,
+        "--prompts",
+        &p,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--out",
+        &o,
+    ];
+    // Checked before timing with the hf tokenizer's count.
+    let r = ttft(&args);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    let l = one_error_line(&r);
+    assert!(
+        l.contains("edge#0")
+            && l.contains("100 tokens (hf tokenizer)")
+            && l.contains("n_positions 64")
+            && l.contains("--ignore-position-limit"),
+        "{l}"
+    );
+
+    // Run anyway: libtorch fails on hf edge#0; that is a row, and everything else is measured.
+    let mut anyway = args.to_vec();
+    anyway.push("--ignore-position-limit");
+    let r = ttft(&anyway);
+    let err = stderr(&r);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("caught a panic in hf measure").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("stack backtrace") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    let json = json_of(&out);
+    let runs = json["runs"].as_array().unwrap();
+    let row = |runner: &str, idx: u64| {
+        runs.iter()
+            .find(|r| r["runner"] == runner && r["prompt_idx"] == idx)
+            .unwrap_or_else(|| panic!("no {runner} edge#{idx} row in {json}"))
+    };
+    let failed = row("hf", 0);
+    assert_eq!(failed["ok"], false);
+    let e = failed["error"].as_str().unwrap();
+    assert!(e.starts_with("libtorch error: "), "{e}");
+    assert_eq!(row("hf", 1)["ok"], true, "hf keeps running after the panic");
+    for idx in [0, 1] {
+        assert_eq!(row("inproc", idx)["ok"], true, "{}", row("inproc", idx));
+    }
+}

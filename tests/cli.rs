@@ -653,6 +653,24 @@ fn an_hf_panic_inside_libtorch_is_a_failed_row_beside_the_other_backends() {
         "{l}"
     );
 
+    // --skip-too-long: edge#0 is a failed row on every backend (never timed), edge#1 runs.
+    let skip_out = d.path().join("skip");
+    let so = skip_out.display().to_string();
+    let mut skip = args[..args.len() - 1].to_vec();
+    skip.extend([so.as_str(), "--skip-too-long"]);
+    let r = ttft(&skip);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    for r in json_of(&skip_out)["runs"].as_array().unwrap() {
+        let fits = r["prompt_idx"] == 1;
+        assert_eq!(r["ok"], fits, "{r}");
+        if !fits {
+            assert!(
+                r["error"].as_str().unwrap().contains("n_positions 64"),
+                "{r}"
+            );
+        }
+    }
+
     // Run anyway: libtorch fails on hf edge#0; that is a row, and everything else is measured.
     let mut anyway = args.to_vec();
     anyway.push("--ignore-position-limit");
@@ -683,4 +701,15 @@ fn an_hf_panic_inside_libtorch_is_a_failed_row_beside_the_other_backends() {
     for idx in [0, 1] {
         assert_eq!(row("inproc", idx)["ok"], true, "{}", row("inproc", idx));
     }
+    // Prefill FLOPs come from the GGUF header's shape: SmolLM2-135M, embeddings tied.
+    let shape = &backend_of(&json, "inproc")["info"]["model_shape"];
+    assert_eq!(shape["n_layers"], 30, "{shape}");
+    assert_eq!(
+        (shape["d_model"].clone(), shape["d_attn"].clone()),
+        (576.into(), 576.into())
+    );
+    assert_eq!(
+        (shape["vocab"].clone(), shape["tied_lm_head"].clone()),
+        (49152.into(), true.into())
+    );
 }

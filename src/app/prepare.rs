@@ -69,9 +69,10 @@ impl Prepared {
                 out.push((id.clone(), reason, CTX_FIX));
             }
         }
-        let cap = self.hf_limits.get(point.index).and_then(Option::as_ref);
-        for (id, n, head) in self.hf_counts.iter().flatten().filter(|_| cap.is_some()) {
-            let cap = cap.expect("filtered");
+        let Some(cap) = self.hf_limits.get(point.index).and_then(Option::as_ref) else {
+            return out;
+        };
+        for (id, n, head) in self.hf_counts.iter().flatten() {
             if n + s.max_new_tokens > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
                 let reason = format!(
                     "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {} new > hf {}",

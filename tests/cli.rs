@@ -608,3 +608,108 @@ fn a_threads_grid_runs_each_point_on_both_llama_sides_with_the_same_settings() {
     );
     assert_schema_valid(&json);
 }
+
+#[test]
+fn an_hf_panic_inside_libtorch_is_a_failed_row_beside_the_other_backends() {
+    let _serial = serial();
+    let _ = gguf();
+    let model = tiny_gpt2_checkpoint();
+    let d = tempfile::tempdir().unwrap();
+    let prompts = d.path().join("p.txt");
+    // 100 byte tokens on the tiny GPT-2 (n_positions 64), then a prompt that fits.
+    std::fs::write(&prompts, format!("{}\nhello\n", "a".repeat(100))).unwrap();
+    let out = d.path().join("out");
+    let (p, m, o) = (
+        format!("edge={}", prompts.display()),
+        model.path().display().to_string(),
+        out.display().to_string(),
+    );
+    let args = [
+        "--backend",
+        "hf,inproc",
+        "--hf-model",
+        &m,
+        "--prompts",
+        &p,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--out",
+        &o,
+    ];
+    // Checked before timing with the hf tokenizer's count.
+    let r = ttft(&args);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    let l = one_error_line(&r);
+    assert!(
+        l.contains("edge#0")
+            && l.contains("100 tokens (hf tokenizer)")
+            && l.contains("n_positions 64")
+            && l.contains("--ignore-position-limit"),
+        "{l}"
+    );
+
+    // --skip-too-long: edge#0 is a failed row on every backend (never timed), edge#1 runs.
+    let skip_out = d.path().join("skip");
+    let so = skip_out.display().to_string();
+    let mut skip = args[..args.len() - 1].to_vec();
+    skip.extend([so.as_str(), "--skip-too-long"]);
+    let r = ttft(&skip);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    for r in json_of(&skip_out)["runs"].as_array().unwrap() {
+        let fits = r["prompt_idx"] == 1;
+        assert_eq!(r["ok"], fits, "{r}");
+        if !fits {
+            assert!(
+                r["error"].as_str().unwrap().contains("n_positions 64"),
+                "{r}"
+            );
+        }
+    }
+
+    // Run anyway: libtorch fails on hf edge#0; that is a row, and everything else is measured.
+    let mut anyway = args.to_vec();
+    anyway.push("--ignore-position-limit");
+    let r = ttft(&anyway);
+    let err = stderr(&r);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("caught a panic in hf measure").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("stack backtrace") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    let json = json_of(&out);
+    let runs = json["runs"].as_array().unwrap();
+    let row = |runner: &str, idx: u64| {
+        runs.iter()
+            .find(|r| r["runner"] == runner && r["prompt_idx"] == idx)
+            .unwrap_or_else(|| panic!("no {runner} edge#{idx} row in {json}"))
+    };
+    let failed = row("hf", 0);
+    assert_eq!(failed["ok"], false);
+    let e = failed["error"].as_str().unwrap();
+    assert!(e.starts_with("libtorch error: "), "{e}");
+    assert_eq!(row("hf", 1)["ok"], true, "hf keeps running after the panic");
+    for idx in [0, 1] {
+        assert_eq!(row("inproc", idx)["ok"], true, "{}", row("inproc", idx));
+    }
+    // Prefill FLOPs come from the GGUF header's shape: SmolLM2-135M, embeddings tied.
+    let shape = &backend_of(&json, "inproc")["info"]["model_shape"];
+    assert_eq!(shape["n_layers"], 30, "{shape}");
+    assert_eq!(
+        (shape["d_model"].clone(), shape["d_attn"].clone()),
+        (576.into(), 576.into())
+    );
+    assert_eq!(
+        (shape["vocab"].clone(), shape["tied_lm_head"].clone()),
+        (49152.into(), true.into())
+    );
+}

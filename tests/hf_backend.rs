@@ -67,3 +67,40 @@ fn binary_keeps_libtorch_linked_with_rpath() {
     assert!(text.contains("[libtorch.so]"), "{text}");
     assert!(text.contains("RUNPATH") || text.contains("RPATH"), "{text}");
 }
+
+#[test]
+fn a_libtorch_panic_is_a_failed_run_and_the_backend_stays_usable() {
+    use ttft::backend::guard::Guarded;
+    let dir = tiny_gpt2_checkpoint();
+    let settings = HfSettings {
+        model: dir.path().display().to_string(),
+        threads: 1,
+        ..hf_settings()
+    };
+    let mut hf = Guarded::new(HfBackend::open(&settings).expect("open the tiny GPT-2"));
+    // 100 byte tokens > n_positions 64: wpe is sliced past its last row inside libtorch.
+    let long = "a".repeat(100);
+    assert_eq!(hf.token_ids(&long).unwrap().len(), 100);
+    let e = hf.measure(&long, 2).unwrap_err().to_string();
+    assert!(
+        e.starts_with("libtorch error: ") && e.contains("(64)"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "one line, no C++ backtrace: {e}");
+    // Every run makes a fresh KV cache: the next prompt runs normally.
+    let m = hf
+        .measure("hello", 3)
+        .expect("a short prompt after the panic");
+    assert_eq!(m.prompt_tokens, Some(5));
+    assert!(m.generated_tokens >= 1);
+    // The model shape for prefill FLOPs: 2 layers, 64 wide, 256 tokens, tied head.
+    let shape: ttft::report::flops::ModelShape =
+        serde_json::from_value(hf.info()["model_shape"].clone()).unwrap();
+    assert_eq!((shape.n_layers, shape.d_model, shape.vocab), (2, 64, 256));
+    assert!(shape.tied_lm_head);
+    let n_params = hf.info()["n_params"].as_f64().unwrap();
+    assert_eq!(
+        shape.non_embedding_params,
+        n_params - 256.0 * 64.0 - 64.0 * 64.0
+    );
+}

@@ -58,20 +58,73 @@ pub fn open_backend(
 ) -> Result<Box<dyn Backend>, OpenError> {
     match kind {
         #[cfg(feature = "torch")]
-        BackendKind::Hf => Ok(Box::new(crate::backend::hf::HfBackend::open(
-            &hf_settings(s, point),
-        )?)),
+        BackendKind::Hf => {
+            // tch panics on libtorch errors (CUDA out of memory while placing the weights, ...):
+            // behind the unwind boundary that is a load error, and the other backends still run.
+            let settings = hf_settings(s, point);
+            let hf = crate::backend::guard::catch("hf load", || {
+                crate::backend::hf::HfBackend::open(&settings)
+            })
+            .map_err(|e| OpenError::Model(format!("--hf-model {}: {e}", settings.model)))??;
+            Ok(Box::new(crate::backend::guard::Guarded::new(hf)))
+        }
         #[cfg(feature = "llama")]
         BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open_with(
             &point.llama,
             s.chat,
         )?)),
-        BackendKind::Api => Ok(Box::new(ApiBackend::open(
-            &point.llama,
-            &api_settings(s, server_log),
-        )?)),
+        BackendKind::Api => {
+            let api = ApiBackend::open(&point.llama, &api_settings(s, server_log))?;
+            #[cfg(feature = "llama")]
+            if s.spawns_server() {
+                // The spawned server runs this GGUF: its header gives the shape for prefill FLOPs.
+                return Ok(Box::new(WithGgufShape {
+                    inner: api,
+                    gguf: point.llama.gguf.clone(),
+                }));
+            }
+            Ok(Box::new(api))
+        }
         #[allow(unreachable_patterns)] // reachable in builds without some backend features
         other => Err(OpenError::NotBuilt(other.not_built_reason().to_string())),
+    }
+}
+
+/// A backend (the spawned llama-server) whose info gains the model shape of the GGUF it runs.
+#[cfg(feature = "llama")]
+struct WithGgufShape<B> {
+    inner: B,
+    gguf: std::path::PathBuf,
+}
+
+#[cfg(feature = "llama")]
+impl<B: Backend> Backend for WithGgufShape<B> {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    fn load_ms(&self) -> f64 {
+        self.inner.load_ms()
+    }
+    fn info(&self) -> serde_json::Value {
+        let mut v = self.inner.info();
+        let n_params = crate::bench::runner::BackendFacts::of(&v).n_params;
+        if let (Some(n), true) = (n_params, v.is_object()) {
+            v["model_shape"] = serde_json::json!(crate::backend::gguf::model_shape(&self.gguf, n));
+        }
+        v
+    }
+    fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, crate::backend::RunError> {
+        self.inner.token_ids(prompt)
+    }
+    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, crate::backend::RunError> {
+        self.inner.prompt_token_count(prompt)
+    }
+    fn measure(
+        &mut self,
+        prompt: &str,
+        max_new_tokens: u32,
+    ) -> Result<crate::backend::Measurement, crate::backend::RunError> {
+        self.inner.measure(prompt, max_new_tokens)
     }
 }
 

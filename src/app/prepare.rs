@@ -21,32 +21,101 @@ pub struct Prepared {
     pub parity: ParityReport,
     /// Prompt token counts by the llama.cpp vocabulary, when inproc or a spawned server runs.
     pub llama_counts: Option<Vec<(PromptId, u32, String)>>,
+    /// Prompt token counts by the hf tokenizer, when hf runs and its checkpoints have a
+    /// position limit that is checked.
+    pub hf_counts: Option<Vec<(PromptId, u32, String)>>,
+    /// Per settings point (by index), the hf checkpoint's position limit, if it has one.
+    pub hf_limits: Vec<Option<PositionCap>>,
 }
+
+/// A checkpoint's position limit, with where it was read (for the message).
+#[derive(Debug, Clone)]
+pub struct PositionCap {
+    /// Prompt tokens + new tokens must not exceed this.
+    pub tokens: u32,
+    /// E.g. `n_positions 64 of models/x/config.json`.
+    pub source: String,
+}
+
+/// What to do about a prompt that does not fit.
+const CTX_FIX: &str = "raise --ctx-size, shorten the prompt, or pass --skip-too-long";
+const POSITION_FIX: &str = "shorten the prompt, lower --max-new-tokens, pass --skip-too-long (a failed row), or --ignore-position-limit (run it anyway)";
 
 impl Prepared {
     /// Prompts that do not fit `point`'s context with `max_new_tokens`.
     pub fn too_long(&self, s: &Settings, point: &SettingsPoint) -> TooLong {
-        let mut out = TooLong::new();
+        self.misfits(s, point)
+            .into_iter()
+            .map(|(id, reason, _)| (id, reason))
+            .collect()
+    }
+
+    /// Every prompt that does not fit a limit at `point`: (prompt, reason, what to do). A limit
+    /// of one backend skips the prompt on every backend, so all compare the same prompts.
+    fn misfits(
+        &self,
+        s: &Settings,
+        point: &SettingsPoint,
+    ) -> Vec<(PromptId, String, &'static str)> {
+        let mut out = Vec::new();
         let ctx = point.llama.ctx_size;
         for (id, n, head) in self.llama_counts.iter().flatten() {
             if n + s.max_new_tokens > ctx {
-                let path = self
-                    .sets
-                    .iter()
-                    .find(|x| x.name == id.set)
-                    .map_or(PathBuf::new(), |x| x.path.clone());
-                out.insert(
-                    id.clone(),
-                    format!(
-                        "prompt {id} (\"{head}…\" in {}) has {n} tokens + {} new > --ctx-size {ctx}",
-                        path.display(),
-                        s.max_new_tokens,
-                    ),
+                let reason = format!(
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens + {} new > --ctx-size {ctx}",
+                    self.path_of(id).display(),
+                    s.max_new_tokens,
                 );
+                out.push((id.clone(), reason, CTX_FIX));
+            }
+        }
+        let Some(cap) = self.hf_limits.get(point.index).and_then(Option::as_ref) else {
+            return out;
+        };
+        for (id, n, head) in self.hf_counts.iter().flatten() {
+            if n + s.max_new_tokens > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
+                let reason = format!(
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {} new > hf {}",
+                    self.path_of(id).display(),
+                    s.max_new_tokens,
+                    cap.source,
+                );
+                out.push((id.clone(), reason, POSITION_FIX));
             }
         }
         out
     }
+
+    fn path_of(&self, id: &PromptId) -> PathBuf {
+        self.sets
+            .iter()
+            .find(|x| x.name == id.set)
+            .map_or(PathBuf::new(), |x| x.path.clone())
+    }
+}
+
+/// Each point's hf position limit (none with `--ignore-position-limit`, without hf, or for an
+/// architecture without one).
+fn hf_limits(s: &Settings) -> Result<Vec<Option<PositionCap>>> {
+    #[allow(unused_mut)]
+    let mut out = vec![None; s.points.iter().map(|p| p.index + 1).max().unwrap_or(0)];
+    #[cfg(feature = "torch")]
+    if s.has(BackendKind::Hf) && !s.ignore_position_limit {
+        for p in &s.points {
+            let (dir, _, _) = crate::backend::hf::preflight(&factory::hf_settings(s, p))?;
+            let cfg = crate::models::read_config(&dir)?;
+            out[p.index] = crate::models::limits::position_limit(&cfg).map(|l| PositionCap {
+                tokens: l.tokens,
+                source: format!(
+                    "{} {} of {}",
+                    l.field,
+                    l.tokens,
+                    dir.join("config.json").display()
+                ),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Check files and servers, load prompts, run the parity gate and count tokens.
@@ -63,15 +132,21 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         bail!("--strict-parity: the backends would not evaluate the same tokens (see above)");
     }
     let llama_counts = llama_counts(s, &sets, &mut toks)?;
+    let hf_limits = hf_limits(s)?;
+    let hf_counts = match toks.iter_mut().find(|t| t.backend == BackendKind::Hf) {
+        Some(hf) if hf_limits.iter().any(Option::is_some) => Some(counts(&sets, hf)?),
+        _ => None,
+    };
     let prepared = Prepared {
         sets,
         parity,
         llama_counts,
+        hf_counts,
+        hf_limits,
     };
     for p in &s.points {
-        let too_long = prepared.too_long(s, p);
-        if let (Some(reason), false) = (too_long.values().next(), s.skip_too_long) {
-            bail!("{reason}: raise --ctx-size, shorten the prompt, or pass --skip-too-long");
+        if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {
+            bail!("{reason}: {fix}");
         }
     }
     Ok(prepared)
@@ -91,14 +166,19 @@ fn llama_counts(
     else {
         return Ok(None);
     };
+    counts(sets, vocab).map(Some)
+}
+
+/// Every prompt's token count by `tok`, with the prompt's head for messages.
+fn counts(sets: &[PromptSet], tok: &mut Tokenizer) -> Result<Vec<(PromptId, u32, String)>> {
     let mut out = Vec::new();
     for set in sets {
         for (i, p) in set.prompts.iter().enumerate() {
-            let n = vocab.encode(p).map_err(anyhow::Error::msg)?.len() as u32;
+            let n = tok.encode(p).map_err(anyhow::Error::msg)?.len() as u32;
             out.push((PromptId::new(&set.name, i), n, p.chars().take(40).collect()));
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Synthetic prompt sets for `--prompt-tokens`: per length N, `runs` different texts of exactly N

@@ -17,6 +17,69 @@ pub struct GgufInfo {
     pub required_bytes: u64,
     /// Bytes the file has.
     pub file_bytes: u64,
+    /// Layers, widths and vocabulary from the metadata, when the header has them.
+    pub dims: Option<GgufDims>,
+}
+
+/// The metadata the prefill-FLOPs formula needs (`{arch}.block_count` etc.).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GgufDims {
+    /// `{arch}.block_count`.
+    pub n_layers: u32,
+    /// `{arch}.embedding_length`.
+    pub d_model: u32,
+    /// `{arch}.attention.head_count` × `{arch}.attention.key_length` (default d_model / heads).
+    pub d_attn: u32,
+    /// Entries of `tokenizer.ggml.tokens`.
+    pub vocab: u32,
+    /// No `output.weight` tensor: llama.cpp uses the token embeddings as the LM head.
+    pub tied: bool,
+}
+
+/// The model shape of `path` for prefill FLOPs, with llama.cpp's parameter count.
+pub fn model_shape(path: &Path, n_params: f64) -> Option<crate::report::flops::ModelShape> {
+    let d = inspect(path).ok()?.dims?;
+    let embedding = f64::from(d.vocab) * f64::from(d.d_model);
+    Some(crate::report::flops::ModelShape::from_counts(
+        n_params, d.n_layers, d.d_model, d.d_attn, d.vocab, embedding, d.tied,
+    ))
+}
+
+/// A u32 metadata value (None when absent or of another type: ggml aborts on a type mismatch).
+///
+/// # Safety
+/// `ctx` must be a valid gguf_context.
+unsafe fn get_u32(ctx: *const llama_cpp_sys_2::gguf_context, key: &str) -> Option<u32> {
+    let key = CString::new(key).ok()?;
+    let id = llama_cpp_sys_2::gguf_find_key(ctx, key.as_ptr());
+    (id >= 0 && llama_cpp_sys_2::gguf_get_kv_type(ctx, id) == llama_cpp_sys_2::GGUF_TYPE_UINT32)
+        .then(|| llama_cpp_sys_2::gguf_get_val_u32(ctx, id))
+}
+
+/// The dims of an open GGUF whose architecture is `arch`.
+///
+/// # Safety
+/// `ctx` must be a valid gguf_context.
+unsafe fn dims(ctx: *const llama_cpp_sys_2::gguf_context, arch: &str) -> Option<GgufDims> {
+    let n_layers = get_u32(ctx, &format!("{arch}.block_count"))?;
+    let d_model = get_u32(ctx, &format!("{arch}.embedding_length"))?;
+    let heads = get_u32(ctx, &format!("{arch}.attention.head_count")).filter(|h| *h > 0)?;
+    let head_dim = get_u32(ctx, &format!("{arch}.attention.key_length")).unwrap_or(d_model / heads);
+    let tokens = CString::new("tokenizer.ggml.tokens").ok()?;
+    let id = llama_cpp_sys_2::gguf_find_key(ctx, tokens.as_ptr());
+    if id < 0 || llama_cpp_sys_2::gguf_get_kv_type(ctx, id) != llama_cpp_sys_2::GGUF_TYPE_ARRAY {
+        return None;
+    }
+    let vocab = u32::try_from(llama_cpp_sys_2::gguf_get_arr_n(ctx, id)).ok()?;
+    let output = CString::new("output.weight").ok()?;
+    let tied = llama_cpp_sys_2::gguf_find_tensor(ctx, output.as_ptr()) < 0;
+    Some(GgufDims {
+        n_layers,
+        d_model,
+        d_attn: heads * head_dim,
+        vocab,
+        tied,
+    })
 }
 
 /// Parse the header of `path` and check the file is long enough for its tensors.
@@ -57,12 +120,14 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, OpenError> {
             })
             .max()
             .unwrap_or(0);
+        let dims = architecture.as_deref().and_then(|a| dims(ctx, a));
         llama_cpp_sys_2::gguf_free(ctx);
         GgufInfo {
             architecture,
             n_tensors,
             required_bytes: data + end,
             file_bytes,
+            dims,
         }
     };
     if info.file_bytes < info.required_bytes {

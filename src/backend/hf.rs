@@ -288,14 +288,14 @@ impl HfBackend {
         let t0 = Instant::now();
         let loaded =
             models::load(&dir, device, kind).map_err(|e| OpenError::Model(e.to_string()))?;
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        // The weights' copies to the device are asynchronous: load ends when they are there.
+        sync_device(device);
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         let info = serde_json::json!({
             "model_dir": dir.display().to_string(),
             "model_type": loaded.model_type,
             "n_params": loaded.n_params,
+            "model_shape": loaded.shape,
             "dtype": s.dtype,
             "device": s.device,
             "threads": tch::get_num_threads(),
@@ -348,9 +348,24 @@ impl HfBackend {
     }
 
     fn sync(&self) {
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
+        sync_device(self.device);
+    }
+}
+
+/// Wait until every kernel queued on `device` has finished, so a clock read next does not book
+/// asynchronous work to a later part. CUDA: `cudaDeviceSynchronize` through tch. MPS: tch 0.26
+/// has no binding of `torch.mps.synchronize()`, so a one-element tensor is made on the device and
+/// read back; PyTorch's MPS backend runs everything on one in-order command stream and its copy
+/// to the host commits that stream and waits for it, so when the value is on the host every
+/// kernel queued before it has finished (the same guarantee `synchronize` gives, for a few
+/// microseconds of extra work). The CPU runs synchronously: nothing to wait for.
+fn sync_device(device: Device) {
+    match device {
+        Device::Cuda(i) => tch::Cuda::synchronize(i as i64),
+        Device::Mps => {
+            let _ = Tensor::zeros([1], (Kind::Float, device)).double_value(&[0]);
         }
+        _ => {}
     }
 }
 

@@ -299,6 +299,7 @@ impl Backend for InprocBackend {
             "cache_type_k": self.params.cache_type_k,
             "cache_type_v": self.params.cache_type_v,
             "n_params": self.model.n_params(),
+            "model_shape": super::gguf::model_shape(&self.params.gguf, self.model.n_params() as f64),
             "n_vocab": self.model.n_vocab(),
             "model_size_bytes": self.model.size(),
         })

@@ -9,6 +9,7 @@ pub mod api;
 pub mod fake;
 #[cfg(feature = "llama")]
 pub mod gguf;
+pub mod guard;
 #[cfg(feature = "torch")]
 pub mod hf;
 #[cfg(feature = "llama")]

@@ -86,6 +86,8 @@ pub struct BackendFacts {
     pub n_gpu_layers: Option<u64>,
     /// The spawned server's process id.
     pub server_pid: Option<u32>,
+    /// Layers, widths, vocabulary and non-embedding parameters, for prefill FLOPs.
+    pub model_shape: Option<crate::report::flops::ModelShape>,
 }
 
 impl BackendFacts {
@@ -106,6 +108,9 @@ impl BackendFacts {
                 .get("server_pid")
                 .and_then(|v| v.as_u64())
                 .map(|p| p as u32),
+            model_shape: info
+                .get("model_shape")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
         }
     }
 }

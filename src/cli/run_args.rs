@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// A prompt longer than the context becomes a failed row with the reason instead of an error.
     #[arg(long)]
     pub skip_too_long: bool,
+    /// hf: run prompts past the checkpoint's position limit (GPT-2's n_positions, GPT-NeoX's
+    /// max_position_embeddings) anyway. GPT-2 then fails inside libtorch and the run is a failed
+    /// row; for checking that path, or a config.json known to understate its model's limit.
+    #[arg(long)]
+    pub ignore_position_limit: bool,
     /// Port for the spawned llama-server on 127.0.0.1 (default: a free one).
     #[arg(long, value_name = "PORT")]
     pub server_port: Option<u16>,

@@ -9,6 +9,7 @@ pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod layers;
+pub mod limits;
 pub mod llama;
 pub mod phi3;
 pub mod qwen2;
@@ -94,6 +95,8 @@ pub struct LoadedModel {
     pub model_type: String,
     /// Parameters in the checkpoint.
     pub n_params: i64,
+    /// What the prefill-FLOPs formula needs.
+    pub shape: crate::report::flops::ModelShape,
 }
 
 /// Read config.json (a JSON object).
@@ -133,9 +136,38 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<LoadedModel, Model
         "gpt_neox" => gpt_neox::build(&cfg, &w)?,
         other => return Err(ModelError::UnknownArchitecture(other.to_string())),
     };
+    let shape = shape_of(&decoder, n_params, w.contains("lm_head.weight"));
     Ok(LoadedModel {
         decoder,
         model_type,
         n_params,
+        shape,
     })
+}
+
+/// The model's shape from the built network: the embedding table (and GPT-2's position table)
+/// are lookups; the LM head is left out of the per-token parameters when the checkpoint stores
+/// it (`head_in_file`), since it is the embedding table itself otherwise.
+fn shape_of(d: &Decoder, n_params: i64, head_in_file: bool) -> crate::report::flops::ModelShape {
+    let size = |t: &tch::Tensor| t.size().iter().product::<i64>() as f64;
+    let dims = d.embed.size();
+    let (vocab, d_model) = (
+        dims.first().copied().unwrap_or(0),
+        dims.get(1).copied().unwrap_or(0),
+    );
+    let d_attn = d
+        .blocks
+        .first()
+        .map_or(d_model, |b| b.attn.n_heads * b.attn.head_dim);
+    let embedding = size(&d.embed) + d.pos_embed.as_ref().map_or(0.0, size);
+    let u = |x: i64| u32::try_from(x).unwrap_or(u32::MAX);
+    crate::report::flops::ModelShape::from_counts(
+        n_params as f64,
+        u(d.blocks.len() as i64),
+        u(d_model),
+        u(d_attn),
+        u(vocab),
+        embedding,
+        !head_in_file,
+    )
 }

@@ -69,8 +69,10 @@ pub struct CaseSummary {
     pub itl_ms: Percentiles,
     /// Rows flagged with a cache hit (must be 0).
     pub cache_hits: usize,
-    /// Achieved prefill throughput, TFLOP/s (median over runs), counting 2 × parameters × prompt
-    /// tokens over the prefill time (server prompt time for api).
+    /// Achieved prefill throughput, TFLOP/s (median over runs): the prefill's FLOPs
+    /// ([`crate::report::flops`]: non-embedding parameters per token, the LM head for one
+    /// position, causal attention's n² term) over the prefill time (server prompt time for api).
+    /// None when the backend reports no model shape.
     pub prefill_tflops_median: Option<f64>,
     /// That as a fraction of the GPU's dense peak for the dtype, when the backend ran on a known GPU.
     pub prefill_peak_fraction: Option<f64>,
@@ -194,14 +196,14 @@ impl Report {
         let ok: Vec<&Measurement> = rows.iter().filter_map(|r| r.measurement.as_ref()).collect();
         let ttft: Vec<f64> = ok.iter().map(|m| m.ttft_ms).collect();
         let itl: Vec<f64> = ok.iter().flat_map(|m| m.itl_ms.iter().copied()).collect();
-        let params = self.n_params(key.1);
+        let shape = self.model_shape(key.1);
         let tflops: Vec<f64> = ok
             .iter()
             .filter_map(|m| {
                 let t = m.prefill_ms.or(m.server_prompt_ms)?;
                 let n = f64::from(m.prompt_tokens?);
-                let p = params?;
-                (t > 0.0).then(|| 2.0 * p * n / (t * 1e-3) / 1e12)
+                let flops = shape?.prefill_flops(n);
+                (t > 0.0).then(|| flops / (t * 1e-3) / 1e12)
             })
             .collect();
         let tflops_median = stats::median(&tflops);

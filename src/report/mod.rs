@@ -5,6 +5,7 @@ pub mod cases;
 pub mod compare;
 pub mod csv;
 pub mod env;
+pub mod flops;
 pub mod gpu;
 pub mod json;
 pub mod jsonl;
@@ -188,13 +189,13 @@ impl Report {
             .collect()
     }
 
-    /// Parameters of the model a backend ran (from its facts: GGUF, checkpoint, `/v1/models`).
-    fn n_params(&self, kind: BackendKind) -> Option<f64> {
+    /// The shape of the model a backend ran (from its facts: config.json, the GGUF header).
+    fn model_shape(&self, kind: BackendKind) -> Option<flops::ModelShape> {
         self.backends
             .iter()
             .find(|b| b.name == kind)?
             .facts
-            .n_params
+            .model_shape
     }
 
     /// Number of failed runs.

@@ -147,6 +147,8 @@ pub struct Settings {
     pub chat: bool,
     /// Too-long prompts become failed rows instead of an error.
     pub skip_too_long: bool,
+    /// hf: prompts past the checkpoint's position limit are run anyway (`--ignore-position-limit`).
+    pub ignore_position_limit: bool,
     /// Token or first-token disagreements are errors.
     pub strict_parity: bool,
     /// The api backend.

@@ -92,6 +92,7 @@ impl Settings {
             seed: args.seed,
             chat: args.chat,
             skip_too_long: args.skip_too_long,
+            ignore_position_limit: args.ignore_position_limit,
             strict_parity: args.strict_parity,
             api,
             load,

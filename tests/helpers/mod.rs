@@ -196,3 +196,37 @@ pub fn assert_first_tokens_agree(json: &serde_json::Value) {
         json["first_token_agreement"]
     );
 }
+
+/// A GPT-2 checkpoint from the parity fixtures (2 layers, `n_positions` 64, a 256-entry
+/// vocabulary) with a byte-level tokenizer.json made for it: every byte of a prompt is one
+/// token, so a prompt of more than 64 bytes runs past its position table.
+#[cfg(feature = "torch")]
+pub fn tiny_gpt2_checkpoint() -> tempfile::TempDir {
+    let fixture = require(root().join("vendor/parity/gpt2"));
+    let d = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture.join(f), d.path().join(f)).unwrap();
+    }
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    alphabet.sort_unstable();
+    let vocab: serde_json::Map<String, serde_json::Value> = alphabet
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .collect();
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+    });
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(d.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    d
+}

@@ -8,6 +8,10 @@ use ttft::backend::inproc::InprocBackend;
 use ttft::backend::Backend;
 
 fn hf_settings() -> HfSettings {
+    hf_settings_chat(false)
+}
+
+fn hf_settings_chat(chat: bool) -> HfSettings {
     let dir = root().join("models/SmolLM2-135M-Instruct-hf");
     assert!(
         dir.join("model.safetensors").exists(),
@@ -19,7 +23,7 @@ fn hf_settings() -> HfSettings {
         device: "cpu".into(),
         dtype: "f32".into(),
         threads: llama_params().threads,
-        chat: false,
+        chat,
     }
 }
 
@@ -103,4 +107,73 @@ fn a_libtorch_panic_is_a_failed_run_and_the_backend_stays_usable() {
         shape.non_embedding_params,
         n_params - 256.0 * 64.0 - 64.0 * 64.0
     );
+}
+
+/// Prompts whose answers start with multi-byte characters (byte-level BPE splits them over tokens).
+const NON_ASCII: [&str; 2] = ["中国的首都是", "Reply with one emoji: 🙂"];
+
+/// No U+FFFD, except one flushed at the very end when `max_new_tokens` cut a character in two.
+fn assert_whole_characters(who: &str, prompt: &str, m: &ttft::backend::Measurement) {
+    let body = m.output.trim_end_matches('\u{FFFD}');
+    assert!(
+        !body.contains('\u{FFFD}'),
+        "{who} {prompt:?}: {:?}",
+        m.output
+    );
+    if body.len() < m.output.len() {
+        assert_eq!(m.stop_reason.as_deref(), Some("length"), "{who} {prompt:?}");
+    }
+}
+
+#[test]
+fn non_ascii_output_is_whole_characters_and_the_first_token_is_the_same_on_hf_and_inproc() {
+    let _s = serial();
+    let mut hf = HfBackend::open(&hf_settings()).unwrap();
+    let mut inproc = InprocBackend::open(&llama_params()).unwrap();
+    for p in NON_ASCII {
+        let a = hf.measure(p, 12).unwrap();
+        let b = inproc.measure(p, 12).unwrap();
+        for (who, m) in [("hf", &a), ("inproc", &b)] {
+            assert_whole_characters(who, p, m);
+            assert!(!m.output.is_empty(), "{who} {p:?}");
+            assert!(m.first_token_id.is_some() && m.first_token_bytes.is_some());
+            if m.first_token.is_empty() {
+                // TTFT ended at part of a character; the character came later.
+                assert!(m.first_char_ms.unwrap() >= m.ttft_ms, "{who} {p:?}");
+            }
+        }
+        assert_eq!(a.first_token_id, b.first_token_id, "{p:?}");
+        assert_eq!(a.first_token_bytes, b.first_token_bytes, "{p:?}");
+        assert_eq!(a.first_token, b.first_token, "{p:?}");
+        assert_eq!(
+            a.output.chars().next(),
+            b.output.chars().next(),
+            "first visible text differs for {p:?}: hf {:?}, inproc {:?}",
+            a.output,
+            b.output
+        );
+    }
+}
+
+#[test]
+fn a_chat_reply_that_ends_at_eos_counts_the_eos_token_on_hf_and_inproc() {
+    let _s = serial();
+    // A reply both backends give word for word ("2 + 2 = 4"), then EOS.
+    let prompt = "What is 2+2? Answer with a number only.";
+    let mut hf = HfBackend::open(&hf_settings_chat(true)).unwrap();
+    let a = hf.measure(prompt, 64).unwrap();
+    drop(hf);
+    let mut inproc = InprocBackend::open_with(&llama_params(), true).unwrap();
+    let b = inproc.measure(prompt, 64).unwrap();
+    for (who, m) in [("hf", &a), ("inproc", &b)] {
+        assert_eq!(m.stop_reason.as_deref(), Some("eos"), "{who}: {m:?}");
+        assert!(m.generated_tokens < 64, "{who}");
+        assert_eq!(m.itl_ms.len() as u32, m.generated_tokens - 1, "{who}");
+        assert_eq!(
+            m.tokens_counted_by,
+            Some(ttft::backend::TokenCount::Decoder)
+        );
+    }
+    assert_eq!(a.output, b.output);
+    assert_eq!(a.generated_tokens, b.generated_tokens, "{:?}", a.output);
 }

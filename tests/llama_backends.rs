@@ -92,3 +92,55 @@ fn openai_endpoint_streams_and_prompt_cache_is_never_used() {
     drop(api);
     assert!(!pid_alive(pid), "llama-server {pid} outlived its backend");
 }
+
+#[test]
+fn non_ascii_first_tokens_agree_between_inproc_and_the_server() {
+    use ttft::report::agreement::{compare, Seen};
+    let params = llama_params();
+    let prompts = ["中国的首都是", "Reply with one emoji: 🙂"];
+    let mut inproc = InprocBackend::open(&params).unwrap();
+    let ours: Vec<_> = prompts
+        .iter()
+        .map(|p| inproc.measure(p, 11).unwrap())
+        .collect();
+    drop(inproc);
+    let dir = tempfile::tempdir().unwrap();
+    let mut api =
+        ApiBackend::open(&params, &api_settings(dir.path(), Endpoint::Completion)).unwrap();
+    for (p, a) in prompts.iter().zip(&ours) {
+        let b = api.measure(p, 11).unwrap();
+        assert!(
+            !a.output.contains('\u{FFFD}'),
+            "inproc {p:?}: {:?}",
+            a.output
+        );
+        assert!(!b.output.contains('\u{FFFD}'), "api {p:?}: {:?}", b.output);
+        assert_eq!(a.output, b.output, "{p:?}");
+        let seen = std::collections::BTreeMap::from([
+            (ttft::backend::BackendKind::Inproc, Seen::of(a)),
+            (ttft::backend::BackendKind::Api, Seen::of(&b)),
+        ]);
+        let v = compare(&seen);
+        assert!(v.agree, "{p:?}: inproc {a:?} vs api {b:?}");
+    }
+}
+
+#[test]
+fn a_first_token_that_is_part_of_an_emoji_ends_ttft_and_the_emoji_comes_later() {
+    // SmolLM2 answers this chat prompt with 🌟, which byte-level BPE splits over tokens.
+    let mut inproc = InprocBackend::open_with(&llama_params(), true).unwrap();
+    let m = inproc.measure("Reply with one emoji: 🙂", 6).unwrap();
+    assert!(m.output.starts_with('🌟'), "{:?}", m.output);
+    assert_eq!(
+        m.first_token, "",
+        "TTFT ends at the first token, not the first character"
+    );
+    let star: String = "🌟".bytes().map(|b| format!("{b:02x}")).collect();
+    let bytes = m.first_token_bytes.clone().unwrap();
+    assert!(
+        !bytes.is_empty() && star.starts_with(&bytes) && bytes != star,
+        "{bytes}"
+    );
+    let first_char = m.first_char_ms.expect("first character recorded");
+    assert!(m.ttft_ms < first_char && first_char <= m.e2e_ms);
+}

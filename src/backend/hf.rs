@@ -7,9 +7,14 @@
 //! an explicit device synchronisation, and copying the argmax id to the host is itself a
 //! synchronisation point, so the clock can never stop before the GPU has finished.
 
-use super::{decode_tail, Backend, BackendKind, InprocClock, Measurement, OpenError, RunError};
+use super::detok::{Detokenizer, TextOf};
+use super::hf_text::{self, Spelling};
+use super::{
+    decode_tail, Backend, BackendKind, FirstToken, Generator, InprocClock, Measurement, OpenError,
+    RunError,
+};
 use crate::bench::chat::ChatTemplate;
-use crate::models::{self, layers::Decoder};
+use crate::models::{self, layers::Decoder, layers::KvCache};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -246,6 +251,7 @@ fn eos_ids(dir: &Path, cfg: &serde_json::Value) -> Vec<i64> {
 pub struct HfBackend {
     decoder: Decoder,
     tokenizer: Tokenizer,
+    spelling: Spelling,
     device: Device,
     eos: Vec<i64>,
     load_ms: f64,
@@ -315,6 +321,7 @@ impl HfBackend {
             chat,
             eos: eos_ids(&dir, &cfg),
             decoder: loaded.decoder,
+            spelling: Spelling::of(&tokenizer),
             tokenizer,
             device,
             load_ms,
@@ -338,13 +345,6 @@ impl HfBackend {
             .encode(prompt, true)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
-    }
-
-    fn detok(&self, id: i64) -> String {
-        // Special tokens render as nothing, like llama.cpp's token_to_piece(special = false).
-        self.tokenizer
-            .decode(&[id as u32], true)
-            .unwrap_or_default()
     }
 
     fn sync(&self) {
@@ -413,7 +413,18 @@ impl Backend for HfBackend {
         // argmax on the device; int64_value copies the id to the host (a synchronisation point).
         let next = logits.argmax(-1, false).int64_value(&[0]);
         let sampled = Instant::now();
-        let first = self.detok(next);
+        // The prompt's last tokens are the first token's context, so a decoder that strips the
+        // leading space of the first token it sees (SentencePiece) keeps " Paris" a " Paris".
+        let context: Vec<u32> = ids[ids.len().saturating_sub(CONTEXT_TOKENS)..]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        let mut gen = HfGen {
+            be: self,
+            cache: &mut cache,
+        };
+        let mut detok = Detokenizer::new(&context, CONTEXT_TOKENS, &gen);
+        let first = FirstToken::detokenize(next as u32, &mut detok, &gen);
         let clock = InprocClock {
             start,
             tokenized,
@@ -421,19 +432,40 @@ impl Backend for HfBackend {
             sampled,
             first_text: Instant::now(),
         };
+        let tail = decode_tail(&first, max_new_tokens, &clock, &mut detok, &mut gen)?;
+        Ok(clock.measurement(ids.len(), first, tail, &gen))
+    }
+}
 
-        let tail = decode_tail((next, first.clone()), max_new_tokens, &clock, |&prev| {
-            if self.eos.contains(&prev) {
-                return Ok(None);
-            }
-            let input = Tensor::from_slice(&[prev]).to_device(self.device);
-            let logits = self.decoder.forward(&input, &mut cache, false);
-            let next = logits.argmax(-1, false).int64_value(&[0]);
-            if self.eos.contains(&next) {
-                return Ok(None);
-            }
-            Ok(Some((next, self.detok(next))))
-        })?;
-        Ok(clock.measurement(ids.len(), first, tail))
+/// Tokens of context the detokenizer decodes before a new token (vLLM uses a handful too): one is
+/// enough for a Strip decoder, a few more cover prompts that end in special tokens.
+const CONTEXT_TOKENS: usize = 4;
+
+/// The decode loop's view of the backend: one token per step through the run's KV cache.
+struct HfGen<'a> {
+    be: &'a HfBackend,
+    cache: &'a mut KvCache,
+}
+
+impl TextOf for HfGen<'_> {
+    fn text_of(&self, ids: &[u32]) -> Vec<u8> {
+        hf_text::text_of(&self.be.tokenizer, ids)
+    }
+}
+
+impl Generator for HfGen<'_> {
+    fn step(&mut self, prev: u32) -> Result<u32, RunError> {
+        let input = Tensor::from_slice(&[i64::from(prev)]).to_device(self.be.device);
+        let logits = self.be.decoder.forward(&input, self.cache, false);
+        // int64_value copies the id to the host: a synchronisation point.
+        Ok(logits.argmax(-1, false).int64_value(&[0]) as u32)
+    }
+
+    fn is_eog(&self, id: u32) -> bool {
+        self.be.eos.contains(&i64::from(id))
+    }
+
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        hf_text::token_bytes(&self.be.tokenizer, self.be.spelling, id)
     }
 }

@@ -6,9 +6,10 @@
 //! detokenize. `llama_get_logits_ith` synchronises the context, so on a GPU build the prefill time
 //! ends only when the logits are really available on the host.
 
+use super::detok::{Detokenizer, TextOf};
 use super::{
-    check_gguf, decode_tail, Backend, BackendKind, InprocClock, LlamaParams, Measurement,
-    OpenError, RunError,
+    check_gguf, decode_tail, Backend, BackendKind, FirstToken, Generator, InprocClock, LlamaParams,
+    Measurement, OpenError, RunError,
 };
 use crate::bench::chat::ChatTemplate;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -219,15 +220,16 @@ impl InprocBackend {
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
     }
 
-    fn piece(&self, tok: LlamaToken) -> String {
-        let bytes = match self.model.token_to_piece_bytes(tok, 64, false, None) {
+    /// The token's bytes as llama.cpp renders them (special tokens as nothing, like
+    /// llama-server's streamed text); may be part of a UTF-8 character.
+    fn piece_bytes(&self, tok: LlamaToken) -> Vec<u8> {
+        match self.model.token_to_piece_bytes(tok, 64, false, None) {
             Err(llama_cpp_2::TokenToStringError::InsufficientBufferSpace(n)) => self
                 .model
-                .token_to_piece_bytes(tok, (-n) as usize, false, None)
+                .token_to_piece_bytes(tok, n.unsigned_abs() as usize, false, None)
                 .unwrap_or_default(),
             other => other.unwrap_or_default(),
-        };
-        String::from_utf8_lossy(&bytes).into_owned()
+        }
     }
 
     /// Evaluate `tokens` starting at position `pos`, in chunks of n_batch, asking for logits of the
@@ -334,7 +336,13 @@ impl Backend for InprocBackend {
         let prefilled = Instant::now();
         let tok = self.argmax_last();
         let sampled = Instant::now();
-        let first = self.piece(tok);
+        let mut gen = InprocGen {
+            be: self,
+            pos: tokens.len(),
+        };
+        // llama.cpp's pieces do not depend on their neighbours: no context needed.
+        let mut detok = Detokenizer::new(&[], 0, &gen);
+        let first = FirstToken::detokenize(tok.0 as u32, &mut detok, &gen);
         let clock = InprocClock {
             start,
             tokenized,
@@ -342,21 +350,38 @@ impl Backend for InprocBackend {
             sampled,
             first_text: Instant::now(),
         };
+        let tail = decode_tail(&first, max_new_tokens, &clock, &mut detok, &mut gen)?;
+        Ok(clock.measurement(tokens.len(), first, tail, &gen))
+    }
+}
 
-        let mut pos = tokens.len();
-        let tail = decode_tail((tok, first.clone()), max_new_tokens, &clock, |&prev| {
-            if self.model.is_eog_token(prev) {
-                return Ok(None);
-            }
-            self.decode(&[prev], pos)?;
-            pos += 1;
-            let next = self.argmax_last();
-            if self.model.is_eog_token(next) {
-                return Ok(None);
-            }
-            Ok(Some((next, self.piece(next))))
-        })?;
-        Ok(clock.measurement(tokens.len(), first, tail))
+/// The decode loop's view of the backend: one token at the next position per step.
+struct InprocGen<'a> {
+    be: &'a mut InprocBackend,
+    pos: usize,
+}
+
+impl TextOf for InprocGen<'_> {
+    fn text_of(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter()
+            .flat_map(|&i| self.be.piece_bytes(LlamaToken::new(i as i32)))
+            .collect()
+    }
+}
+
+impl Generator for InprocGen<'_> {
+    fn step(&mut self, prev: u32) -> Result<u32, RunError> {
+        self.be.decode(&[LlamaToken::new(prev as i32)], self.pos)?;
+        self.pos += 1;
+        Ok(self.be.argmax_last().0 as u32)
+    }
+
+    fn is_eog(&self, id: u32) -> bool {
+        self.be.model.is_eog_token(LlamaToken::new(id as i32))
+    }
+
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.be.piece_bytes(LlamaToken::new(id as i32))
     }
 }
 

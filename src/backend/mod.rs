@@ -6,16 +6,22 @@
 //! (tokenize, prefill, sample, detokenize; or serialise, send, wait, parse) is inside the clock.
 
 pub mod api;
+pub mod decode;
+pub mod detok;
 pub mod fake;
 #[cfg(feature = "llama")]
 pub mod gguf;
 pub mod guard;
 #[cfg(feature = "torch")]
 pub mod hf;
+#[cfg(feature = "torch")]
+pub mod hf_text;
 #[cfg(feature = "llama")]
 pub mod inproc;
 pub mod server;
 pub mod sse;
+
+pub use decode::{decode_tail, DecodeTail, FirstToken, Generator, InprocClock};
 
 use serde::Serialize;
 use std::fmt;
@@ -168,93 +174,6 @@ pub enum TokenCount {
     TokensArrays,
     /// Nothing better: one token per non-empty chunk.
     Chunks,
-}
-
-/// The clock readings of an in-process run (inproc, hf): the four parts of TTFT, in order.
-#[derive(Debug, Clone, Copy)]
-pub struct InprocClock {
-    /// Prompt text handed over.
-    pub start: std::time::Instant,
-    /// Token ids ready.
-    pub tokenized: std::time::Instant,
-    /// Last position's logits readable on the host side.
-    pub prefilled: std::time::Instant,
-    /// Greedy token id on the host.
-    pub sampled: std::time::Instant,
-    /// First token's text ready: TTFT ends here.
-    pub first_text: std::time::Instant,
-}
-
-/// What the greedy decode after the first token produced.
-#[derive(Debug, Default)]
-pub struct DecodeTail {
-    /// All generated text, the first token's included.
-    pub output: String,
-    /// Tokens generated, the first included.
-    pub generated: u32,
-    /// Gaps between consecutive tokens, ms.
-    pub itl_ms: Vec<f64>,
-}
-
-fn ms_between(a: std::time::Instant, b: std::time::Instant) -> f64 {
-    (b - a).as_secs_f64() * 1e3
-}
-
-/// Greedy decoding after the first token, shared by the in-process backends: `step` evaluates
-/// the previous token and returns the next one with its text, or None at end of generation.
-pub fn decode_tail<T>(
-    first: (T, String),
-    max_new_tokens: u32,
-    clock: &InprocClock,
-    mut step: impl FnMut(&T) -> Result<Option<(T, String)>, RunError>,
-) -> Result<DecodeTail, RunError> {
-    let (mut tok, text) = first;
-    let mut tail = DecodeTail {
-        output: text,
-        generated: 1,
-        itl_ms: Vec::new(),
-    };
-    let mut prev = clock.first_text;
-    while tail.generated < max_new_tokens {
-        let Some((next, text)) = step(&tok)? else {
-            break;
-        };
-        tail.output.push_str(&text);
-        tail.generated += 1;
-        let now = std::time::Instant::now();
-        tail.itl_ms.push(ms_between(prev, now));
-        prev = now;
-        tok = next;
-    }
-    Ok(tail)
-}
-
-impl InprocClock {
-    /// The measurement of an in-process run that ended (decode included) now.
-    pub fn measurement(
-        &self,
-        prompt_tokens: usize,
-        first_token: String,
-        tail: DecodeTail,
-    ) -> Measurement {
-        let end = std::time::Instant::now();
-        Measurement {
-            ttft_ms: ms_between(self.start, self.first_text),
-            prompt_tokens: Some(prompt_tokens as u32),
-            tokenize_ms: Some(ms_between(self.start, self.tokenized)),
-            prefill_ms: Some(ms_between(self.tokenized, self.prefilled)),
-            first_sample_ms: Some(ms_between(self.prefilled, self.sampled)),
-            detokenize_ms: Some(ms_between(self.sampled, self.first_text)),
-            generated_tokens: tail.generated,
-            decode_ms_per_token: (tail.generated > 1)
-                .then(|| ms_between(self.first_text, end) / f64::from(tail.generated - 1)),
-            itl_ms: tail.itl_ms,
-            e2e_ms: ms_between(self.start, end),
-            first_token,
-            output: tail.output,
-            ..Measurement::default()
-        }
-    }
 }
 
 /// A timed run that did not produce a first token. The message becomes the row's error.

@@ -115,7 +115,8 @@ impl RunRecord {
 pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
     let mut flags = Vec::new();
     if m.first_token.is_empty() {
-        // End-of-generation or an incomplete UTF-8 piece: TTFT ended at a token with no text.
+        // TTFT ended at a token with no complete character (part of a UTF-8 character, or EOS);
+        // `first_char_ms` says when the first character came.
         flags.push("first_token_without_text".to_string());
     }
     if let Some(c) = m.cache_n.filter(|&c| c > 0) {

@@ -35,6 +35,7 @@ pub const COLUMNS: &[&str] = &[
     "first_token",
     "flags",
     "point",
+    "first_token_id",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -117,6 +118,7 @@ pub fn row(r: &RunRecord) -> String {
         ),
         escape(&r.flags.join(";")),
         escape(&r.point),
+        opt(m.and_then(|m| m.first_token_id)),
     ];
     fields.join(",") + "\n"
 }
@@ -181,6 +183,7 @@ mod tests {
             cache_n: Some(0),
             output: " Paris, France\n".into(),
             first_token: " Paris".into(),
+            first_token_id: Some(7042),
             ..Measurement::default()
         };
         RunRecord::success(&ctx, 1, m, vec![])
@@ -192,6 +195,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
+        assert!(ok.ends_with(",7042\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -1,6 +1,7 @@
 //! Reports: the summary table, the CSV and JSON lines (streamed row by row), the JSON document,
 //! Markdown and plots, all built from the same [`Report`], so they cannot disagree.
 
+pub mod agreement;
 pub mod cases;
 pub mod compare;
 pub mod csv;
@@ -75,10 +76,16 @@ pub struct FirstTokenAgreement {
     pub prompt_idx: usize,
     /// Settings point the backends share ("" without a grid).
     pub point: String,
-    /// First token per backend (first successful run).
+    /// First token text per backend (first successful run).
     pub first_tokens: BTreeMap<BackendKind, String>,
-    /// All equal.
+    /// First token id per backend, where the backend gives one.
+    pub first_token_ids: BTreeMap<BackendKind, u32>,
+    /// The same token everywhere: by id where both sides have one, else by visible text.
     pub agree: bool,
+    /// "id", "text" (no backend gave an id) or "id+text" (`by_text` had none).
+    pub compared_by: String,
+    /// Backends compared by text because they report no token id (OpenAI-compatible servers).
+    pub by_text: Vec<BackendKind>,
 }
 
 /// A prompt set as measured.
@@ -157,10 +164,10 @@ impl Report {
             .collect()
     }
 
-    /// Per prompt, whether the backends' greedy first tokens agree.
+    /// Per prompt, whether the backends' greedy first tokens agree (see [`agreement`]).
     pub fn first_token_agreement(&self) -> Vec<FirstTokenAgreement> {
         type Key = (usize, String, usize, String);
-        let mut map: BTreeMap<Key, BTreeMap<BackendKind, String>> = BTreeMap::new();
+        let mut map: BTreeMap<Key, BTreeMap<BackendKind, agreement::Seen>> = BTreeMap::new();
         for r in &self.runs {
             if let Some(m) = &r.measurement {
                 let set_pos = self
@@ -171,19 +178,22 @@ impl Report {
                 map.entry((set_pos, r.prompt.set.clone(), r.prompt.idx, r.point.clone()))
                     .or_default()
                     .entry(r.runner)
-                    .or_insert_with(|| m.first_token.clone());
+                    .or_insert_with(|| agreement::Seen::of(m));
             }
         }
         map.into_iter()
             .filter(|(_, t)| t.len() > 1)
-            .map(|((_, set, idx, point), t)| {
-                let first = t.values().next().cloned().unwrap_or_default();
+            .map(|((_, set, idx, point), seen)| {
+                let v = agreement::compare(&seen);
                 FirstTokenAgreement {
-                    agree: t.values().all(|v| *v == first),
+                    agree: v.agree,
+                    compared_by: v.compared_by.to_string(),
+                    by_text: v.by_text,
                     prompt_type: set,
                     prompt_idx: idx,
                     point,
-                    first_tokens: t,
+                    first_token_ids: seen.iter().filter_map(|(k, s)| Some((*k, s.id?))).collect(),
+                    first_tokens: seen.into_iter().map(|(k, s)| (k, s.text)).collect(),
                 }
             })
             .collect()

@@ -1,6 +1,6 @@
 //! Things a reader must know before trusting the table, one line each.
 
-use super::{CaseSummary, Report};
+use super::{CaseSummary, FirstTokenAgreement, Report};
 use crate::backend::server::system_info_differences;
 use crate::backend::BackendKind;
 
@@ -43,17 +43,7 @@ fn token_warnings(report: &Report) -> Vec<String> {
         ));
     }
     for a in report.first_token_agreement().iter().filter(|a| !a.agree) {
-        let t: Vec<String> = a
-            .first_tokens
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
-        w.push(format!(
-            "prompt {}#{}: greedy first tokens differ ({})",
-            a.prompt_type,
-            a.prompt_idx,
-            t.join(", ")
-        ));
+        w.push(first_token_warning(a));
     }
     for (set, idx, counts) in &report.token_disagreements {
         let c: Vec<String> = counts
@@ -66,6 +56,30 @@ fn token_warnings(report: &Report) -> Vec<String> {
         ));
     }
     w
+}
+
+/// "prompt short#0: greedy first tokens differ (hf=#504 " Paris", api=" London" by text: no token id)".
+fn first_token_warning(a: &FirstTokenAgreement) -> String {
+    let t: Vec<String> = a
+        .first_tokens
+        .iter()
+        .map(|(k, v)| match a.first_token_ids.get(k) {
+            Some(id) => format!("{k}=#{id} {v:?}"),
+            None => format!("{k}={v:?}"),
+        })
+        .collect();
+    let how = if a.by_text.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = a.by_text.iter().map(|k| k.name()).collect();
+        format!("; {} compared by text: no token id", names.join(", "))
+    };
+    format!(
+        "prompt {}#{}: greedy first tokens differ ({}{how})",
+        a.prompt_type,
+        a.prompt_idx,
+        t.join(", ")
+    )
 }
 
 /// Outliers and cold first runs, per case only: a set row would compare different prompts.
@@ -118,4 +132,31 @@ fn server_warnings(report: &Report) -> Vec<String> {
         w.extend(system_info_differences(a, b));
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_first_token_mismatch_names_ids_and_the_backends_compared_by_text() {
+        let a = FirstTokenAgreement {
+            prompt_type: "short".into(),
+            prompt_idx: 0,
+            point: String::new(),
+            first_tokens: BTreeMap::from([
+                (BackendKind::Inproc, " Paris".to_string()),
+                (BackendKind::Api, " London".to_string()),
+            ]),
+            first_token_ids: BTreeMap::from([(BackendKind::Inproc, 7042)]),
+            agree: false,
+            compared_by: "id+text".into(),
+            by_text: vec![BackendKind::Api],
+        };
+        assert_eq!(
+            first_token_warning(&a),
+            "prompt short#0: greedy first tokens differ (inproc=#7042 \" Paris\", api=\" London\"; api compared by text: no token id)"
+        );
+    }
 }

@@ -7,7 +7,8 @@
 //! the first case into U+FFFD and loses the space in the second. So the text of a token is
 //! `text(context + pending + token) − text(context)`: the backend supplies `text` (bytes of a
 //! run of ids), this module keeps the context and holds back bytes that do not yet form a
-//! character. Only at the end ([`Detokenizer::finish`]) does an incomplete tail become U+FFFD.
+//! character. A character cut off by the end of generation is not text: [`Detokenizer::finish`]
+//! drops it, as llama-server's stream does (its output never carries a partial character).
 
 /// The replacement character's UTF-8 bytes: a decoder that produces text (hf's tokenizers) marks
 /// a character it has only part of with it, so a trailing one may still change.
@@ -69,14 +70,16 @@ impl Detokenizer {
         text
     }
 
-    /// The end of generation: whatever is held back, an incomplete character as U+FFFD.
+    /// The end of generation: whatever complete text is still held back. An incomplete character
+    /// at the very end (and a decoder's trailing U+FFFD for one) is dropped, not turned into
+    /// U+FFFD: the bytes that would complete it were never generated.
     pub fn finish(&mut self, dec: &impl TextOf) -> String {
         if self.window.is_empty() {
             return String::new();
         }
         let full = dec.text_of(&self.window);
         let start = common_prefix(&self.done, &full);
-        let text = String::from_utf8_lossy(&full[start..]).into_owned();
+        let (text, _) = complete_chars(&full[start..]);
         self.done = full;
         self.slide(dec);
         text
@@ -202,11 +205,11 @@ mod tests {
     }
 
     #[test]
-    fn an_incomplete_tail_becomes_a_replacement_only_at_the_end() {
+    fn an_incomplete_tail_is_dropped_at_the_end() {
         let dec = pieces(&[(1, b" x"), (2, b"\xf0\x9f")]);
         let (steps, end) = stream(&dec, &[1, 2]);
         assert_eq!(steps, [" x", ""]);
-        assert_eq!(end, "\u{FFFD}");
+        assert_eq!(end, "");
     }
 
     /// A text decoder in the style of hf tokenizers' Metaspace + ByteFallback: `▁` is a space
@@ -244,9 +247,9 @@ mod tests {
         assert_eq!(d.push(3, &sentencepiece), "");
         assert_eq!(d.push(4, &sentencepiece), "中");
         assert_eq!(d.push(0, &sentencepiece), " Paris");
-        // Cut off inside a character: one U+FFFD per undecodable byte run, at the end only.
+        // Cut off inside a character: the decoder's U+FFFD for the partial bytes is dropped.
         assert_eq!(d.push(2, &sentencepiece), "");
-        assert_eq!(d.finish(&sentencepiece), "\u{FFFD}");
+        assert_eq!(d.finish(&sentencepiece), "");
     }
 
     #[test]

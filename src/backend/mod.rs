@@ -142,6 +142,10 @@ pub struct Measurement {
     /// Prompt handed over → first complete character of generated text on the host, when that
     /// comes later than the first token (a partial UTF-8 character, an EOS, a tool call).
     pub first_char_ms: Option<f64>,
+    /// api: tokens the server had generated when its first event came (native `tokens_predicted`).
+    /// llama-server sends no event for a token that ends inside a UTF-8 character, so above 1 the
+    /// api's TTFT spans that many tokens, not one (the row is flagged `first_event_after_tokens:N`).
+    pub first_event_tokens: Option<u32>,
     /// api chat: request written → first `delta.tool_calls` chunk, when there is one.
     pub first_tool_call_ms: Option<f64>,
     /// How `generated_tokens` was counted (see [`TokenCount`]).

@@ -119,6 +119,10 @@ pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
         // `first_char_ms` says when the first character came.
         flags.push("first_token_without_text".to_string());
     }
+    if let Some(n) = m.first_event_tokens.filter(|&n| n > 1) {
+        // The server held back a token that ends inside a character: its TTFT spans n tokens.
+        flags.push(format!("first_event_after_tokens:{n}"));
+    }
     if let Some(c) = m.cache_n.filter(|&c| c > 0) {
         flags.push(format!("cache_hit:{c}"));
     }
@@ -153,6 +157,12 @@ mod tests {
         assert!(row_flags(&clean, Some(20)).is_empty());
         let eog = Measurement::default();
         assert_eq!(row_flags(&eog, None), ["first_token_without_text"]);
+        let held_back = Measurement {
+            first_token: " 😀".into(),
+            first_event_tokens: Some(2),
+            ..Measurement::default()
+        };
+        assert_eq!(row_flags(&held_back, None), ["first_event_after_tokens:2"]);
     }
 
     #[test]

@@ -243,6 +243,8 @@ struct StreamState {
     /// native: the first token's id and bytes, when the first event is the first token alone.
     first_id: Option<u32>,
     first_bytes: Option<String>,
+    /// native: `tokens_predicted` of the first token event.
+    first_event_tokens: Option<u32>,
     /// llama.cpp's `timings` from the latest event that had them.
     timings: Option<Value>,
     /// The stream's own end marker: native `"stop": true`, OpenAI `[DONE]` or a finish_reason.
@@ -274,6 +276,7 @@ impl StreamState {
             text_events: 0,
             ids: None,
             first_id: None,
+            first_event_tokens: None,
             first_bytes: None,
             timings: None,
             completed: false,
@@ -348,6 +351,10 @@ impl StreamState {
         if self.t_first.is_none() {
             self.t_first = Some(now);
             self.first = tok.text.to_string();
+            self.first_event_tokens = tok
+                .id
+                .and_then(|(_, n)| n)
+                .and_then(|n| u32::try_from(n).ok());
             // Only an event that is the first generated token alone names it (llama-server
             // holds back the tokens of an incomplete character and sends the last one's id).
             if let Some((id, _)) = tok.id.filter(|(_, n)| n.is_none_or(|n| n == 1)) {
@@ -472,6 +479,7 @@ impl StreamState {
             first_tool_call_ms: self.t_tool.map(ms),
             decode_ms_per_token: decode,
             first_token_id: self.first_id,
+            first_event_tokens: self.first_event_tokens,
             first_token_bytes: self.first_bytes,
             first_token: self.first,
             output: self.output,

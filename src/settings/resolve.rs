@@ -93,6 +93,11 @@ impl Settings {
             chat: args.chat,
             skip_too_long: args.skip_too_long,
             strict_parity: args.strict_parity,
+            cache_bust: match (args.cache_bust, args.no_cache_bust) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            },
             api,
             load,
             output: OutputOptions {

@@ -13,6 +13,7 @@
 
 mod body;
 mod load;
+mod metrics;
 mod probe;
 mod stream;
 mod tokenize;
@@ -23,9 +24,10 @@ use super::server::{RpcWorkers, ServerProcess, ServerSpec};
 use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokenize::token_list;
+use tokenize::{token_list, TokenizeVia};
 
 /// Which streaming endpoint to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
@@ -114,6 +116,10 @@ pub struct ApiBackend {
     info: Value,
     flavor: ApiFlavor,
     model: String,
+    /// openai flavor: the tokenize endpoint that answered (`Some(None)`: none did).
+    tokenize_via: Option<Option<TokenizeVia>>,
+    /// Prefix-cache counters from `/metrics` when the backend opened (None: no `/metrics`).
+    metrics_before: Option<BTreeMap<String, f64>>,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -178,8 +184,11 @@ impl ApiBackend {
             info: Value::Null,
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
+            tokenize_via: None,
+            metrics_before: None,
         };
         me.info = me.probe()?;
+        me.metrics_before = me.scrape_metrics();
         me.info["rpc"] = json!({
             "endpoints": rpc,
             "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),
@@ -271,20 +280,19 @@ impl Backend for ApiBackend {
         if let Some(pid) = self.server_pid() {
             v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
         }
+        // Made after the runs: the counters' increase over them.
+        v["prefix_cache_metrics"] =
+            metrics::report(self.metrics_before.as_ref(), self.scrape_metrics().as_ref());
         v
     }
 
-    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
-        match self.flavor {
-            // Standard OpenAI API: the count comes from usage.
-            ApiFlavor::Openai => self.usage_prompt_tokens(prompt),
-            ApiFlavor::Llama => self.token_ids(prompt).map(|ids| ids.len() as u32),
-        }
-    }
+    // prompt_token_count: the default (the length of token_ids). An OpenAI-compatible server is
+    // never sent an untimed generation to read `usage.prompt_tokens`: that would put the prompt
+    // in its prefix cache before the timed run.
 
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
         if self.flavor == ApiFlavor::Openai {
-            return self.extras_tokenize(prompt);
+            return self.openai_tokenize(prompt);
         }
         let templated;
         let content = if self.settings.endpoint == Endpoint::Chat {

@@ -180,3 +180,97 @@ fn a_server_without_metrics_reports_them_unavailable() {
     let m = &backend_of(&json, "api")["info"]["prefix_cache_metrics"];
     assert!(m.as_str().unwrap().starts_with("unavailable"), "{m}");
 }
+
+/// Write the test prompts into `d`; the path as text.
+#[cfg(feature = "llama")]
+fn prompt_file(d: &std::path::Path) -> String {
+    let p = d.join("p.txt");
+    std::fs::write(&p, PROMPTS).unwrap();
+    p.display().to_string()
+}
+
+/// `--cache-bust` on in-process and llama-server backends: the same kind of prefix, its length
+/// measured with the GGUF vocabulary, and every row evaluated exactly the prompt plus the prefix.
+#[cfg(feature = "llama")]
+#[test]
+fn a_forced_prefix_has_the_same_measured_length_on_every_backend() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let (p, o) = (prompt_file(d.path()), d.path().join("out"));
+    let res = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--cache-bust",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--prompts",
+        &p,
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        res.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&res),
+        stderr(&res)
+    );
+    let json = json_of(&o);
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8);
+    let n = runs[0]["cache_bust_tokens"].as_u64().unwrap();
+    assert!(n >= 4, "four words and a newline: {n}");
+    for r in runs {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["cache_bust_tokens"], n, "{r}");
+        assert!(
+            flags(r).is_empty(),
+            "prompt + prefix is what was evaluated: {r}"
+        );
+    }
+    let count = |runner: &str| -> Vec<u64> {
+        let rows = runs.iter().filter(|r| r["runner"] == runner);
+        rows.map(|r| r["prompt_tokens"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(count("inproc"), count("api"));
+}
+
+/// A tokenizer that counts the prefix differently (the fake's words against the GGUF's) refuses
+/// the run before anything is timed, with one line naming the flag.
+#[cfg(feature = "llama")]
+#[test]
+fn a_prefix_of_another_length_in_one_backend_refuses_the_run() {
+    let server = OpenAiServer::start(Options {
+        tokenize: true,
+        metrics: false,
+    });
+    let d = tempfile::tempdir().unwrap();
+    let (p, o) = (prompt_file(d.path()), d.path().join("out"));
+    let res = ttft(&[
+        "--backend",
+        "inproc,api",
+        "--api-url",
+        &server.url,
+        "--runs",
+        "1",
+        "--prompts",
+        &p,
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    let err = stderr(&res);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("--cache-bust"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("tokens in") && line.contains("--no-cache-bust"),
+        "{err}"
+    );
+    assert!(server.served().is_empty(), "nothing was timed");
+}

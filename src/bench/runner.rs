@@ -265,8 +265,10 @@ impl Run<'_> {
     fn timed(&mut self, ctx: &RunContext, run_idx: u32, count: Option<u32>) -> RunRecord {
         let text = self.busted(ctx.text);
         let bust = self.plan.cache_bust.as_ref();
-        // What the backend should evaluate: the prompt's own count plus the prefix's.
-        let expected = count.map(|c| c + bust.map_or(0, |b| b.tokens));
+        // What the backend should evaluate: the prompt's own count plus the prefix's (unknown
+        // when either is).
+        let prefix = bust.map_or(Some(0), CacheBust::measured_tokens);
+        let expected = count.zip(prefix).map(|(c, p)| c + p);
         match self.backend.measure(&text, self.plan.max_new_tokens) {
             Ok(mut m) => {
                 let mut flags = row_flags(&m, expected);

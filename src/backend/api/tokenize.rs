@@ -68,7 +68,13 @@ impl ApiBackend {
             // Their chat template is applied inside the chat endpoint only.
             (_, true) => return Err(RunError::new("no chat tokenize endpoint")),
         };
-        token_list(&self.post_json(path, &body)?, path)
+        let v = self.post_json(path, &body)?;
+        // llama-server answers a /tokenize without "content" with an empty list: only vLLM's
+        // answer (which has "count") counts as vLLM's.
+        if via == TokenizeVia::Vllm && v.get("count").is_none() {
+            return Err(RunError::new("/tokenize: not vLLM's answer (no count)"));
+        }
+        token_list(&v, path)
     }
 
     /// POST a JSON body to `path` and return the JSON answer (tokenize / template helpers).

@@ -255,6 +255,8 @@ fn a_prefix_of_another_length_in_one_backend_refuses_the_run() {
         "inproc,api",
         "--api-url",
         &server.url,
+        "--api-endpoint",
+        "v1",
         "--runs",
         "1",
         "--prompts",

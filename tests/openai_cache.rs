@@ -237,6 +237,8 @@ fn a_forced_prefix_has_the_same_measured_length_on_every_backend() {
         rows.map(|r| r["prompt_tokens"].as_u64().unwrap()).collect()
     };
     assert_eq!(count("inproc"), count("api"));
+    // The k-th run of every backend gets the same prefix: the same text, the same first token.
+    assert_first_tokens_agree(&json);
 }
 
 /// A tokenizer that counts the prefix differently (the fake's words against the GGUF's) refuses

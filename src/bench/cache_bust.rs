@@ -8,10 +8,16 @@
 //! kept only where every selected backend's tokenizer makes each of them exactly one token (at the
 //! start and after a space), and the whole prefix is then measured with each tokenizer before
 //! anything is timed: a tokenizer that disagrees refuses the run.
+//!
+//! Each backend draws the same sequence of prefixes (its k-th request gets the k-th prefix), so
+//! the backends evaluate the same text per prompt and run and first-token agreement still
+//! compares like with like; one backend never repeats a prefix (a second settings point goes on
+//! where the first stopped), and a new invocation starts somewhere else.
 
 use super::parity::Tokenizer;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use crate::backend::BackendKind;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// Words the prefix is drawn from: short, common, single tokens in most BPE and SentencePiece
 /// vocabularies (the ones that are not, for a given tokenizer, are dropped before timing).
@@ -38,7 +44,8 @@ pub struct CacheBust {
     /// The tokenizers that measured it (empty: nobody could, the length is nominal).
     pub checked_by: Vec<String>,
     base: u64,
-    next: Arc<AtomicU64>,
+    /// Prefixes drawn so far, per backend.
+    drawn: Arc<Mutex<BTreeMap<BackendKind, u64>>>,
 }
 
 /// Tokens `text` adds to an empty prompt (BOS and chat template cancel out).
@@ -81,7 +88,7 @@ impl CacheBust {
             tokens: N_WORDS + 1,
             checked_by: toks.iter().map(|t| t.source.clone()).collect(),
             base,
-            next: Arc::new(AtomicU64::new(0)),
+            drawn: Arc::default(),
         };
         me.measure(toks)?;
         Ok(me)
@@ -125,9 +132,12 @@ impl CacheBust {
         format!("{}\n", out.join(" "))
     }
 
-    /// A prefix no request of this invocation has used.
-    pub fn next_prefix(&self) -> String {
-        self.prefix_at(self.next.fetch_add(1, Ordering::Relaxed))
+    /// The next prefix for `backend`: one it has not sent before in this invocation.
+    pub fn next_prefix(&self, backend: BackendKind) -> String {
+        let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
+        let k = drawn.entry(backend).or_insert(0);
+        *k += 1;
+        self.prefix_at(*k - 1)
     }
 
     /// Whether a tokenizer measured the prefix (else its length is the nominal word count + 1).
@@ -145,7 +155,6 @@ impl CacheBust {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendKind;
 
     fn whitespace() -> Tokenizer {
         Tokenizer::new(BackendKind::Api, "words", Some(0), |s: &str| {
@@ -159,7 +168,7 @@ mod tests {
     fn prefixes_are_unique_with_a_changing_first_word_and_a_measured_length() {
         let b = CacheBust::prepare(&mut [whitespace()]).unwrap();
         assert_eq!(b.tokens, 4, "four words; the newline is no token here");
-        let p: Vec<String> = (0..200).map(|_| b.next_prefix()).collect();
+        let p: Vec<String> = (0..200).map(|_| b.next_prefix(BackendKind::Api)).collect();
         let unique: std::collections::BTreeSet<&String> = p.iter().collect();
         assert_eq!(unique.len(), p.len());
         for w in p.windows(2) {

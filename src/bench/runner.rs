@@ -254,10 +254,11 @@ impl Run<'_> {
         Some(started.elapsed())
     }
 
-    /// The text a run sends: the prompt, after a fresh cache-busting prefix when there is one.
+    /// The text a run sends: the prompt, after a fresh cache-busting prefix when there is one
+    /// (built here, before the clock starts).
     fn busted(&self, prompt: &str) -> String {
         match &self.plan.cache_bust {
-            Some(b) => format!("{}{prompt}", b.next_prefix()),
+            Some(b) => format!("{}{prompt}", b.next_prefix(self.backend.kind())),
             None => prompt.to_string(),
         }
     }

@@ -32,6 +32,7 @@ fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
         too_long: Default::default(),
         verbose: 0,
         min_time: Duration::ZERO,
+        cache_bust: None,
     }
 }
 

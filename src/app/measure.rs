@@ -60,6 +60,7 @@ fn plan(s: &Settings, prepared: &Prepared, point: &SettingsPoint) -> Plan {
         too_long: prepared.too_long(s, point),
         verbose: s.output.verbose,
         min_time: Duration::from_secs_f64(s.min_time_s),
+        cache_bust: prepared.cache_bust.clone(),
     }
 }
 

@@ -1,9 +1,14 @@
 //! Everything checked and computed before the first timed run, so a bad file costs nothing
 //! measured: files and servers exist, prompts load, every backend's tokenizer sees the same ids
-//! (the parity gate), and prompts that cannot fit a point's context are known.
+//! (the parity gate), the cache-busting prefix is measured, and prompts that cannot fit a point's
+//! context are known. Nothing here sends a prompt for generation: a server's prefix cache must not
+//! see a prompt before its timed run (token counts come from tokenizers, never from an untimed
+//! request's `usage`).
 
 use super::factory;
+use crate::backend::api::{ApiBackend, ApiFlavor};
 use crate::backend::BackendKind;
+use crate::bench::cache_bust::CacheBust;
 use crate::bench::parity::{self, ParityReport, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, PromptSet};
 use crate::bench::record::PromptId;
@@ -26,6 +31,8 @@ pub struct Prepared {
     pub hf_counts: Option<Vec<(PromptId, u32, String)>>,
     /// Per settings point (by index), the hf checkpoint's position limit, if it has one.
     pub hf_limits: Vec<Option<PositionCap>>,
+    /// The cache-busting prefix, when it is on.
+    pub cache_bust: Option<CacheBust>,
 }
 
 /// A checkpoint's position limit, with where it was read (for the message).
@@ -59,11 +66,18 @@ impl Prepared {
     ) -> Vec<(PromptId, String, &'static str)> {
         let mut out = Vec::new();
         let ctx = point.llama.ctx_size;
+        let prefix = self.cache_bust.as_ref().map_or(0, |b| b.tokens);
         for (id, n, head) in self.llama_counts.iter().flatten() {
+            let n = n + prefix;
             if n + s.max_new_tokens > ctx {
                 let reason = format!(
-                    "prompt {id} (\"{head}…\" in {}) has {n} tokens + {} new > --ctx-size {ctx}",
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens{} + {} new > --ctx-size {ctx}",
                     self.path_of(id).display(),
+                    if prefix > 0 {
+                        format!(" (with the {prefix}-token cache-bust prefix)")
+                    } else {
+                        String::new()
+                    },
                     s.max_new_tokens,
                 );
                 out.push((id.clone(), reason, CTX_FIX));
@@ -73,6 +87,7 @@ impl Prepared {
             return out;
         };
         for (id, n, head) in self.hf_counts.iter().flatten() {
+            let n = n + prefix;
             if n + s.max_new_tokens > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
                 let reason = format!(
                     "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {} new > hf {}",
@@ -137,12 +152,14 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         Some(hf) if hf_limits.iter().any(Option::is_some) => Some(counts(&sets, hf)?),
         _ => None,
     };
+    let cache_bust = cache_bust(s, point, &mut toks)?;
     let prepared = Prepared {
         sets,
         parity,
         llama_counts,
         hf_counts,
         hf_limits,
+        cache_bust,
     };
     for p in &s.points {
         if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {
@@ -150,6 +167,48 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         }
     }
     Ok(prepared)
+}
+
+/// The cache-busting prefix when `--cache-bust` asks for it or the api backend talks to an
+/// OpenAI-compatible server (unless `--no-cache-bust`), measured with every backend's tokenizer.
+fn cache_bust(
+    s: &Settings,
+    point: &SettingsPoint,
+    toks: &mut [Tokenizer],
+) -> Result<Option<CacheBust>> {
+    let on = match s.cache_bust {
+        Some(on) => on,
+        None => s.has(BackendKind::Api) && s.load.is_none() && api_is_openai(s, point),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let bust = CacheBust::prepare(toks).map_err(|e| {
+        anyhow::anyhow!("--cache-bust: {e}: pass --no-cache-bust to run without the prefix")
+    })?;
+    let by = if bust.verified() {
+        format!("measured with {}", bust.checked_by.join(", "))
+    } else {
+        "not measurable before timing (no tokenizer): rows check it against usage".into()
+    };
+    println!(
+        "cache-bust: every run and warm-up starts with its own {}-token prefix ({by}; --no-cache-bust turns it off)",
+        bust.tokens
+    );
+    Ok(Some(bust))
+}
+
+/// Whether the api backend will run in the openai flavor: `--api-flavor`, else what the server at
+/// `--api-url` says it is (a spawned server is llama-server).
+fn api_is_openai(s: &Settings, point: &SettingsPoint) -> bool {
+    match (s.api.flavor, &s.api.url) {
+        (Some(f), _) => f == ApiFlavor::Openai,
+        (None, None) => false,
+        (None, Some(_)) => {
+            let api = factory::api_settings(s, std::path::Path::new("/dev/null"));
+            ApiBackend::open(&point.llama, &api).is_ok_and(|b| b.flavor() == ApiFlavor::Openai)
+        }
+    }
 }
 
 /// Token counts by the llama.cpp tokenizer (inproc's, or the spawned server's: the same GGUF

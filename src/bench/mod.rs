@@ -1,6 +1,7 @@
 //! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
 
 pub mod bootstrap;
+pub mod cache_bust;
 pub mod chat;
 pub mod interrupt;
 pub mod load;

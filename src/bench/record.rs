@@ -134,6 +134,20 @@ pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
     flags
 }
 
+/// With a cache-busting prefix: flag a row whose prompt length cannot be checked against the
+/// expected one (prompt + prefix), or whose prefix length no tokenizer measured. A row whose
+/// count differs is already flagged by [`row_flags`] (it is given the expected count).
+pub fn cache_bust_flags(m: &Measurement, expected: Option<u32>, verified: bool) -> Vec<String> {
+    let mut flags = Vec::new();
+    if !verified {
+        flags.push("cache_bust_tokens_unmeasured".to_string());
+    }
+    if m.prompt_tokens.is_none() || expected.is_none() {
+        flags.push("cache_bust_unverified".to_string());
+    }
+    flags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +177,21 @@ mod tests {
             ..Measurement::default()
         };
         assert_eq!(row_flags(&held_back, None), ["first_event_after_tokens:2"]);
+    }
+
+    #[test]
+    fn a_prefix_that_cannot_be_checked_is_flagged() {
+        let m = Measurement {
+            prompt_tokens: Some(25),
+            ..Measurement::default()
+        };
+        assert!(cache_bust_flags(&m, Some(25), true).is_empty());
+        assert_eq!(cache_bust_flags(&m, None, true), ["cache_bust_unverified"]);
+        let unknown = Measurement::default();
+        assert_eq!(
+            cache_bust_flags(&unknown, Some(25), false),
+            ["cache_bust_tokens_unmeasured", "cache_bust_unverified"]
+        );
     }
 
     #[test]

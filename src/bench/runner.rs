@@ -4,14 +4,16 @@
 //! 2. count the prompt tokens of every prompt with the backend's own tokenizer (untimed), so token
 //!    disagreements between backends are reported, not hidden;
 //! 3. per prompt set: `warmup` untimed runs, then `runs` timed runs of every prompt; with
-//!    `--min-time`, more runs, the same number for every prompt of the set;
+//!    `--min-time`, more runs, the same number for every prompt of the set; with a cache-busting
+//!    prefix every one of them, warm-ups included, starts with a prefix never sent before;
 //! 4. every run, success or failure, becomes a [`RunRecord`] handed to the sink as soon as it ends.
 //!
 //! Backends run one after another, never concurrently, so they do not compete for the cores.
 
+use super::cache_bust::CacheBust;
 use super::interrupt;
 use super::prompts::PromptSet;
-use super::record::{row_flags, PromptId, RunContext, RunRecord};
+use super::record::{cache_bust_flags, row_flags, PromptId, RunContext, RunRecord};
 use crate::backend::{Backend, BackendKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -40,6 +42,8 @@ pub struct Plan {
     pub verbose: u8,
     /// Repeat every prompt beyond `runs` until each has been measured this long.
     pub min_time: Duration,
+    /// A unique prefix before every timed run's and warm-up's prompt (`--cache-bust`).
+    pub cache_bust: Option<CacheBust>,
 }
 
 /// `--min-time` never runs a prompt more than this many times `--runs`.
@@ -214,7 +218,9 @@ impl Run<'_> {
                 break;
             }
             // Warm-ups are never recorded; a failing warm-up shows up in the timed runs anyway.
-            let _ = self.backend.measure(first, self.plan.max_new_tokens);
+            // With a cache-busting prefix a warm-up shares no prefix with any timed run.
+            let text = self.busted(first);
+            let _ = self.backend.measure(&text, self.plan.max_new_tokens);
         }
     }
 
@@ -253,15 +259,34 @@ impl Run<'_> {
         Some(started.elapsed())
     }
 
+    /// The text a run sends: the prompt, after a fresh cache-busting prefix when there is one
+    /// (built here, before the clock starts).
+    fn busted(&self, prompt: &str) -> String {
+        match &self.plan.cache_bust {
+            Some(b) => format!("{}{prompt}", b.next_prefix(self.backend.kind())),
+            None => prompt.to_string(),
+        }
+    }
+
     fn timed(&mut self, ctx: &RunContext, run_idx: u32, count: Option<u32>) -> RunRecord {
-        match self.backend.measure(ctx.text, self.plan.max_new_tokens) {
+        let text = self.busted(ctx.text);
+        let bust = self.plan.cache_bust.as_ref();
+        // What the backend should evaluate: the prompt's own count plus the prefix's (unknown
+        // when either is).
+        let prefix = bust.map_or(Some(0), CacheBust::measured_tokens);
+        let expected = count.zip(prefix).map(|(c, p)| c + p);
+        match self.backend.measure(&text, self.plan.max_new_tokens) {
             Ok(mut m) => {
-                let mut flags = row_flags(&m, count);
-                if m.prompt_tokens.is_none() && count.is_some() {
-                    // The stream carried no count (OpenAI servers that send no usage while
-                    // streaming): the untimed pre-count of this prompt stands in.
-                    m.prompt_tokens = count;
-                    flags.push("prompt_tokens_from_untimed_usage".into());
+                let mut flags = row_flags(&m, expected);
+                if let Some(b) = bust {
+                    m.cache_bust_tokens = b.measured_tokens();
+                    flags.extend(cache_bust_flags(&m, expected, b.verified()));
+                }
+                if m.prompt_tokens.is_none() && expected.is_some() {
+                    // The stream carried no count (a server that streams no usage): the
+                    // tokenizer's count before timing (no generation) stands in.
+                    m.prompt_tokens = expected;
+                    flags.push("prompt_tokens_from_tokenizer".into());
                 }
                 RunRecord::success(ctx, run_idx, m, flags)
             }

@@ -86,6 +86,15 @@ pub struct RunArgs {
     /// OpenAI-compatible server: standard fields only, counts from usage) [default: detected].
     #[arg(long, value_enum, value_name = "FLAVOR")]
     pub api_flavor: Option<ApiFlavor>,
+    /// Start every timed run and warm-up with a unique 5-token prefix (four words and a newline),
+    /// on every backend, so no server-side prefix cache can serve a run warm [default: on when the
+    /// api backend talks to an OpenAI-compatible server (openai flavor), else off].
+    #[arg(long, conflicts_with = "no_cache_bust")]
+    pub cache_bust: bool,
+    /// No cache-busting prefix, even in the openai flavor (rows a cache served are still flagged
+    /// `cache_hit:N` where the server reports cached tokens).
+    #[arg(long)]
+    pub no_cache_bust: bool,
     /// Model name for OpenAI requests [default: the first id of /v1/models, else --model-alias].
     #[arg(long, value_name = "NAME")]
     pub api_model: Option<String>,

@@ -117,8 +117,15 @@ fn server_warnings(report: &Report) -> Vec<String> {
         w.push(format!("{hits} api runs reused the server's prompt cache (cache_n > 0): those TTFTs are not cold prefills"));
     }
     if let Some(api) = report.backends.iter().find(|b| b.name == BackendKind::Api) {
-        if api.facts.flavor.as_deref() == Some("openai") {
-            w.push("api (openai flavor): the server's prompt cache cannot be switched off through the OpenAI API and no cache_n is reported; a server that reuses prefixes (llama-cpp-python does) can make repeated prompts faster".into());
+        let busted = report.runs.iter().any(|r| {
+            r.runner == BackendKind::Api
+                && (r.flags.iter().any(|f| f.starts_with("cache_bust"))
+                    || r.measurement
+                        .as_ref()
+                        .is_some_and(|m| m.cache_bust_tokens.is_some()))
+        });
+        if api.facts.flavor.as_deref() == Some("openai") && !busted {
+            w.push("api (openai flavor) without the cache-busting prefix (--no-cache-bust): the server's prompt cache cannot be switched off through the OpenAI API; only servers that report usage.prompt_tokens_details.cached_tokens get their warm rows flagged cache_hit:N".into());
         }
     }
     let si = |k: BackendKind| {

@@ -151,6 +151,10 @@ pub struct Settings {
     pub ignore_position_limit: bool,
     /// Token or first-token disagreements are errors.
     pub strict_parity: bool,
+    /// The cache-busting prefix: `Some(true)` `--cache-bust`, `Some(false)` `--no-cache-bust`,
+    /// `None` on exactly when the api backend runs in the openai flavor (decided in prepare,
+    /// once the flavor is known).
+    pub cache_bust: Option<bool>,
     /// The api backend.
     pub api: ApiOptions,
     /// A load run instead of the per-prompt protocol.

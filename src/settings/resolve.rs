@@ -62,6 +62,11 @@ impl Settings {
                 "--concurrency / --request-rate load the api backend only: add --backend api",
             ));
         }
+        if load.is_some() && args.cache_bust {
+            return Err(invalid(
+                "--cache-bust applies to single runs; a load run (--concurrency / --request-rate) sends the prompts as they are: drop one of them",
+            ));
+        }
         if (!api.rpc.is_empty() || api.spawn_rpc > 0) && api.url.is_some() {
             return Err(invalid(
                 "--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url",
@@ -94,6 +99,11 @@ impl Settings {
             skip_too_long: args.skip_too_long,
             ignore_position_limit: args.ignore_position_limit,
             strict_parity: args.strict_parity,
+            cache_bust: match (args.cache_bust, args.no_cache_bust) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            },
             api,
             load,
             output: OutputOptions {
@@ -351,6 +361,29 @@ mod tests {
         assert!(e.contains("one settings point") && e.contains("2"), "{e}");
         a.threads = vec![2];
         assert_eq!(Settings::resolve(&a, &cfg).unwrap().points.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_bust_flags_force_it_either_way_and_exclude_each_other() {
+        use clap::Parser;
+        let cfg = LoadedConfig::default();
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["ttft", "--backend", "api"];
+            v.extend(extra);
+            crate::cli::Cli::try_parse_from(v).map(|c| c.run)
+        };
+        let bust = |extra: &[&str]| {
+            Settings::resolve(&parse(extra).unwrap(), &cfg)
+                .unwrap()
+                .cache_bust
+        };
+        assert_eq!(bust(&[]), None, "decided by the flavor in prepare");
+        assert_eq!(bust(&["--cache-bust"]), Some(true));
+        assert_eq!(bust(&["--no-cache-bust"]), Some(false));
+        assert!(parse(&["--cache-bust", "--no-cache-bust"]).is_err());
+        let load = parse(&["--cache-bust", "--concurrency", "2"]).unwrap();
+        let e = Settings::resolve(&load, &cfg).unwrap_err().to_string();
+        assert!(e.starts_with("--cache-bust applies to single runs"), "{e}");
     }
 
     #[test]

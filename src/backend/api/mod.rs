@@ -18,6 +18,7 @@
 mod body;
 mod conn;
 mod load;
+mod metrics;
 mod probe;
 mod stream;
 mod tokenize;
@@ -28,9 +29,10 @@ use super::server::{RpcWorkers, ServerProcess, ServerSpec};
 use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokenize::token_list;
+use tokenize::{token_list, TokenizeVia};
 
 /// Which streaming endpoint to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, serde::Deserialize)]
@@ -128,6 +130,10 @@ pub struct ApiBackend {
     model: String,
     /// The server rejected `stream_options.continuous_usage_stats` once: not sent any more.
     no_continuous_usage: std::sync::atomic::AtomicBool,
+    /// openai flavor: the tokenize endpoint that answered (`Some(None)`: none did).
+    tokenize_via: Option<Option<TokenizeVia>>,
+    /// Prefix-cache counters from `/metrics` when the backend opened (None: no `/metrics`).
+    metrics_before: Option<BTreeMap<String, f64>>,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -185,6 +191,8 @@ impl ApiBackend {
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
             no_continuous_usage: Default::default(),
+            tokenize_via: None,
+            metrics_before: None,
         };
         me.info = me.probe().map_err(|e| match e {
             // An https server whose certificate no system root signs: say how to trust it.
@@ -195,6 +203,7 @@ impl ApiBackend {
             }
             other => other,
         })?;
+        me.metrics_before = me.scrape_metrics();
         me.info["rpc"] = json!({
             "endpoints": rpc,
             "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),
@@ -307,20 +316,19 @@ impl Backend for ApiBackend {
         if let Some(pid) = self.server_pid() {
             v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
         }
+        // Made after the runs: the counters' increase over them.
+        v["prefix_cache_metrics"] =
+            metrics::report(self.metrics_before.as_ref(), self.scrape_metrics().as_ref());
         v
     }
 
-    fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
-        match self.flavor {
-            // Standard OpenAI API: the count comes from usage.
-            ApiFlavor::Openai => self.usage_prompt_tokens(prompt),
-            ApiFlavor::Llama => self.token_ids(prompt).map(|ids| ids.len() as u32),
-        }
-    }
+    // prompt_token_count: the default (the length of token_ids). An OpenAI-compatible server is
+    // never sent an untimed generation to read `usage.prompt_tokens`: that would put the prompt
+    // in its prefix cache before the timed run.
 
     fn token_ids(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
         if self.flavor == ApiFlavor::Openai {
-            return self.extras_tokenize(prompt);
+            return self.openai_tokenize(prompt);
         }
         let templated;
         let content = if self.settings.endpoint == Endpoint::Chat {

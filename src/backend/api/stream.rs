@@ -454,7 +454,14 @@ impl StreamState {
         let (timings, usage) = (&self.timings, &self.usage);
         let server_prompt_ms = num(timings, "prompt_ms");
         let prompt_n = num(timings, "prompt_n").map(|x| x as u32);
-        let cache_n = num(timings, "cache_n").map(|x| x as u32);
+        // llama.cpp's timings, else OpenAI's (vLLM's) usage.prompt_tokens_details.cached_tokens.
+        let cache_n = num(timings, "cache_n").map(|x| x as u32).or_else(|| {
+            usage
+                .as_ref()
+                .and_then(|u| u.pointer("/prompt_tokens_details/cached_tokens"))
+                .and_then(Value::as_u64)
+                .map(|x| x as u32)
+        });
         let predicted_n = num(timings, "predicted_n").map(|x| x as u32);
         let prompt_tokens = match (prompt_n, cache_n) {
             (Some(p), c) => Some(p + c.unwrap_or(0)),

@@ -1,37 +1,80 @@
-//! Untimed helper requests: tokenizing a prompt (`/tokenize`, `/extras/tokenize`), the server's
-//! chat template, and the prompt token count from `usage`. None of them is inside a clock.
+//! Untimed helper requests: tokenizing a prompt (`/tokenize`, `/extras/tokenize`) and the server's
+//! chat template. None of them is inside a clock, and none generates: a prompt sent for generation
+//! before its timed run would sit in the server's prefix cache and make the timed run warm.
 
 use super::{error_chain, ApiBackend, Endpoint};
 use crate::backend::RunError;
 use serde_json::{json, Value};
 
+/// A tokenize endpoint an OpenAI-compatible server may have (none is standard). None of them
+/// generates, so using one before timing warms no prefix cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TokenizeVia {
+    /// vLLM (and SGLang): `POST /tokenize` `{"model", "prompt"}` or, for chat, `{"model",
+    /// "messages"}` with the server's template → `{"tokens", "count"}`.
+    Vllm,
+    /// llama-cpp-python's server: `POST /extras/tokenize` `{"input"}` → `{"tokens"}`.
+    Extras,
+    /// llama-server reached as a plain OpenAI server: `POST /tokenize` `{"content"}`.
+    LlamaServer,
+}
+
 impl ApiBackend {
-    /// OpenAI-compatible servers have no standard tokenize call; llama-cpp-python's server offers
-    /// `POST /extras/tokenize`. Chat prompts cannot be checked this way (the template is applied
-    /// inside the chat endpoint).
-    pub(super) fn extras_tokenize(&self, prompt: &str) -> Result<Vec<u32>, RunError> {
-        if self.settings.endpoint == Endpoint::Chat {
-            return Err(RunError::new(
-                "an OpenAI-compatible server cannot tokenize a chat prompt",
-            ));
+    /// Token ids from an OpenAI-compatible server's tokenize endpoint: the first of
+    /// [`TokenizeVia`] that answers is remembered; none answering is remembered too (the count is
+    /// then unknown before timing and comes from the timed request's own `usage`).
+    pub(super) fn openai_tokenize(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
+        if let Some(via) = self.tokenize_via {
+            return match via {
+                Some(v) => self.tokenize_with(v, prompt),
+                None => Err(RunError::new(
+                    "the server has no tokenize endpoint (/tokenize, /extras/tokenize)",
+                )),
+            };
         }
-        let v = self.post_json("/extras/tokenize", &json!({"input": prompt}))?;
-        token_list(&v, "/extras/tokenize")
+        for v in [
+            TokenizeVia::Vllm,
+            TokenizeVia::Extras,
+            TokenizeVia::LlamaServer,
+        ] {
+            if let Ok(ids) = self.tokenize_with(v, prompt) {
+                self.tokenize_via = Some(Some(v));
+                return Ok(ids);
+            }
+        }
+        self.tokenize_via = Some(None);
+        self.openai_tokenize(prompt)
     }
 
-    /// The server's `usage.prompt_tokens` for `prompt`, from one untimed, non-streamed request
-    /// for a single token (OpenAI-compatible servers that stream no usage, like llama-cpp-python).
-    pub(super) fn usage_prompt_tokens(&self, prompt: &str) -> Result<u32, RunError> {
-        let mut body = self.request_body(prompt, 1);
-        body["stream"] = json!(false);
-        if let Some(o) = body.as_object_mut() {
-            o.remove("stream_options");
+    fn tokenize_with(&self, via: TokenizeVia, prompt: &str) -> Result<Vec<u32>, RunError> {
+        let chat = self.settings.endpoint == Endpoint::Chat;
+        let (path, body) = match (via, chat) {
+            (TokenizeVia::Vllm, false) => {
+                ("/tokenize", json!({"model": self.model, "prompt": prompt}))
+            }
+            (TokenizeVia::Vllm, true) => (
+                "/tokenize",
+                json!({
+                    "model": self.model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "add_generation_prompt": true,
+                }),
+            ),
+            (TokenizeVia::Extras, false) => ("/extras/tokenize", json!({"input": prompt})),
+            (TokenizeVia::LlamaServer, false) => (
+                "/tokenize",
+                json!({"content": prompt, "add_special": true, "parse_special": true}),
+            ),
+            // Their chat template is applied inside the chat endpoint only.
+            (_, true) => return Err(RunError::new("no chat tokenize endpoint")),
+        };
+        let v = self.post_json(path, &body)?;
+        // llama-server answers a /tokenize without "content" with an empty list: only vLLM's
+        // answer (which has "count") counts as vLLM's.
+        if via == TokenizeVia::Vllm && v.get("count").is_none() {
+            return Err(RunError::new("/tokenize: not vLLM's answer (no count)"));
         }
-        let v = self.post_json(self.settings.endpoint.path(), &body)?;
-        v.pointer("/usage/prompt_tokens")
-            .and_then(Value::as_u64)
-            .map(|n| n as u32)
-            .ok_or_else(|| RunError::new("the server reports no usage.prompt_tokens"))
+        token_list(&v, path)
     }
 
     /// POST a JSON body to `path` and return the JSON answer (tokenize / template helpers).

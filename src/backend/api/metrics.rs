@@ -1,0 +1,173 @@
+//! Prefix-cache counters from a server's Prometheus `/metrics`, scraped when the backend opens and
+//! again when its report is made, so the report can say how many prompt tokens the server served
+//! from its cache over the backend's runs (warm-ups included). A server without `/metrics`, or
+//! without any of the counters below, gives "unavailable", never a zero.
+//!
+//! Parsed by hand (the text format is one `name{labels} value [timestamp]` sample per line):
+//! samples of the same name with different labels are summed.
+
+use super::ApiBackend;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Counters whose increase over the runs is reported: vLLM V1 (`prefix_cache_*`, counted in
+/// tokens; earlier V1 releases prefix them with `gpu_`), SGLang's token counters.
+const COUNTERS: &[&str] = &[
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:gpu_prefix_cache_queries_total",
+    "vllm:gpu_prefix_cache_hits_total",
+    "vllm:prompt_tokens_total",
+    "sglang:prompt_tokens_total",
+    "sglang:cached_tokens_total",
+];
+
+/// Gauges (hit rates of vLLM V0 and SGLang): reported before and after, no delta.
+const GAUGES: &[&str] = &[
+    "vllm:gpu_prefix_cache_hit_rate",
+    "vllm:cpu_prefix_cache_hit_rate",
+    "sglang:cache_hit_rate",
+];
+
+impl ApiBackend {
+    /// The known counters of `GET /metrics`; None when the server has none (any failure).
+    pub(super) fn scrape_metrics(&self) -> Option<BTreeMap<String, f64>> {
+        let url = format!("{}/metrics", self.base);
+        self.rt.block_on(async {
+            let r = self
+                .authed(self.client.get(&url))
+                .timeout(self.settings.connect_timeout + Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            Some(parse(&r.text().await.ok()?))
+        })
+    }
+}
+
+/// The samples of the known counters and gauges in a Prometheus text exposition.
+pub fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => continue,
+        };
+        if !COUNTERS.contains(&name) && !GAUGES.contains(&name) {
+            continue;
+        }
+        let rest = match rest.strip_prefix('{') {
+            Some(r) => match after_labels(r) {
+                Some(r) => r,
+                None => continue,
+            },
+            None => rest,
+        };
+        let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        *out.entry(name.to_string()).or_insert(0.0) += v;
+    }
+    out
+}
+
+/// The text after a label block's closing `}` (label values are quoted and may hold `}`, spaces
+/// and backslash escapes).
+fn after_labels(s: &str) -> Option<&str> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in s.char_indices() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, '}') => return Some(&s[i + 1..]),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What the report says about the server's prefix cache between two scrapes.
+pub fn report(
+    before: Option<&BTreeMap<String, f64>>,
+    after: Option<&BTreeMap<String, f64>>,
+) -> Value {
+    let (Some(b), Some(a)) = (before, after) else {
+        return json!("unavailable: the server has no /metrics");
+    };
+    if a.is_empty() {
+        return json!("unavailable: /metrics has no prefix-cache counters");
+    }
+    let mut delta = Map::new();
+    for name in COUNTERS {
+        if let (Some(x), Some(y)) = (b.get(*name), a.get(*name)) {
+            delta.insert((*name).to_string(), json!(y - x));
+        }
+    }
+    let gauges: Map<String, Value> = GAUGES
+        .iter()
+        .filter_map(|g| {
+            let v = a.get(*g)?;
+            Some(((*g).to_string(), json!({"before": b.get(*g), "after": v})))
+        })
+        .collect();
+    let hits = delta
+        .get("vllm:prefix_cache_hits_total")
+        .or_else(|| delta.get("vllm:gpu_prefix_cache_hits_total"))
+        .or_else(|| delta.get("sglang:cached_tokens_total"))
+        .and_then(Value::as_f64);
+    json!({
+        "source": "/metrics, scraped when the backend opened and after its runs (warm-ups included)",
+        "delta": delta,
+        "gauges": gauges,
+        "cached_tokens": hits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VLLM: &str = "# HELP vllm:prefix_cache_hits_total hits\n\
+        # TYPE vllm:prefix_cache_hits_total counter\n\
+        vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 32.0\n\
+        vllm:prefix_cache_hits_total{engine=\"1\",model_name=\"m\"} 16\n\
+        vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"a b}\"} 100\n\
+        vllm:num_requests_running{model_name=\"m\"} 1\n\
+        sglang:cache_hit_rate 0.25 1700000000\n";
+
+    #[test]
+    fn known_samples_are_summed_over_labels_and_the_rest_is_ignored() {
+        let m = parse(VLLM);
+        assert_eq!(m["vllm:prefix_cache_hits_total"], 48.0);
+        assert_eq!(m["sglang:cache_hit_rate"], 0.25);
+        assert!(!m.contains_key("vllm:num_requests_running"));
+        // A `}` inside a quoted label value does not end the label block.
+        assert_eq!(m["vllm:prefix_cache_queries_total"], 100.0);
+    }
+
+    #[test]
+    fn deltas_are_reported_and_missing_metrics_are_unavailable_not_zero() {
+        let b = parse("vllm:prefix_cache_hits_total 10\nvllm:prefix_cache_queries_total 50\n");
+        let a = parse("vllm:prefix_cache_hits_total 42\nvllm:prefix_cache_queries_total 90\n");
+        let r = report(Some(&b), Some(&a));
+        assert_eq!(r["delta"]["vllm:prefix_cache_hits_total"], 32.0);
+        assert_eq!(r["delta"]["vllm:prefix_cache_queries_total"], 40.0);
+        assert_eq!(r["cached_tokens"], 32.0);
+        let none = report(None, Some(&a));
+        assert!(none.as_str().unwrap().starts_with("unavailable"));
+        let empty = report(Some(&BTreeMap::new()), Some(&BTreeMap::new()));
+        assert!(empty.as_str().unwrap().contains("no prefix-cache counters"));
+    }
+}

@@ -21,6 +21,7 @@ mod load;
 mod metrics;
 mod probe;
 mod stream;
+mod stream_state;
 mod tokenize;
 
 pub use body::{event_token, EventToken};

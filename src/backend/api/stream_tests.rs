@@ -2,6 +2,7 @@
 //! stream stopped, and the last event without its blank line.
 
 use super::*;
+use std::time::Duration;
 
 fn state(endpoint: Endpoint, flavor: ApiFlavor) -> StreamState {
     StreamState::new(Instant::now(), endpoint, flavor)

@@ -20,6 +20,7 @@ pub mod hf_text;
 pub mod inproc;
 pub mod server;
 pub mod sse;
+pub mod system_info;
 
 pub use decode::{decode_tail, DecodeTail, FirstToken, Generator, InprocClock};
 

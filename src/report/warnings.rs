@@ -1,7 +1,7 @@
 //! Things a reader must know before trusting the table, one line each.
 
 use super::{CaseSummary, FirstTokenAgreement, Report};
-use crate::backend::server::system_info_differences;
+use crate::backend::system_info::system_info_differences;
 use crate::backend::BackendKind;
 
 /// "inproc long#2" or "inproc [threads=1] long#2".

@@ -2,7 +2,7 @@
 //! server, which model name to send, the llama.cpp commit check, and the facts for the report.
 
 use super::{error_chain, ApiBackend, ApiFlavor, Endpoint};
-use crate::backend::server::system_info_from_log;
+use crate::backend::system_info::system_info_from_log;
 use crate::backend::{OpenError, LLAMA_CPP_COMMIT};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -65,11 +65,15 @@ fn chinese_and_emoji_output_is_whole_characters_and_the_same_first_token_everywh
         d.path(),
         // The model answers the emoji line with emoji whose first token is a space and the first byte
         // of a 4-byte character: TTFT ends at a token with no complete character.
-        &["中国的首都是", "Emojis: 🙂 😀 🎉 👍 🙂 😀 🎉 👍 🙂"],
+        &[
+            "中国的首都是",
+            "Emojis: 🙂 😀 🎉 👍 🙂 😀 🎉 👍 🙂",
+            "Reply with one emoji: 🙂",
+        ],
         &["--max-new-tokens", "12"],
     );
     let rows = rows(&json);
-    assert_eq!(rows.len(), 6, "2 prompts x 3 backends");
+    assert_eq!(rows.len(), 9, "3 prompts x 3 backends");
     for ((idx, backend), r) in &rows {
         let out = r["output"].as_str().unwrap();
         assert!(!out.contains('\u{FFFD}'), "{backend} prompt {idx}: {out:?}");
@@ -77,20 +81,29 @@ fn chinese_and_emoji_output_is_whole_characters_and_the_same_first_token_everywh
             assert!(r["first_token_id"].is_u64(), "{backend} prompt {idx}: {r}");
         }
     }
-    for idx in 0..2u64 {
+    for idx in 0..3u64 {
         let of = |b: &str| &rows[&(idx, b.to_string())];
         let (hf, inproc, api) = (of("hf"), of("inproc"), of("api"));
-        assert_eq!(hf["first_token_id"], inproc["first_token_id"], "prompt {idx}");
+        assert_eq!(
+            hf["first_token_id"], inproc["first_token_id"],
+            "prompt {idx}"
+        );
         assert_eq!(hf["first_token_bytes"], inproc["first_token_bytes"]);
         if api["first_token_id"].is_u64() {
-            assert_eq!(api["first_token_id"], inproc["first_token_id"], "prompt {idx}");
+            assert_eq!(
+                api["first_token_id"], inproc["first_token_id"],
+                "prompt {idx}"
+            );
         } else {
             // llama-server sends no event for a token that ends inside a character: its first
             // event is a later token, and the row says so.
             let n = api["first_event_tokens"].as_u64().unwrap();
             assert!(n > 1, "{api}");
             let flag = format!("first_event_after_tokens:{n}");
-            assert!(api["flags"].as_array().unwrap().iter().any(|f| f == &flag), "{api}");
+            assert!(
+                api["flags"].as_array().unwrap().iter().any(|f| f == &flag),
+                "{api}"
+            );
         }
         assert_eq!(first_char(hf), first_char(inproc), "prompt {idx}");
         assert_eq!(first_char(api), first_char(inproc), "prompt {idx}");
@@ -117,7 +130,10 @@ fn a_reply_that_ends_at_eos_counts_the_same_tokens_on_every_backend() {
         // llama-server's chat endpoint says "stop" for an EOS and a stop word alike.
         let stop = if backend == "api" { "stop" } else { "eos" };
         assert_eq!(r["stop_reason"], stop, "{backend}: {r}");
-        assert!(r["generated_tokens"].as_u64().unwrap() < 64, "{backend}: {r}");
+        assert!(
+            r["generated_tokens"].as_u64().unwrap() < 64,
+            "{backend}: {r}"
+        );
     }
     assert_eq!(counts["hf"], counts["inproc"], "{counts:?}");
     assert_eq!(counts["api"], counts["inproc"], "{counts:?}");

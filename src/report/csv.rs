@@ -27,8 +27,6 @@ pub const COLUMNS: &[&str] = &[
     "server_prompt_n",
     "cache_n",
     "api_overhead_ms",
-    "connect_ms",
-    "connection",
     "generated_tokens",
     "decode_ms_per_token",
     "e2e_ms",
@@ -36,6 +34,9 @@ pub const COLUMNS: &[&str] = &[
     "flags",
     "point",
     "first_token_id",
+    "connect_ms",
+    "connection",
+    "stop_reason",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -106,8 +107,6 @@ pub fn row(r: &RunRecord) -> String {
         opt(m.and_then(|m| m.server_prompt_n)),
         opt(m.and_then(|m| m.cache_n)),
         ms(m.and_then(|m| m.api_overhead_ms)),
-        ms(m.and_then(|m| m.connect_ms)),
-        escape(m.and_then(|m| m.connection.as_deref()).unwrap_or("")),
         opt(m.map(|m| m.generated_tokens)),
         ms(m.and_then(|m| m.decode_ms_per_token)),
         ms(m.map(|m| m.e2e_ms)),
@@ -119,6 +118,9 @@ pub fn row(r: &RunRecord) -> String {
         escape(&r.flags.join(";")),
         escape(&r.point),
         opt(m.and_then(|m| m.first_token_id)),
+        ms(m.and_then(|m| m.connect_ms)),
+        escape(m.and_then(|m| m.connection.as_deref()).unwrap_or("")),
+        escape(m.and_then(|m| m.stop_reason.as_deref()).unwrap_or("")),
     ];
     fields.join(",") + "\n"
 }

@@ -36,6 +36,13 @@ pub fn quiet_llama_logs() {
 /// llama.cpp's global backend may be initialised once per process.
 fn llama_backend() -> Result<&'static LlamaBackend, OpenError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    // Two threads opening a backend at once (tests run in parallel) must not both call
+    // `LlamaBackend::init`: the second would fail with BackendAlreadyInitialized.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }

@@ -40,6 +40,7 @@ pub fn api_settings(s: &Settings, server_log: &Path) -> ApiSettings {
         ca_cert: a.ca_cert.clone(),
         first_token_timeout: Duration::from_secs_f64(a.first_token_timeout_s),
         total_timeout: Duration::from_secs_f64(a.request_timeout_s),
+        prepare_timeout: Duration::from_secs_f64(a.prepare_timeout_s),
         server_port: a.server_port,
         server_slots: a.server_slots,
         api_key: a.api_key.clone(),
@@ -62,17 +63,23 @@ pub fn open_backend(
             // tch panics on libtorch errors (CUDA out of memory while placing the weights, ...):
             // behind the unwind boundary that is a load error, and the other backends still run.
             let settings = hf_settings(s, point);
+            let what = format!("hf to load --hf-model {}", settings.model);
             let hf = crate::backend::guard::catch("hf load", || {
-                crate::backend::hf::HfBackend::open(&settings)
+                crate::backend::waiting::announced(&what, "load", "no time limit", || {
+                    crate::backend::hf::HfBackend::open(&settings)
+                })
             })
             .map_err(|e| OpenError::Model(format!("--hf-model {}: {e}", settings.model)))??;
             Ok(Box::new(crate::backend::guard::Guarded::new(hf)))
         }
         #[cfg(feature = "llama")]
-        BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open_with(
-            &point.llama,
-            s.chat,
-        )?)),
+        BackendKind::Inproc => {
+            let what = format!("inproc to load {}", point.llama.gguf.display());
+            let b = crate::backend::waiting::announced(&what, "load", "no time limit", || {
+                crate::backend::inproc::InprocBackend::open_with(&point.llama, s.chat)
+            })?;
+            Ok(Box::new(b))
+        }
         BackendKind::Api => {
             let api = ApiBackend::open(&point.llama, &api_settings(s, server_log))?;
             #[cfg(feature = "llama")]
@@ -142,9 +149,19 @@ pub fn tokenizers(s: &Settings, point: &SettingsPoint) -> Result<Vec<Tokenizer>>
     out.extend(llama_tokenizers(s, point)?);
     if let (true, Some(url)) = (s.has(BackendKind::Api), &s.api.url) {
         let api = api_settings(s, Path::new("/dev/null"));
-        if let Ok(mut b) = ApiBackend::open(&point.llama, &api) {
+        // A server that does not answer stops the run here, before timing (any other failure to
+        // open shows up again when the backend opens for its runs).
+        let opened = match ApiBackend::open(&point.llama, &api) {
+            Err(OpenError::Stalled(m)) => anyhow::bail!("{m}"),
+            other => other.ok(),
+        };
+        if let Some(mut b) = opened {
             // Servers without llama.cpp's /tokenize (plain OpenAI-compatible ones) are not checked.
-            if b.token_ids("probe").is_ok() {
+            let probed = b.token_ids("probe");
+            if let (Err(_), Some(m)) = (&probed, b.stalled()) {
+                anyhow::bail!("{m}");
+            }
+            if probed.is_ok() {
                 let b = std::cell::RefCell::new(b);
                 out.push(Tokenizer::new(
                     BackendKind::Api,

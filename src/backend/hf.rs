@@ -126,6 +126,11 @@ pub fn resolve_model(spec: &str, revision: Option<&str>) -> Result<PathBuf, Open
         .map_err(|e| OpenError::Model(format!("--hf-model {spec}: {e}")))?;
     let r = api.repo(repo);
     let fetch = |f: &str| {
+        let _says = super::waiting::Waiting::start(
+            &format!("the Hugging Face hub: {spec} {f}"),
+            "download",
+            "no time limit",
+        );
         r.get(f).map_err(|e| {
             OpenError::Model(format!(
                 "--hf-model {spec} (revision {rev}): cannot fetch {f}: {e}"

@@ -21,6 +21,7 @@ pub mod inproc;
 pub mod server;
 pub mod sse;
 pub mod system_info;
+pub mod waiting;
 
 pub use decode::{decode_tail, DecodeTail, FirstToken, Generator, InprocClock};
 
@@ -206,6 +207,10 @@ pub enum OpenError {
     /// The backend is not compiled into this binary.
     #[error("{0}")]
     NotBuilt(String),
+    /// A request before timing got no answer within `--prepare-timeout` (the message names the
+    /// server, the request and what to do): ttft stops before timing.
+    #[error("{0}")]
+    Stalled(String),
 }
 
 /// One benchmarkable backend. Opening it (loading the model or starting the server) happens

@@ -152,6 +152,11 @@ impl RpcWorkers {
             w.children.push(child);
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let t0 = Instant::now();
+            let _says = super::waiting::Waiting::start(
+                &format!("rpc-server {i} to listen on 127.0.0.1:{port}"),
+                "rpc start",
+                "up to 20 s",
+            );
             while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
                 if t0.elapsed() > Duration::from_secs(20) {
                     return Err(OpenError::Server(format!(
@@ -265,6 +270,15 @@ impl ServerProcess {
             start_ms: 0.0,
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let _says = super::waiting::Waiting::start(
+            &format!(
+                "llama-server to load {} ({}/health)",
+                spec.params.gguf.display(),
+                server.url
+            ),
+            "server start",
+            &format!("up to {:.0} s", timeout.as_secs_f64()),
+        );
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 let tail = log_tail(log_path, 5);

@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// api: fail a run that takes longer than this in total, seconds.
     #[arg(long, value_name = "S", default_value_t = 600.0)]
     pub request_timeout: f64,
+    /// api: each untimed request before timing (/props, /v1/models, /metrics, /tokenize,
+    /// /apply-template) waits at most this long, seconds; past it ttft stops (exit 2) naming the
+    /// server and the request. The timed runs keep their own timeouts.
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    pub prepare_timeout: f64,
     /// Output folder for the CSV, JSON and server log [config: out, default results].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

@@ -73,6 +73,8 @@ pub struct ApiOptions {
     pub first_token_timeout_s: f64,
     /// A run longer than this fails, seconds.
     pub request_timeout_s: f64,
+    /// Each untimed request before timing waits at most this long, seconds.
+    pub prepare_timeout_s: f64,
     /// Fixed port of the spawned server.
     pub server_port: Option<u16>,
     /// Slots of the spawned server (1 unless a load run needs more).

@@ -245,6 +245,7 @@ fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, Setting
         ("--connect-timeout", args.connect_timeout),
         ("--first-token-timeout", args.first_token_timeout),
         ("--request-timeout", args.request_timeout),
+        ("--prepare-timeout", args.prepare_timeout),
     ] {
         if !(v > 0.0 && v.is_finite()) {
             return Err(invalid(format!(
@@ -284,6 +285,7 @@ fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, Setting
         ca_cert: ca_cert(args)?,
         first_token_timeout_s: args.first_token_timeout,
         request_timeout_s: args.request_timeout,
+        prepare_timeout_s: args.prepare_timeout,
         server_port: args.server_port,
         server_slots: match (args.concurrency, args.request_rate) {
             (Some(n), _) => n.max(1),

@@ -83,6 +83,7 @@ pub fn api_settings(
         ca_cert: None,
         first_token_timeout: Duration::from_secs(120),
         total_timeout: Duration::from_secs(300),
+        prepare_timeout: Duration::from_secs(30),
         server_port: None,
         server_slots: 1,
         rpc: Vec::new(),

@@ -6,10 +6,10 @@
 //! Parsed by hand (the text format is one `name{labels} value [timestamp]` sample per line):
 //! samples of the same name with different labels are summed.
 
+use super::helper::HelperError;
 use super::ApiBackend;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Counters whose increase over the runs is reported: vLLM V1 (`prefix_cache_*`, counted in
 /// tokens; earlier V1 releases prefix them with `gpu_`), SGLang's token counters.
@@ -31,21 +31,15 @@ const GAUGES: &[&str] = &[
 ];
 
 impl ApiBackend {
-    /// The known counters of `GET /metrics`; None when the server has none (any failure).
-    pub(super) fn scrape_metrics(&self) -> Option<BTreeMap<String, f64>> {
+    /// The known counters of `GET /metrics`; None when the server has none (any failure but a
+    /// stall, which is an error: see [`ApiBackend::helper`]).
+    pub(super) fn scrape_metrics(&self) -> Result<Option<BTreeMap<String, f64>>, HelperError> {
         let url = format!("{}/metrics", self.base);
-        self.rt.block_on(async {
-            let r = self
-                .authed(self.client.get(&url))
-                .timeout(self.settings.connect_timeout + Duration::from_secs(5))
-                .send()
-                .await
-                .ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            Some(parse(&r.text().await.ok()?))
-        })
+        match self.helper("GET", "/metrics", self.authed(self.client.get(&url))) {
+            Ok((status, text)) if (200..300).contains(&status) => Ok(Some(parse(&text))),
+            Ok(_) | Err(HelperError::Failed(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

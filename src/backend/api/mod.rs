@@ -17,6 +17,7 @@
 
 mod body;
 mod conn;
+mod helper;
 mod load;
 mod metrics;
 mod probe;
@@ -98,6 +99,9 @@ pub struct ApiSettings {
     pub first_token_timeout: Duration,
     /// Whole request, before the run is failed.
     pub total_timeout: Duration,
+    /// Each untimed helper request before timing (probe, tokenize, template, metrics), at most
+    /// (`--prepare-timeout`).
+    pub prepare_timeout: Duration,
     /// Fixed port for the spawned server (None: a free one).
     pub server_port: Option<u16>,
     /// Parallel slots of the spawned server (1 for single runs; the concurrency for load runs).
@@ -135,6 +139,9 @@ pub struct ApiBackend {
     tokenize_via: Option<Option<TokenizeVia>>,
     /// Prefix-cache counters from `/metrics` when the backend opened (None: no `/metrics`).
     metrics_before: Option<BTreeMap<String, f64>>,
+    /// The message of the helper request that got no answer within `--prepare-timeout`; later
+    /// helper requests fail with it at once.
+    stalled: std::sync::OnceLock<String>,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -194,6 +201,7 @@ impl ApiBackend {
             no_continuous_usage: Default::default(),
             tokenize_via: None,
             metrics_before: None,
+            stalled: Default::default(),
         };
         me.info = me.probe().map_err(|e| match e {
             // An https server whose certificate no system root signs: say how to trust it.
@@ -204,7 +212,9 @@ impl ApiBackend {
             }
             other => other,
         })?;
-        me.metrics_before = me.scrape_metrics();
+        me.metrics_before = me
+            .scrape_metrics()
+            .map_err(|e| OpenError::Stalled(e.message().into()))?;
         me.info["rpc"] = json!({
             "endpoints": rpc,
             "spawned_worker_pids": me.rpc_workers.as_ref().map(|w| w.pids()),
@@ -318,8 +328,10 @@ impl Backend for ApiBackend {
             v["server_peak_rss_mib"] = json!(crate::report::env::peak_rss_mib(Some(pid)));
         }
         // Made after the runs: the counters' increase over them.
-        v["prefix_cache_metrics"] =
-            metrics::report(self.metrics_before.as_ref(), self.scrape_metrics().as_ref());
+        v["prefix_cache_metrics"] = metrics::report(
+            self.metrics_before.as_ref(),
+            self.scrape_metrics().ok().flatten().as_ref(),
+        );
         v
     }
 

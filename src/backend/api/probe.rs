@@ -1,42 +1,37 @@
 //! Reaching the server once at open: is it llama.cpp (`/props`) or another OpenAI-compatible
 //! server, which model name to send, the llama.cpp commit check, and the facts for the report.
 
-use super::{error_chain, ApiBackend, ApiFlavor, Endpoint};
+use super::helper::HelperError;
+use super::{ApiBackend, ApiFlavor, Endpoint};
 use crate::backend::system_info::system_info_from_log;
 use crate::backend::{OpenError, LLAMA_CPP_COMMIT};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 impl ApiBackend {
-    fn get_json(&self, path: &str) -> Result<Option<Value>, String> {
+    /// GET `path`: its JSON answer, None for an error status or a body that is not JSON.
+    fn get_json(&self, path: &str) -> Result<Option<Value>, HelperError> {
         let url = format!("{}{}", self.base, path);
-        self.rt.block_on(async {
-            let r = self
-                .authed(self.client.get(&url))
-                .timeout(self.settings.connect_timeout + Duration::from_secs(10))
-                .send()
-                .await
-                .map_err(|e| error_chain(&e))?;
-            if !r.status().is_success() {
-                return Ok(None);
-            }
-            Ok(r.json::<Value>().await.ok())
-        })
+        let (status, text) = self.helper("GET", path, self.authed(self.client.get(&url)))?;
+        if !(200..300).contains(&status) {
+            return Ok(None);
+        }
+        Ok(serde_json::from_str(&text).ok())
     }
 
     /// Reach the server, identify it (`/props`, `/v1/models`), settle the flavor and model name,
     /// and enforce the commit check.
     pub(super) fn probe(&mut self) -> Result<Value, OpenError> {
-        let who = match &self.settings.url {
-            Some(u) => format!("--api-url {u}"),
-            None => format!("spawned llama-server at {}", self.base),
-        };
-        let props = self.get_json("/props").map_err(|e| {
-            OpenError::Server(format!(
+        let who = self.who();
+        let props = self.get_json("/props").map_err(|e| match e {
+            HelperError::Stalled(m) => OpenError::Stalled(m),
+            HelperError::Failed(e) => OpenError::Server(format!(
                 "{who} is unreachable ({e}): start the server or fix the flag"
-            ))
+            )),
         })?;
-        let models = self.get_json("/v1/models").ok().flatten();
+        let models = match self.get_json("/v1/models") {
+            Err(HelperError::Stalled(m)) => return Err(OpenError::Stalled(m)),
+            other => other.ok().flatten(),
+        };
         let build_info = props
             .as_ref()
             .and_then(|p| p.get("build_info"))

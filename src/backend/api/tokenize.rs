@@ -2,7 +2,8 @@
 //! chat template. None of them is inside a clock, and none generates: a prompt sent for generation
 //! before its timed run would sit in the server's prefix cache and make the timed run warm.
 
-use super::{error_chain, ApiBackend, Endpoint};
+use super::helper::HelperError;
+use super::{ApiBackend, Endpoint};
 use crate::backend::RunError;
 use serde_json::{json, Value};
 
@@ -26,7 +27,7 @@ impl ApiBackend {
     pub(super) fn openai_tokenize(&mut self, prompt: &str) -> Result<Vec<u32>, RunError> {
         if let Some(via) = self.tokenize_via {
             return match via {
-                Some(v) => self.tokenize_with(v, prompt),
+                Some(v) => self.tokenize_with(v, prompt).map_err(RunError::from),
                 None => Err(RunError::new(
                     "the server has no tokenize endpoint (/tokenize, /extras/tokenize)",
                 )),
@@ -37,16 +38,21 @@ impl ApiBackend {
             TokenizeVia::Extras,
             TokenizeVia::LlamaServer,
         ] {
-            if let Ok(ids) = self.tokenize_with(v, prompt) {
-                self.tokenize_via = Some(Some(v));
-                return Ok(ids);
+            match self.tokenize_with(v, prompt) {
+                Ok(ids) => {
+                    self.tokenize_via = Some(Some(v));
+                    return Ok(ids);
+                }
+                // A server that does not answer at all is not asked the next endpoint.
+                Err(HelperError::Stalled(m)) => return Err(RunError::new(m)),
+                Err(HelperError::Failed(_)) => {}
             }
         }
         self.tokenize_via = Some(None);
         self.openai_tokenize(prompt)
     }
 
-    fn tokenize_with(&self, via: TokenizeVia, prompt: &str) -> Result<Vec<u32>, RunError> {
+    fn tokenize_with(&self, via: TokenizeVia, prompt: &str) -> Result<Vec<u32>, HelperError> {
         let chat = self.settings.endpoint == Endpoint::Chat;
         let (path, body) = match (via, chat) {
             (TokenizeVia::Vllm, false) => {
@@ -66,38 +72,29 @@ impl ApiBackend {
                 json!({"content": prompt, "add_special": true, "parse_special": true}),
             ),
             // Their chat template is applied inside the chat endpoint only.
-            (_, true) => return Err(RunError::new("no chat tokenize endpoint")),
+            (_, true) => return Err(HelperError::Failed("no chat tokenize endpoint".into())),
         };
         let v = self.post_json(path, &body)?;
         // llama-server answers a /tokenize without "content" with an empty list: only vLLM's
         // answer (which has "count") counts as vLLM's.
         if via == TokenizeVia::Vllm && v.get("count").is_none() {
-            return Err(RunError::new("/tokenize: not vLLM's answer (no count)"));
+            return Err(HelperError::Failed(
+                "/tokenize: not vLLM's answer (no count)".into(),
+            ));
         }
-        token_list(&v, path)
+        token_list(&v, path).map_err(|e| HelperError::Failed(e.0))
     }
 
     /// POST a JSON body to `path` and return the JSON answer (tokenize / template helpers).
-    pub(super) fn post_json(&self, path: &str, body: &Value) -> Result<Value, RunError> {
+    pub(super) fn post_json(&self, path: &str, body: &Value) -> Result<Value, HelperError> {
         let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let r = self
-                .authed(self.client.post(&url))
-                .json(body)
-                .timeout(self.settings.total_timeout)
-                .send()
-                .await
-                .map_err(|e| RunError::new(format!("{path}: {}", error_chain(&e))))?;
-            if !r.status().is_success() {
-                return Err(RunError::new(format!(
-                    "{path}: HTTP {}",
-                    r.status().as_u16()
-                )));
-            }
-            r.json()
-                .await
-                .map_err(|e| RunError::new(format!("{path}: {}", error_chain(&e))))
-        })
+        let rb = self.authed(self.client.post(&url)).json(body);
+        let (status, text) = self.helper("POST", path, rb)?;
+        if !(200..300).contains(&status) {
+            return Err(HelperError::Failed(format!("{path}: HTTP {status}")));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| HelperError::Failed(format!("{path}: the answer is not JSON: {e}")))
     }
 
     /// llama-server's `/apply-template`: the text its chat endpoint builds for one user message.

@@ -36,6 +36,7 @@ pub const COLUMNS: &[&str] = &[
     "flags",
     "point",
     "first_token_id",
+    "max_new_tokens",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -119,6 +120,7 @@ pub fn row(r: &RunRecord) -> String {
         escape(&r.flags.join(";")),
         escape(&r.point),
         opt(m.and_then(|m| m.first_token_id)),
+        r.max_new_tokens.to_string(),
     ];
     fields.join(",") + "\n"
 }
@@ -173,6 +175,7 @@ mod tests {
             text: "Hello, \"world\"\nbye",
             runner: BackendKind::Api,
             point: "",
+            max_new_tokens: 10,
         };
         if !ok {
             return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
@@ -195,7 +198,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042\n"), "{ok}");
+        assert!(ok.ends_with(",7042,10\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -19,6 +19,7 @@ fn set(name: &str, prompts: &[&str]) -> PromptSet {
         prompts: prompts.iter().map(|p| p.to_string()).collect(),
         repeat: None,
         warmup: None,
+        dataset: None,
     }
 }
 

@@ -9,6 +9,7 @@ use super::factory;
 use crate::backend::api::{ApiBackend, ApiFlavor};
 use crate::backend::BackendKind;
 use crate::bench::cache_bust::CacheBust;
+use crate::bench::dataset::Dataset;
 use crate::bench::parity::{self, ParityReport, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, PromptSet};
 use crate::bench::record::PromptId;
@@ -69,16 +70,16 @@ impl Prepared {
         let prefix = self.cache_bust.as_ref().map_or(0, |b| b.tokens);
         for (id, n, head) in self.llama_counts.iter().flatten() {
             let n = n + prefix;
-            if n + s.max_new_tokens > ctx {
+            let new = self.max_new_of(id, s.max_new_tokens);
+            if n + new > ctx {
                 let reason = format!(
-                    "prompt {id} (\"{head}…\" in {}) has {n} tokens{} + {} new > --ctx-size {ctx}",
-                    self.path_of(id).display(),
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens{} + {new} new > --ctx-size {ctx}",
+                    self.origin_of(id),
                     if prefix > 0 {
                         format!(" (with the {prefix}-token cache-bust prefix)")
                     } else {
                         String::new()
                     },
-                    s.max_new_tokens,
                 );
                 out.push((id.clone(), reason, CTX_FIX));
             }
@@ -88,11 +89,11 @@ impl Prepared {
         };
         for (id, n, head) in self.hf_counts.iter().flatten() {
             let n = n + prefix;
-            if n + s.max_new_tokens > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
+            let new = self.max_new_of(id, s.max_new_tokens);
+            if n + new > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
                 let reason = format!(
-                    "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {} new > hf {}",
-                    self.path_of(id).display(),
-                    s.max_new_tokens,
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {new} new > hf {}",
+                    self.origin_of(id),
                     cap.source,
                 );
                 out.push((id.clone(), reason, POSITION_FIX));
@@ -101,11 +102,20 @@ impl Prepared {
         out
     }
 
-    fn path_of(&self, id: &PromptId) -> PathBuf {
+    /// The prompt's file (and dataset line), for messages.
+    fn origin_of(&self, id: &PromptId) -> String {
         self.sets
             .iter()
             .find(|x| x.name == id.set)
-            .map_or(PathBuf::new(), |x| x.path.clone())
+            .map_or(String::new(), |x| x.origin(id.idx))
+    }
+
+    /// The prompt's max new tokens (a dataset line's `output_tokens`, else `default`).
+    fn max_new_of(&self, id: &PromptId, default: u32) -> u32 {
+        self.sets
+            .iter()
+            .find(|x| x.name == id.set)
+            .map_or(default, |x| x.max_new_tokens(id.idx, default))
     }
 }
 
@@ -265,6 +275,7 @@ fn synthetic_sets(
             prompts,
             repeat: Some(1),
             warmup,
+            dataset: None,
         });
     }
     Ok(sets)
@@ -277,6 +288,11 @@ fn check_inputs(s: &Settings) -> Result<Vec<PromptSet>> {
         for (name, path) in files {
             sets.push(load_prompt_set(name, path)?);
         }
+    }
+    if let Some(d) = &s.dataset {
+        let dataset = Dataset::load(&d.path)?;
+        let requests = dataset.sample(d.sample, s.seed)?;
+        sets.push(dataset.prompt_set(&d.name, &requests));
     }
     let spawn_server = s.spawns_server();
     if s.has(BackendKind::Inproc) || spawn_server {

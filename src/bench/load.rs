@@ -35,8 +35,6 @@ pub struct LoadPlan {
     pub requests: usize,
     /// Stop issuing after this long.
     pub duration: Option<std::time::Duration>,
-    /// Tokens per request.
-    pub max_new_tokens: u32,
     /// Seed of the arrival schedule.
     pub seed: u64,
 }

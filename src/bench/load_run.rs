@@ -39,7 +39,8 @@ fn sample_of(r: &RunRecord) -> LoadSample {
     }
 }
 
-/// Run `load` on `api` over the plan's prompts (round robin), handing each request's row to `sink`.
+/// Run `load` on `api` over the plan's prompts (round robin, a `--dataset` set's requests with
+/// their own `output_tokens`), handing each request's row to `sink`.
 pub fn run_load(
     api: &ApiBackend,
     plan: &Plan,
@@ -48,32 +49,33 @@ pub fn run_load(
     point: &str,
     sink: &mut dyn FnMut(&RunRecord),
 ) -> (BackendReport, LoadReport) {
-    let prompts: Vec<(PromptId, String)> = plan
+    // Every prompt with its own max new tokens (a dataset line's `output_tokens`).
+    let prompts: Vec<(PromptId, String, u32)> = plan
         .sets
         .iter()
         .flat_map(|s| {
-            s.prompts
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (PromptId::new(&s.name, i), p.clone()))
+            s.prompts.iter().enumerate().map(|(i, p)| {
+                let n = s.max_new_tokens(i, plan.max_new_tokens);
+                (PromptId::new(&s.name, i), p.clone(), n)
+            })
         })
         .collect();
-    let texts: Vec<String> = prompts.iter().map(|p| p.1.clone()).collect();
+    let texts: Vec<(String, u32)> = prompts.iter().map(|p| (p.1.clone(), p.2)).collect();
     let load_plan = LoadPlan {
         mode: load.mode,
         requests: request_count(load, texts.len(), plan.runs),
         duration: load.duration_s.map(Duration::from_secs_f64),
-        max_new_tokens: plan.max_new_tokens,
         seed,
     };
     let mut samples = Vec::new();
     let (secs, max_in_flight) = api.run_load(&texts, load_plan, &mut |i, r| {
-        let (id, text) = &prompts[i % prompts.len()];
+        let (id, text, max_new_tokens) = &prompts[i % prompts.len()];
         let ctx = RunContext {
             prompt: id,
             text,
             runner: BackendKind::Api,
             point,
+            max_new_tokens: *max_new_tokens,
         };
         let rec = match r {
             Ok(m) => {

@@ -3,6 +3,8 @@
 pub mod bootstrap;
 pub mod cache_bust;
 pub mod chat;
+pub mod conversation;
+pub mod dataset;
 pub mod interrupt;
 pub mod load;
 pub mod load_run;

@@ -195,6 +195,7 @@ mod tests {
             prompts: prompts.iter().map(|p| p.to_string()).collect(),
             repeat: None,
             warmup: None,
+            dataset: None,
         }]
     }
 

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// A named set of prompts ("short", "long", or the stem of a `--prompts` file).
-#[derive(Debug, Clone)]
+/// A named set of prompts ("short", "long", or the stem of a `--prompts` or `--dataset` file).
+#[derive(Debug, Clone, Default)]
 pub struct PromptSet {
     /// Name shown in the "Prompt Type" column.
     pub name: String,
@@ -18,9 +18,37 @@ pub struct PromptSet {
     pub repeat: Option<u32>,
     /// A prompt for the untimed warm-up runs, when not the set's first (synthetic sets).
     pub warmup: Option<String>,
+    /// Per-request facts of a `--dataset` set (None for prompt files and synthetic sets).
+    pub dataset: Option<DatasetMeta>,
+}
+
+/// What a `--dataset` line adds to its prompt, by prompt index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatasetMeta {
+    /// The line each prompt came from, from 1.
+    pub lines: Vec<usize>,
+    /// The line's `output_tokens` (that request's max new tokens), when it has one.
+    pub output_tokens: Vec<Option<u32>>,
 }
 
 impl PromptSet {
+    /// Max new tokens of prompt `idx`: its dataset line's `output_tokens`, else `default`
+    /// (`--max-new-tokens`).
+    pub fn max_new_tokens(&self, idx: usize, default: u32) -> u32 {
+        self.dataset
+            .as_ref()
+            .and_then(|d| d.output_tokens.get(idx).copied().flatten())
+            .unwrap_or(default)
+    }
+
+    /// Where prompt `idx` came from, for messages: `FILE line N` for a dataset, else the file.
+    pub fn origin(&self, idx: usize) -> String {
+        match self.dataset.as_ref().and_then(|d| d.lines.get(idx)) {
+            Some(line) => format!("{} line {line}", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
     /// Whether the set's prompts are interchangeable draws of one distribution (synthetic
     /// exact-length texts, a fresh one per run, so no cache can serve them): then the set, not
     /// each prompt, is the case its statistics describe.
@@ -89,6 +117,7 @@ pub fn load_prompt_set(name: &str, path: &Path) -> Result<PromptSet, PromptError
         prompts,
         repeat: None,
         warmup: None,
+        dataset: None,
     })
 }
 

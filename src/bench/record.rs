@@ -43,6 +43,9 @@ pub struct RunContext<'a> {
     pub runner: BackendKind,
     /// The settings point's label for this backend ("" without a grid).
     pub point: &'a str,
+    /// Max new tokens the request was given (a dataset line's `output_tokens`, else
+    /// `--max-new-tokens`).
+    pub max_new_tokens: u32,
 }
 
 /// One timed run, successful or not.
@@ -59,6 +62,9 @@ pub struct RunRecord {
     pub point: String,
     /// The prompt text.
     pub prompt_text: String,
+    /// Max new tokens the request was given (a dataset line's `output_tokens`, else
+    /// `--max-new-tokens`); `generated_tokens` is at most this.
+    pub max_new_tokens: u32,
     /// Whether a first token was produced.
     pub ok: bool,
     /// Why not, when `ok` is false.
@@ -97,6 +103,7 @@ impl RunRecord {
             runner: ctx.runner,
             point: ctx.point.to_string(),
             prompt_text: ctx.text.to_string(),
+            max_new_tokens: ctx.max_new_tokens,
             ok: measurement.is_some(),
             error,
             flags,
@@ -202,6 +209,7 @@ mod tests {
             text: "hi",
             runner: BackendKind::Api,
             point: "threads=1",
+            max_new_tokens: 10,
         };
         let ok = RunRecord::success(&ctx, 0, Measurement::default(), vec![]);
         assert!(ok.ok && ok.error.is_none() && ok.measurement.is_some());
@@ -211,5 +219,6 @@ mod tests {
         assert_eq!(v["prompt_type"], "short");
         assert_eq!(v["prompt_idx"], 2);
         assert_eq!(v["point"], "threads=1");
+        assert_eq!(v["max_new_tokens"], 10);
     }
 }

@@ -213,6 +213,7 @@ impl Run<'_> {
         let Some(first) = set.warmup.as_ref().or(first_fit.map(|i| &set.prompts[i])) else {
             return;
         };
+        let max_new = set.max_new_tokens(first_fit.unwrap_or(0), self.plan.max_new_tokens);
         for _ in 0..self.plan.warmup {
             if interrupt::requested() {
                 break;
@@ -220,7 +221,7 @@ impl Run<'_> {
             // Warm-ups are never recorded; a failing warm-up shows up in the timed runs anyway.
             // With a cache-busting prefix a warm-up shares no prefix with any timed run.
             let text = self.busted(first);
-            let _ = self.backend.measure(&text, self.plan.max_new_tokens);
+            let _ = self.backend.measure(&text, max_new);
         }
     }
 
@@ -239,6 +240,7 @@ impl Run<'_> {
             text: &set.prompts[idx],
             runner: self.backend.kind(),
             point: self.point,
+            max_new_tokens: set.max_new_tokens(idx, self.plan.max_new_tokens),
         };
         let started = Instant::now();
         for run_idx in runs {
@@ -275,7 +277,7 @@ impl Run<'_> {
         // when either is).
         let prefix = bust.map_or(Some(0), CacheBust::measured_tokens);
         let expected = count.zip(prefix).map(|(c, p)| c + p);
-        match self.backend.measure(&text, self.plan.max_new_tokens) {
+        match self.backend.measure(&text, ctx.max_new_tokens) {
             Ok(mut m) => {
                 let mut flags = row_flags(&m, expected);
                 if let Some(b) = bust {
@@ -377,6 +379,7 @@ pub fn run_unopened(
                 text,
                 runner: kind,
                 point,
+                max_new_tokens: set.max_new_tokens(idx, plan.max_new_tokens),
             };
             for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
                 sink(&RunRecord::failure(&ctx, run_idx, reason));

@@ -32,6 +32,15 @@ pub struct RunArgs {
     /// replaces the config's short_prompts/long_prompts.
     #[arg(long, value_name = "[NAME=]FILE")]
     pub prompts: Vec<String>,
+    /// JSONL requests, one per line: {"prompt": "...", "output_tokens": N} (output_tokens
+    /// optional: that request's max new tokens) or ShareGPT {"conversations": [{"from": "human",
+    /// "value": "..."}, ...]} (the first human turn is sent). One prompt set named after the file
+    /// stem; replaces the config's prompt files, combines with --prompts.
+    #[arg(long, value_name = "FILE")]
+    pub dataset: Option<PathBuf>,
+    /// Draw N requests of --dataset with --seed (deterministic, without replacement).
+    #[arg(long, value_name = "N", requires = "dataset")]
+    pub dataset_sample: Option<usize>,
     /// Timed repetitions of every prompt [config: runs, default 3].
     #[arg(long, value_name = "N")]
     pub runs: Option<u32>,

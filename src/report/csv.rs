@@ -37,6 +37,7 @@ pub const COLUMNS: &[&str] = &[
     "connect_ms",
     "connection",
     "stop_reason",
+    "max_new_tokens",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -121,6 +122,7 @@ pub fn row(r: &RunRecord) -> String {
         ms(m.and_then(|m| m.connect_ms)),
         escape(m.and_then(|m| m.connection.as_deref()).unwrap_or("")),
         escape(m.and_then(|m| m.stop_reason.as_deref()).unwrap_or("")),
+        r.max_new_tokens.to_string(),
     ];
     fields.join(",") + "\n"
 }
@@ -175,6 +177,7 @@ mod tests {
             text: "Hello, \"world\"\nbye",
             runner: BackendKind::Api,
             point: "",
+            max_new_tokens: 10,
         };
         if !ok {
             return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
@@ -197,7 +200,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042,,,\n"), "{ok}");
+        assert!(ok.ends_with(",7042,,,,10\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -99,6 +99,10 @@ pub struct SetInfo {
     pub prompts: usize,
     /// The set is one case (synthetic exact-length prompts), not one case per prompt.
     pub one_case: bool,
+    /// A `--dataset` set: the file line of each prompt (by prompt index), so a row can be traced
+    /// back to its request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_lines: Option<Vec<usize>>,
 }
 
 impl SetInfo {
@@ -109,6 +113,7 @@ impl SetInfo {
             path: set.path.display().to_string(),
             prompts: set.prompts.len(),
             one_case: set.is_one_case(),
+            dataset_lines: set.dataset.as_ref().map(|d| d.lines.clone()),
         }
     }
 }

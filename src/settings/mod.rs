@@ -46,6 +46,17 @@ pub enum PromptSource {
     },
 }
 
+/// `--dataset`: a JSONL request file, one prompt set (read and checked in prepare).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DatasetOptions {
+    /// The file.
+    pub path: PathBuf,
+    /// The prompt set's name: the file's stem.
+    pub name: String,
+    /// `--dataset-sample`: requests drawn with `seed`; None = every request.
+    pub sample: Option<usize>,
+}
+
 /// How the api backend reaches its server.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiOptions {
@@ -134,6 +145,8 @@ pub struct Settings {
     pub device: String,
     /// The prompts.
     pub prompts: PromptSource,
+    /// `--dataset`: one more prompt set, from a JSONL request file.
+    pub dataset: Option<DatasetOptions>,
     /// Timed runs per prompt.
     pub runs: u32,
     /// `--min-time`: more runs (the same number for every prompt of a set) until each prompt

@@ -3,8 +3,8 @@
 
 use super::grid::{self, Grid};
 use super::{
-    is_hub_id, parse_backends, ApiOptions, LoadOptions, OutputOptions, PromptSource, Settings,
-    SettingsError, DEFAULT_N_GPU_LAYERS,
+    is_hub_id, parse_backends, ApiOptions, DatasetOptions, LoadOptions, OutputOptions,
+    PromptSource, Settings, SettingsError, DEFAULT_N_GPU_LAYERS,
 };
 use crate::backend::api::Endpoint;
 use crate::backend::{BackendKind, FlashAttn, KV_CACHE_TYPES};
@@ -90,6 +90,7 @@ impl Settings {
                 .or_else(|| f.device.clone())
                 .unwrap_or_else(|| "cpu".into()),
             prompts: prompt_source(args, cfg),
+            dataset: dataset(args)?,
             runs,
             min_time_s: args.min_time.max(0.0),
             warmup: args.warmup.or(f.warmup).unwrap_or(1),
@@ -139,7 +140,8 @@ fn prompt_source(args: &RunArgs, cfg: &LoadedConfig) -> PromptSource {
             lengths: args.prompt_tokens.clone(),
         };
     }
-    if !args.prompts.is_empty() {
+    if !args.prompts.is_empty() || args.dataset.is_some() {
+        // A dataset replaces the config's prompt files, as --prompts does.
         return PromptSource::Files(args.prompts.iter().map(|a| split_prompt_arg(a)).collect());
     }
     let f = &cfg.file;
@@ -153,6 +155,30 @@ fn prompt_source(args: &RunArgs, cfg: &LoadedConfig) -> PromptSource {
             path_setting(&None, &f.long_prompts, "data/long_prompts.txt", cfg),
         ),
     ])
+}
+
+/// `--dataset` (its file is read in prepare, so a bad line is reported before timing).
+fn dataset(args: &RunArgs) -> Result<Option<DatasetOptions>, SettingsError> {
+    let Some(path) = &args.dataset else {
+        return Ok(None);
+    };
+    if !args.prompt_tokens.is_empty() {
+        return Err(invalid(
+            "--dataset and --prompt-tokens exclude each other (synthetic prompts replace every prompt set): drop one",
+        ));
+    }
+    let name = crate::bench::dataset::set_name(path);
+    if let Some(p) = args.prompts.iter().find(|a| split_prompt_arg(a).0 == name) {
+        return Err(invalid(format!(
+            "--dataset {}: its set name \"{name}\" is also --prompts {p}: name the prompt set (--prompts OTHER=FILE)",
+            path.display()
+        )));
+    }
+    Ok(Some(DatasetOptions {
+        path: path.clone(),
+        name,
+        sample: args.dataset_sample,
+    }))
 }
 
 /// The hf checkpoint: a flag as given; a config value relative to the config's folder unless it
@@ -386,6 +412,49 @@ mod tests {
         let load = parse(&["--cache-bust", "--concurrency", "2"]).unwrap();
         let e = Settings::resolve(&load, &cfg).unwrap_err().to_string();
         assert!(e.starts_with("--cache-bust applies to single runs"), "{e}");
+    }
+
+    #[test]
+    fn a_dataset_replaces_the_config_prompts_and_refuses_clashes() {
+        use clap::Parser;
+        let cfg = LoadedConfig::default();
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["ttft", "--backend", "api"];
+            v.extend(extra);
+            crate::cli::Cli::try_parse_from(v).map(|c| c.run)
+        };
+        assert!(
+            parse(&["--dataset-sample", "3"]).is_err(),
+            "needs --dataset"
+        );
+        let s = Settings::resolve(
+            &parse(&["--dataset", "data/chats.jsonl", "--dataset-sample", "3"]).unwrap(),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(s.prompts, PromptSource::Files(vec![]));
+        let d = s.dataset.unwrap();
+        assert_eq!((d.name.as_str(), d.sample), ("chats", Some(3)));
+        let e = Settings::resolve(
+            &parse(&["--dataset", "x.jsonl", "--prompt-tokens", "16"]).unwrap(),
+            &cfg,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("exclude each other"), "{e}");
+        let e = Settings::resolve(
+            &parse(&[
+                "--dataset",
+                "d/long.jsonl",
+                "--prompts",
+                "data/long_prompts.txt",
+            ])
+            .unwrap(),
+            &cfg,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"long\" is also --prompts"), "{e}");
     }
 
     #[test]

@@ -7,21 +7,16 @@ use std::time::{Duration, Instant};
 impl ApiBackend {
     /// Issue many requests for a load run and hand each result to `done` as it finishes:
     /// closed loop (`concurrency` clients back to back) or open loop (gamma arrivals). Stops
-    /// after `n` requests or `duration`. Returns (wall seconds, most requests in flight).
+    /// after `n` requests or `duration`. Request `i` sends prompt `i % len` with that prompt's
+    /// max new tokens. Returns (wall seconds, most requests in flight).
     pub fn run_load(
         &self,
-        prompts: &[String],
+        prompts: &[(String, u32)],
         plan: crate::bench::load::LoadPlan,
         done: &mut dyn FnMut(usize, Result<Measurement, RunError>),
     ) -> (f64, usize) {
         use crate::bench::load::{arrivals, LoadMode};
-        let (n, mode, duration, max_new_tokens, seed) = (
-            plan.requests,
-            plan.mode,
-            plan.duration,
-            plan.max_new_tokens,
-            plan.seed,
-        );
+        let (n, mode, duration, seed) = (plan.requests, plan.mode, plan.duration, plan.seed);
         use std::cell::{Cell, RefCell};
         let done = RefCell::new(done);
         let in_flight = Cell::new(0usize);
@@ -40,12 +35,9 @@ impl ApiBackend {
                     max_in_flight.set(max_in_flight.get().max(in_flight.get()));
                     // Connected inside the clock, as load runs always were: a load client's
                     // arrival-to-first-token includes its connection setup.
+                    let (prompt, max_new_tokens) = &prompts[i % prompts.len()];
                     let r = self
-                        .stream_one(
-                            &prompts[i % prompts.len()],
-                            max_new_tokens,
-                            super::stream::Connection::Fresh,
-                        )
+                        .stream_one(prompt, *max_new_tokens, super::stream::Connection::Fresh)
                         .await;
                     in_flight.set(in_flight.get() - 1);
                     (done.borrow_mut())(i, r);

@@ -28,6 +28,7 @@ fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
         runs,
         warmup,
         max_new_tokens: 4,
+        ignore_eos: false,
         progress: false,
         too_long: Default::default(),
         verbose: 0,

@@ -46,6 +46,7 @@ pub fn api_settings(s: &Settings, server_log: &Path) -> ApiSettings {
         rpc: a.rpc.clone(),
         spawn_rpc: a.spawn_rpc,
         verbose: s.output.verbose,
+        ignore_eos: s.ignore_eos,
     }
 }
 
@@ -62,17 +63,19 @@ pub fn open_backend(
             // tch panics on libtorch errors (CUDA out of memory while placing the weights, ...):
             // behind the unwind boundary that is a load error, and the other backends still run.
             let settings = hf_settings(s, point);
-            let hf = crate::backend::guard::catch("hf load", || {
+            let mut hf = crate::backend::guard::catch("hf load", || {
                 crate::backend::hf::HfBackend::open(&settings)
             })
             .map_err(|e| OpenError::Model(format!("--hf-model {}: {e}", settings.model)))??;
+            hf.set_ignore_eos(s.ignore_eos);
             Ok(Box::new(crate::backend::guard::Guarded::new(hf)))
         }
         #[cfg(feature = "llama")]
-        BackendKind::Inproc => Ok(Box::new(crate::backend::inproc::InprocBackend::open_with(
-            &point.llama,
-            s.chat,
-        )?)),
+        BackendKind::Inproc => {
+            let mut b = crate::backend::inproc::InprocBackend::open_with(&point.llama, s.chat)?;
+            b.set_ignore_eos(s.ignore_eos);
+            Ok(Box::new(b))
+        }
         BackendKind::Api => {
             let api = ApiBackend::open(&point.llama, &api_settings(s, server_log))?;
             #[cfg(feature = "llama")]

@@ -135,6 +135,9 @@ pub struct InprocBackend {
     load_ms: f64,
     n_ctx: u32,
     chat: Option<ChatTemplate>,
+    /// `--ignore-eos`: the end-of-generation ids greedy sampling may not pick (empty: any).
+    banned: Vec<usize>,
+    ignore_eos: bool,
 }
 
 impl InprocBackend {
@@ -194,7 +197,25 @@ impl InprocBackend {
             params: params.clone(),
             load_ms,
             n_ctx,
+            banned: Vec::new(),
+            ignore_eos: false,
         })
+    }
+
+    /// `--ignore-eos`: no end-of-generation token (llama.cpp's EOG set: EOS, EOT, EOM, ...) can
+    /// be sampled, the first token included, so every run generates exactly max_new_tokens, as
+    /// llama-server's `ignore_eos` (which sets their logits to -inf). The set is read here,
+    /// outside any clock.
+    pub fn set_ignore_eos(&mut self, on: bool) {
+        self.ignore_eos = on;
+        self.banned = if on {
+            (0..self.model.n_vocab())
+                .filter(|&i| self.model.is_eog_token(LlamaToken::new(i)))
+                .map(|i| i as usize)
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 
     /// Token ids llama.cpp evaluates for `prompt` (the parity check compares them with hf's).
@@ -256,7 +277,7 @@ impl InprocBackend {
     /// Greedy choice over the last position's logits. Reading the logits synchronises the context.
     fn argmax_last(&self) -> LlamaToken {
         let logits = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
-        LlamaToken::new(argmax(logits) as i32)
+        LlamaToken::new(argmax_allowed(logits, &self.banned) as i32)
     }
 }
 
@@ -269,6 +290,23 @@ pub fn argmax(xs: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// [`argmax`] over the ids not in `banned` (their logits as -inf). The same choice as masking
+/// first: when the plain argmax is allowed it is also the first maximum among the allowed ids, so
+/// the masked scan is needed only when it is banned (rarely), and the common step costs nothing.
+pub fn argmax_allowed(xs: &[f32], banned: &[usize]) -> usize {
+    let best = argmax(xs);
+    if !banned.contains(&best) {
+        return best;
+    }
+    let mut pick: Option<usize> = None;
+    for (i, &x) in xs.iter().enumerate() {
+        if !banned.contains(&i) && pick.is_none_or(|p| x > xs[p]) {
+            pick = Some(i);
+        }
+    }
+    pick.unwrap_or(best)
 }
 
 impl Backend for InprocBackend {
@@ -303,6 +341,7 @@ impl Backend for InprocBackend {
             "n_params": self.model.n_params(),
             "model_shape": super::gguf::model_shape(&self.params.gguf, self.model.n_params() as f64),
             "n_vocab": self.model.n_vocab(),
+            "ignore_eos": {"requested": self.ignore_eos, "masked_eog_ids": self.banned},
             "model_size_bytes": self.model.size(),
         })
     }

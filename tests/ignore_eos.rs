@@ -211,3 +211,22 @@ fn a_server_that_ignores_ignore_eos_gets_its_rows_flagged() {
     let info = &backend_of(&json, "api")["info"]["ignore_eos"];
     assert_eq!(info["sent"], serde_json::json!(["ignore_eos"]), "{info}");
 }
+
+#[test]
+fn load_runs_send_ignore_eos_and_flag_early_stops() {
+    let server = FaultServer::start(Fault::RejectsContinuousUsage);
+    let (json, _) = run_fake(&server, "8", &["--concurrency", "2", "--num-requests", "4"]);
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    assert!(
+        runs.iter().all(|r| r["ok"] == true && flagged(r)),
+        "{runs:?}"
+    );
+    let sent = server.requests.lock().unwrap().clone();
+    let gens: Vec<&String> = sent
+        .iter()
+        .filter(|r| r.starts_with("POST /v1/completions"))
+        .collect();
+    assert_eq!(gens.len(), 4);
+    assert!(gens.iter().all(|r| r.contains("\"ignore_eos\":true")));
+}

@@ -454,3 +454,17 @@ fn kv_cache_type(name: &str) -> Result<llama_cpp_2::context::params::KvCacheType
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_banned_id_is_never_the_greedy_choice_and_ties_keep_the_first() {
+        let xs = [0.5, 3.0, 1.0, 3.0, 2.0];
+        assert_eq!(argmax_allowed(&xs, &[]), 1);
+        assert_eq!(argmax_allowed(&xs, &[0, 2]), 1, "allowed best: unchanged");
+        assert_eq!(argmax_allowed(&xs, &[1]), 3, "the next maximum, a tie");
+        assert_eq!(argmax_allowed(&xs, &[1, 3]), 4);
+    }
+}

@@ -33,9 +33,13 @@ pub fn quiet_llama_logs() {
     });
 }
 
-/// llama.cpp's global backend may be initialised once per process.
+/// llama.cpp's global backend may be initialised once per process. The lock makes a second
+/// thread wait for the first one's init instead of calling it again (which fails with
+/// `BackendAlreadyInitialized`: seen when two tests open a backend at once).
 fn llama_backend() -> Result<&'static LlamaBackend, OpenError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }

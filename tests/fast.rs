@@ -29,6 +29,7 @@ fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
         runs,
         warmup,
         max_new_tokens: 4,
+        ignore_eos: false,
         progress: false,
         too_long: Default::default(),
         verbose: 0,
@@ -324,4 +325,38 @@ fn exporters_write_every_row_and_the_json_names_each_case() {
     let csv: String = r.runs.iter().map(ttft::report::csv::row).collect();
     assert_eq!(csv.lines().count(), 6);
     assert!(csv.lines().all(|l| l.starts_with("short,")));
+}
+
+#[test]
+fn backends_that_stop_at_different_lengths_are_counted_and_warned_about() {
+    let p = plan(vec![set("s", &["a"])], 3, 0);
+    let script = [("a", Script::ttfts(&[10.0], 5))];
+    let (mut early, ei) = run(BackendKind::Inproc, &script, &p);
+    for r in &mut early {
+        let m = r.measurement.as_mut().unwrap();
+        m.generated_tokens = 2;
+        m.stop_reason = Some("eos".into());
+    }
+    let (mut full, fi) = run(BackendKind::Api, &script, &p);
+    for r in &mut full {
+        r.measurement.as_mut().unwrap().stop_reason = Some("length".into());
+    }
+    let rep = report(&p, vec![(early, ei), (full, fi)]);
+    let case = |k: BackendKind| {
+        rep.summaries()
+            .into_iter()
+            .find(|s| s.runner == k && s.level == Level::Prompt)
+            .unwrap()
+    };
+    let inproc = case(BackendKind::Inproc);
+    assert_eq!((inproc.stops.eos, inproc.stops.length), (3, 0));
+    assert_eq!(inproc.generated_tokens_mean, Some(2.0));
+    assert_eq!(case(BackendKind::Api).stops.length, 3);
+    let w = ttft::report::warnings::warnings(&rep);
+    assert!(
+        w.iter().any(|l| l.starts_with(
+            "prompt s#0: backends generated different numbers of tokens (inproc=2.0 (3 eos, 0 length), api=4.0 (0 eos, 3 length))"
+        )),
+        "{w:?}"
+    );
 }

@@ -422,3 +422,50 @@ fn a_second_server_implementation_streams_completions_and_chat() {
         assert!(r["ttft_ms"].as_f64() <= r["e2e_ms"].as_f64());
     }
 }
+
+#[test]
+fn llama_cpp_python_honours_min_tokens_under_ignore_eos() {
+    let _serial = serial();
+    let server = LlamaCppPython::start();
+    let d = tempfile::tempdir().unwrap();
+    let q = d.path().join("q.txt");
+    std::fs::write(&q, "What is 2+2? Answer with a number only.\n").unwrap();
+    let (q, o) = (
+        format!("q={}", q.display()),
+        d.path().join("out").display().to_string(),
+    );
+    let res = ttft(&[
+        "--backend",
+        "api",
+        "--api-url",
+        &server.url,
+        "--chat",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "32",
+        "--ignore-eos",
+        "--prompts",
+        &q,
+        "--out",
+        &o,
+    ]);
+    assert_eq!(res.status.code(), Some(0), "{}", stderr(&res));
+    let json = json_of(&d.path().join("out"));
+    // Unasked it ends after a handful of tokens; min_tokens (which it knows) holds off its EOS.
+    for r in json["runs"].as_array().unwrap() {
+        assert_eq!(r["generated_tokens"], 32, "{r}");
+        assert!(
+            !r["flags"].to_string().contains("ignore_eos_not_honoured"),
+            "{r}"
+        );
+    }
+    let info = &backend_of(&json, "api")["info"]["ignore_eos"];
+    assert_eq!(
+        info["sent"],
+        serde_json::json!(["ignore_eos", "min_tokens"]),
+        "{info}"
+    );
+}

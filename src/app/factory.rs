@@ -47,6 +47,7 @@ pub fn api_settings(s: &Settings, server_log: &Path) -> ApiSettings {
         rpc: a.rpc.clone(),
         spawn_rpc: a.spawn_rpc,
         verbose: s.output.verbose,
+        ignore_eos: s.ignore_eos,
     }
 }
 
@@ -64,20 +65,22 @@ pub fn open_backend(
             // behind the unwind boundary that is a load error, and the other backends still run.
             let settings = hf_settings(s, point);
             let what = format!("hf to load --hf-model {}", settings.model);
-            let hf = crate::backend::guard::catch("hf load", || {
+            let mut hf = crate::backend::guard::catch("hf load", || {
                 crate::backend::waiting::announced(&what, "load", "no time limit", || {
                     crate::backend::hf::HfBackend::open(&settings)
                 })
             })
             .map_err(|e| OpenError::Model(format!("--hf-model {}: {e}", settings.model)))??;
+            hf.set_ignore_eos(s.ignore_eos);
             Ok(Box::new(crate::backend::guard::Guarded::new(hf)))
         }
         #[cfg(feature = "llama")]
         BackendKind::Inproc => {
             let what = format!("inproc to load {}", point.llama.gguf.display());
-            let b = crate::backend::waiting::announced(&what, "load", "no time limit", || {
+            let mut b = crate::backend::waiting::announced(&what, "load", "no time limit", || {
                 crate::backend::inproc::InprocBackend::open_with(&point.llama, s.chat)
             })?;
+            b.set_ignore_eos(s.ignore_eos);
             Ok(Box::new(b))
         }
         BackendKind::Api => {

@@ -56,6 +56,7 @@ fn plan(s: &Settings, prepared: &Prepared, point: &SettingsPoint) -> Plan {
         runs: s.runs,
         warmup: s.warmup,
         max_new_tokens: s.max_new_tokens,
+        ignore_eos: s.ignore_eos,
         progress: s.output.progress,
         too_long: prepared.too_long(s, point),
         verbose: s.output.verbose,

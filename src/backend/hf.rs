@@ -262,6 +262,9 @@ pub struct HfBackend {
     load_ms: f64,
     info: serde_json::Value,
     chat: Option<ChatTemplate>,
+    /// `--ignore-eos`: the end-of-generation ids on the device, their logits set to -inf before
+    /// every greedy argmax (None: any token may be picked).
+    banned: Option<Tensor>,
 }
 
 /// The cheap checks, run before anything is timed: device, dtype, the checkpoint folder, its
@@ -331,7 +334,30 @@ impl HfBackend {
             device,
             load_ms,
             info,
+            banned: None,
         })
+    }
+
+    /// `--ignore-eos`: the checkpoint's end-of-generation ids (config.json and
+    /// generation_config.json `eos_token_id`, what the decode loop stops at) can never be
+    /// sampled, the first token included, so every run generates exactly max_new_tokens. The
+    /// index tensor is made on the device here, outside any clock.
+    pub fn set_ignore_eos(&mut self, on: bool) {
+        self.banned = (on && !self.eos.is_empty())
+            .then(|| Tensor::from_slice(&self.eos).to_device(self.device));
+        self.info["ignore_eos"] = serde_json::json!({"requested": on, "masked_eog_ids": if on { self.eos.clone() } else { Vec::new() }});
+    }
+
+    /// The greedy id of the last logits, on the host: argmax on the device (EOG ids masked with
+    /// `--ignore-eos`); `int64_value` copies the id to the host, a synchronisation point.
+    fn greedy(&self, logits: &Tensor) -> i64 {
+        match &self.banned {
+            Some(b) => logits
+                .index_fill(-1, b, f64::NEG_INFINITY)
+                .argmax(-1, false)
+                .int64_value(&[0]),
+            None => logits.argmax(-1, false).int64_value(&[0]),
+        }
     }
 
     /// Token ids the tokenizer produces for `prompt`, special tokens as its post-processor adds
@@ -415,8 +441,7 @@ impl Backend for HfBackend {
         // CUDA: wait for the prefill kernels so their time is not booked as sampling.
         self.sync();
         let prefilled = Instant::now();
-        // argmax on the device; int64_value copies the id to the host (a synchronisation point).
-        let next = logits.argmax(-1, false).int64_value(&[0]);
+        let next = self.greedy(&logits);
         let sampled = Instant::now();
         // The prompt's last tokens are the first token's context, so a decoder that strips the
         // leading space of the first token it sees (SentencePiece) keeps " Paris" a " Paris".
@@ -462,8 +487,7 @@ impl Generator for HfGen<'_> {
     fn step(&mut self, prev: u32) -> Result<u32, RunError> {
         let input = Tensor::from_slice(&[i64::from(prev)]).to_device(self.be.device);
         let logits = self.be.decoder.forward(&input, self.cache, false);
-        // int64_value copies the id to the host: a synchronisation point.
-        Ok(logits.argmax(-1, false).int64_value(&[0]) as u32)
+        Ok(self.be.greedy(&logits) as u32)
     }
 
     fn is_eog(&self, id: u32) -> bool {

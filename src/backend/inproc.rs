@@ -33,16 +33,13 @@ pub fn quiet_llama_logs() {
     });
 }
 
-/// llama.cpp's global backend may be initialised once per process.
+/// llama.cpp's global backend may be initialised once per process. The lock makes a second
+/// thread wait for the first one's init instead of calling it again (which fails with
+/// `BackendAlreadyInitialized`: seen when two tests open a backend at once).
 fn llama_backend() -> Result<&'static LlamaBackend, OpenError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    // Two threads opening a backend at once (tests run in parallel) must not both call
-    // `LlamaBackend::init`: the second would fail with BackendAlreadyInitialized.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if let Some(b) = BACKEND.get() {
-        return Ok(b);
-    }
-    let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }
@@ -142,6 +139,9 @@ pub struct InprocBackend {
     load_ms: f64,
     n_ctx: u32,
     chat: Option<ChatTemplate>,
+    /// `--ignore-eos`: the end-of-generation ids greedy sampling may not pick (empty: any).
+    banned: Vec<usize>,
+    ignore_eos: bool,
 }
 
 impl InprocBackend {
@@ -201,7 +201,25 @@ impl InprocBackend {
             params: params.clone(),
             load_ms,
             n_ctx,
+            banned: Vec::new(),
+            ignore_eos: false,
         })
+    }
+
+    /// `--ignore-eos`: no end-of-generation token (llama.cpp's EOG set: EOS, EOT, EOM, ...) can
+    /// be sampled, the first token included, so every run generates exactly max_new_tokens, as
+    /// llama-server's `ignore_eos` (which sets their logits to -inf). The set is read here,
+    /// outside any clock.
+    pub fn set_ignore_eos(&mut self, on: bool) {
+        self.ignore_eos = on;
+        self.banned = if on {
+            (0..self.model.n_vocab())
+                .filter(|&i| self.model.is_eog_token(LlamaToken::new(i)))
+                .map(|i| i as usize)
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 
     /// Token ids llama.cpp evaluates for `prompt` (the parity check compares them with hf's).
@@ -263,7 +281,7 @@ impl InprocBackend {
     /// Greedy choice over the last position's logits. Reading the logits synchronises the context.
     fn argmax_last(&self) -> LlamaToken {
         let logits = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
-        LlamaToken::new(argmax(logits) as i32)
+        LlamaToken::new(argmax_allowed(logits, &self.banned) as i32)
     }
 }
 
@@ -276,6 +294,23 @@ pub fn argmax(xs: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// [`argmax`] over the ids not in `banned` (their logits as -inf). The same choice as masking
+/// first: when the plain argmax is allowed it is also the first maximum among the allowed ids, so
+/// the masked scan is needed only when it is banned (rarely), and the common step costs nothing.
+pub fn argmax_allowed(xs: &[f32], banned: &[usize]) -> usize {
+    let best = argmax(xs);
+    if !banned.contains(&best) {
+        return best;
+    }
+    let mut pick: Option<usize> = None;
+    for (i, &x) in xs.iter().enumerate() {
+        if !banned.contains(&i) && pick.is_none_or(|p| x > xs[p]) {
+            pick = Some(i);
+        }
+    }
+    pick.unwrap_or(best)
 }
 
 impl Backend for InprocBackend {
@@ -310,6 +345,7 @@ impl Backend for InprocBackend {
             "n_params": self.model.n_params(),
             "model_shape": super::gguf::model_shape(&self.params.gguf, self.model.n_params() as f64),
             "n_vocab": self.model.n_vocab(),
+            "ignore_eos": {"requested": self.ignore_eos, "masked_eog_ids": self.banned},
             "model_size_bytes": self.model.size(),
         })
     }
@@ -421,4 +457,18 @@ fn kv_cache_type(name: &str) -> Result<llama_cpp_2::context::params::KvCacheType
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_banned_id_is_never_the_greedy_choice_and_ties_keep_the_first() {
+        let xs = [0.5, 3.0, 1.0, 3.0, 2.0];
+        assert_eq!(argmax_allowed(&xs, &[]), 1);
+        assert_eq!(argmax_allowed(&xs, &[0, 2]), 1, "allowed best: unchanged");
+        assert_eq!(argmax_allowed(&xs, &[1]), 3, "the next maximum, a tie");
+        assert_eq!(argmax_allowed(&xs, &[1, 3]), 4);
+    }
 }

@@ -2,7 +2,7 @@
 //! number as run index), plus the load summary.
 
 use super::load::{summarise, LoadMode, LoadPlan, LoadReport, LoadSample};
-use super::record::{row_flags, PromptId, RunContext, RunRecord};
+use super::record::{ignore_eos_flags, row_flags, PromptId, RunContext, RunRecord};
 use super::runner::{self, BackendReport, Plan};
 use crate::backend::api::ApiBackend;
 use crate::backend::BackendKind;
@@ -79,7 +79,8 @@ pub fn run_load(
         };
         let rec = match r {
             Ok(m) => {
-                let flags = row_flags(&m, None);
+                let mut flags = row_flags(&m, None);
+                flags.extend(ignore_eos_flags(&m, plan.ignore_eos, plan.max_new_tokens));
                 RunRecord::success(&ctx, i as u32, m, flags)
             }
             Err(e) => RunRecord::failure(&ctx, i as u32, e.to_string()),

@@ -141,6 +141,17 @@ pub fn row_flags(m: &Measurement, tokenizer_count: Option<u32>) -> Vec<String> {
     flags
 }
 
+/// `--ignore-eos`: a row that generated fewer than `max_new_tokens` stopped early anyway (a
+/// server that ignored `ignore_eos`/`min_tokens`, or a stop it was not asked for), so its TPOT
+/// and E2E are not over the work the other backends did.
+pub fn ignore_eos_flags(m: &Measurement, ignore_eos: bool, max_new_tokens: u32) -> Vec<String> {
+    if ignore_eos && m.generated_tokens < max_new_tokens {
+        vec!["ignore_eos_not_honoured".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// With a cache-busting prefix: flag a row whose prompt length cannot be checked against the
 /// expected one (prompt + prefix), or whose prefix length no tokenizer measured. A row whose
 /// count differs is already flagged by [`row_flags`] (it is given the expected count).
@@ -184,6 +195,23 @@ mod tests {
             ..Measurement::default()
         };
         assert_eq!(row_flags(&held_back, None), ["first_event_after_tokens:2"]);
+    }
+
+    #[test]
+    fn a_row_that_stopped_early_under_ignore_eos_is_flagged() {
+        let m = |n| Measurement {
+            generated_tokens: n,
+            ..Measurement::default()
+        };
+        assert_eq!(
+            ignore_eos_flags(&m(8), true, 32),
+            ["ignore_eos_not_honoured"]
+        );
+        assert!(ignore_eos_flags(&m(32), true, 32).is_empty());
+        assert!(
+            ignore_eos_flags(&m(8), false, 32).is_empty(),
+            "EOS is fine without it"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@
 use super::cache_bust::CacheBust;
 use super::interrupt;
 use super::prompts::PromptSet;
-use super::record::{cache_bust_flags, row_flags, PromptId, RunContext, RunRecord};
+use super::record::{
+    cache_bust_flags, ignore_eos_flags, row_flags, PromptId, RunContext, RunRecord,
+};
 use crate::backend::{Backend, BackendKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -34,6 +36,9 @@ pub struct Plan {
     pub warmup: u32,
     /// Tokens to generate per run.
     pub max_new_tokens: u32,
+    /// `--ignore-eos`: every run should generate exactly `max_new_tokens`; one that does not is
+    /// flagged `ignore_eos_not_honoured`.
+    pub ignore_eos: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// Prompts that do not fit the context (`--skip-too-long`): failed rows, never timed.
@@ -280,6 +285,11 @@ impl Run<'_> {
         match self.backend.measure(&text, ctx.max_new_tokens) {
             Ok(mut m) => {
                 let mut flags = row_flags(&m, expected);
+                flags.extend(ignore_eos_flags(
+                    &m,
+                    self.plan.ignore_eos,
+                    self.plan.max_new_tokens,
+                ));
                 if let Some(b) = bust {
                     m.cache_bust_tokens = b.measured_tokens();
                     flags.extend(cache_bust_flags(&m, expected, b.verified()));

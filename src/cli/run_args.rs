@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// Tokens to generate per run; the first one ends TTFT [config: max_new_tokens, default 10].
     #[arg(long, value_name = "N")]
     pub max_new_tokens: Option<u32>,
+    /// Generate exactly --max-new-tokens on every backend, so TPOT and E2E compare equal work:
+    /// in-process no end-of-generation token can be sampled, llama-server gets `ignore_eos`,
+    /// an OpenAI-compatible server `ignore_eos` and `min_tokens` (dropped if it rejects them;
+    /// a row that still stops early is flagged `ignore_eos_not_honoured`).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Threads, the same for inproc, the spawned server and libtorch; 0 = all cores; a comma list
     /// is a grid axis, as every list-valued setting below [config: threads].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]

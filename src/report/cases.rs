@@ -69,6 +69,11 @@ pub struct CaseSummary {
     pub itl_ms: Percentiles,
     /// Rows flagged with a cache hit (must be 0).
     pub cache_hits: usize,
+    /// Where the successful runs stopped: at an end-of-generation token or at max_new_tokens.
+    pub stops: Stops,
+    /// Mean tokens generated per successful run (TPOT and E2E compare equal work only when
+    /// this is equal across backends; `--ignore-eos` makes it max_new_tokens everywhere).
+    pub generated_tokens_mean: Option<f64>,
     /// Achieved prefill throughput, TFLOP/s (median over runs): the prefill's FLOPs
     /// ([`crate::report::flops`]: non-embedding parameters per token, the LM head for one
     /// position, causal attention's n² term) over the prefill time (server prompt time for api).
@@ -83,6 +88,39 @@ impl CaseSummary {
     /// case-level checks (outliers, a cold first run) apply to it; a combined set row is not.
     pub fn is_case(&self) -> bool {
         self.level == Level::Prompt || self.method == Some(ONE_CASE_METHOD)
+    }
+}
+
+/// How many successful runs stopped where (`stop_reason`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Stops {
+    /// At an end-of-generation token (`eos`).
+    pub eos: usize,
+    /// At max_new_tokens (`length`).
+    pub length: usize,
+    /// Another reason the server gave, or none.
+    pub other: usize,
+}
+
+impl Stops {
+    fn of(ms: &[&Measurement]) -> Self {
+        let mut s = Self::default();
+        for m in ms {
+            match m.stop_reason.as_deref() {
+                Some("eos") => s.eos += 1,
+                Some("length") => s.length += 1,
+                _ => s.other += 1,
+            }
+        }
+        s
+    }
+
+    fn sum(all: impl Iterator<Item = Stops>) -> Self {
+        all.fold(Self::default(), |a, b| Self {
+            eos: a.eos + b.eos,
+            length: a.length + b.length,
+            other: a.other + b.other,
+        })
     }
 }
 
@@ -212,6 +250,7 @@ impl Report {
             .iter()
             .filter_map(|m| m.prompt_tokens.map(f64::from))
             .collect();
+        let generated: Vec<f64> = ok.iter().map(|m| f64::from(m.generated_tokens)).collect();
         CaseSummary {
             level: Level::Prompt,
             method: None,
@@ -236,6 +275,8 @@ impl Report {
                 .iter()
                 .filter(|r| r.flags.iter().any(|f| f.starts_with("cache_hit")))
                 .count(),
+            stops: Stops::of(&ok),
+            generated_tokens_mean: stats::mean(&generated),
             prefill_tflops_median: tflops_median,
             prefill_peak_fraction: tflops_median
                 .zip(self.peak_tflops.get(&key.1))
@@ -302,6 +343,8 @@ fn combine(key: &SetKey, prompts: &[CaseSummary], groups: &[Vec<f64>]) -> CaseSu
         tpot_ms: pct(|p| &p.tpot_ms),
         itl_ms: pct(|p| &p.itl_ms),
         cache_hits: prompts.iter().map(|p| p.cache_hits).sum(),
+        stops: Stops::sum(prompts.iter().map(|p| p.stops)),
+        generated_tokens_mean: avg(prompts, |p| p.generated_tokens_mean),
         prefill_tflops_median: avg(prompts, |p| p.prefill_tflops_median),
         prefill_peak_fraction: avg(prompts, |p| p.prefill_peak_fraction),
     }

@@ -21,6 +21,7 @@ fn case_name(s: &CaseSummary) -> String {
 pub fn warnings(report: &Report) -> Vec<String> {
     let mut w = token_warnings(report);
     w.extend(case_warnings(report));
+    w.extend(stop_warnings(report));
     w.extend(server_warnings(report));
     w
 }
@@ -101,6 +102,67 @@ fn case_warnings(report: &Report) -> Vec<String> {
                 "{case}: the first timed run was much slower than the rest; consider more --warmup"
             ));
         }
+    }
+    w
+}
+
+/// Backends that generated different lengths for one prompt (their TPOT and E2E are over unequal
+/// work), and `--ignore-eos` runs that still stopped early.
+fn stop_warnings(report: &Report) -> Vec<String> {
+    let mut w = Vec::new();
+    let cases: Vec<CaseSummary> = report
+        .summaries()
+        .into_iter()
+        .filter(CaseSummary::is_case)
+        .collect();
+    let mut prompts: Vec<(&str, Option<usize>)> = Vec::new();
+    for c in &cases {
+        let k = (c.prompt_type.as_str(), c.prompt_idx);
+        if !prompts.contains(&k) {
+            prompts.push(k);
+        }
+    }
+    for (set, idx) in prompts {
+        let same: Vec<&CaseSummary> = cases
+            .iter()
+            .filter(|c| c.prompt_type == set && c.prompt_idx == idx)
+            .collect();
+        let lens: Vec<f64> = same
+            .iter()
+            .filter_map(|c| c.generated_tokens_mean)
+            .collect();
+        let differ = lens.iter().any(|&l| (l - lens[0]).abs() > 1e-9);
+        if !differ {
+            continue;
+        }
+        let each: Vec<String> = same
+            .iter()
+            .filter_map(|c| {
+                let n = c.generated_tokens_mean?;
+                let who = if c.point.is_empty() {
+                    c.runner.to_string()
+                } else {
+                    format!("{} [{}]", c.runner, c.point)
+                };
+                Some(format!(
+                    "{who}={n:.1} ({} eos, {} length)",
+                    c.stops.eos, c.stops.length
+                ))
+            })
+            .collect();
+        let name = idx.map_or(set.to_string(), |i| format!("{set}#{i}"));
+        w.push(format!(
+            "prompt {name}: backends generated different numbers of tokens ({}): their TPOT and E2E are over unequal work; --ignore-eos makes every backend generate --max-new-tokens",
+            each.join(", ")
+        ));
+    }
+    let early = report
+        .runs
+        .iter()
+        .filter(|r| r.flags.iter().any(|f| f == "ignore_eos_not_honoured"))
+        .count();
+    if early > 0 {
+        w.push(format!("--ignore-eos: {early} runs generated fewer than --max-new-tokens (flagged ignore_eos_not_honoured): the server ignored ignore_eos/min_tokens or stopped for another reason; see each backend's info.ignore_eos"));
     }
     w
 }

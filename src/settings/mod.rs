@@ -156,6 +156,9 @@ pub struct Settings {
     pub warmup: u32,
     /// Tokens generated per run.
     pub max_new_tokens: u32,
+    /// `--ignore-eos`: every run generates exactly `max_new_tokens` (no end-of-generation token
+    /// can end it), so TPOT and E2E of different backends are over equal work.
+    pub ignore_eos: bool,
     /// Seed of synthetic prompts and load arrivals.
     pub seed: u64,
     /// Prompts are chat messages.

@@ -95,6 +95,7 @@ impl Settings {
             min_time_s: args.min_time.max(0.0),
             warmup: args.warmup.or(f.warmup).unwrap_or(1),
             max_new_tokens,
+            ignore_eos: args.ignore_eos,
             seed: args.seed,
             chat: args.chat,
             skip_too_long: args.skip_too_long,

@@ -55,6 +55,9 @@ pub enum Fault {
     /// Every OpenAI request that asks for `stream_options.continuous_usage_stats` is refused
     /// with HTTP 400, as a server that rejects unknown fields does; others get a good stream.
     RejectsContinuousUsage,
+    /// Every request that carries `ignore_eos` or `min_tokens` is refused with HTTP 400 naming
+    /// the first of them, as a strict server does; others get a good stream (3 tokens).
+    RejectsIgnoreEos,
 }
 
 /// The fake's pause inside a stream variant: long enough that an assertion on it is about time.
@@ -240,7 +243,9 @@ fn variant(s: &mut TcpStream, f: Fault) -> std::io::Result<()> {
 
 fn fault(s: &mut TcpStream, f: Fault, api: Api) -> std::io::Result<()> {
     match f {
-        Fault::StopListening | Fault::RejectsContinuousUsage => good_stream(s, api),
+        Fault::StopListening | Fault::RejectsContinuousUsage | Fault::RejectsIgnoreEos => {
+            good_stream(s, api)
+        }
         Fault::Reasoning
         | Fault::ReasoningContent
         | Fault::ToolCallFirst
@@ -370,7 +375,18 @@ impl FaultServer {
                 .find_map(|(p, a)| first.starts_with(p).then_some(a));
                 let refused =
                     f == Fault::RejectsContinuousUsage && body.contains("continuous_usage_stats");
+                let eos_field = ["ignore_eos", "min_tokens"]
+                    .into_iter()
+                    .find(|k| body.contains(&format!("\"{k}\"")))
+                    .filter(|_| f == Fault::RejectsIgnoreEos);
                 match api {
+                    Some(_) if eos_field.is_some() => {
+                        let msg = format!(
+                            r#"{{"error":{{"message":"Unrecognized request argument supplied: {}","type":"invalid_request_error"}}}}"#,
+                            eos_field.unwrap_or_default()
+                        );
+                        let _ = respond(&mut s, "400 Bad Request", "application/json", &msg);
+                    }
                     Some(_) if refused => {
                         let _ = respond(
                             &mut s,

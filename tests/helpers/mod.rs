@@ -90,6 +90,7 @@ pub fn api_settings(
         spawn_rpc: 0,
         api_key: None,
         verbose: 0,
+        ignore_eos: false,
     }
 }
 

@@ -44,6 +44,8 @@ impl ApiBackend {
             body["cache_prompt"] = json!(false);
             body["top_k"] = json!(1);
         }
+        self.ignore_eos
+            .add_to(&mut body, self.flavor, max_new_tokens);
         body
     }
 }

@@ -17,6 +17,7 @@
 
 mod body;
 mod conn;
+mod eos;
 mod helper;
 mod load;
 mod metrics;
@@ -114,6 +115,8 @@ pub struct ApiSettings {
     pub api_key: Option<crate::secret::Secret>,
     /// 0 quiet, 1 a line per request, 2 also response details (never the key).
     pub verbose: u8,
+    /// `--ignore-eos`: ask the server to generate exactly max_new_tokens (see `eos`).
+    pub ignore_eos: bool,
 }
 
 /// The HTTP backend. Holds its own single-threaded tokio runtime so the benchmark loop stays
@@ -135,6 +138,8 @@ pub struct ApiBackend {
     model: String,
     /// The server rejected `stream_options.continuous_usage_stats` once: not sent any more.
     no_continuous_usage: std::sync::atomic::AtomicBool,
+    /// `--ignore-eos`: the fields sent for it, and which the server refused.
+    ignore_eos: eos::IgnoreEos,
     /// openai flavor: the tokenize endpoint that answered (`Some(None)`: none did).
     tokenize_via: Option<Option<TokenizeVia>>,
     /// Prefix-cache counters from `/metrics` when the backend opened (None: no `/metrics`).
@@ -199,6 +204,7 @@ impl ApiBackend {
             flavor: settings.flavor.unwrap_or(ApiFlavor::Llama),
             model: settings.model_alias.clone(),
             no_continuous_usage: Default::default(),
+            ignore_eos: eos::IgnoreEos::new(settings.ignore_eos),
             tokenize_via: None,
             metrics_before: None,
             stalled: Default::default(),
@@ -332,6 +338,7 @@ impl Backend for ApiBackend {
             self.metrics_before.as_ref(),
             self.scrape_metrics().ok().flatten().as_ref(),
         );
+        v["ignore_eos"] = self.ignore_eos.info(self.flavor);
         v
     }
 

@@ -39,11 +39,23 @@ impl ApiBackend {
         let mut r = self
             .stream_timed(prompt, max_new_tokens, how, &mut headers)
             .await;
-        if r.as_ref().is_err_and(|e| self.rejects_continuous_usage(e)) {
-            // Refused while validating the request: nothing was generated or cached, so the run
-            // is asked again, on a fresh clock, without the field (and it is not sent any more).
-            self.no_continuous_usage.store(true, Ordering::Relaxed);
-            eprintln!("ttft: api: the server rejects stream_options.continuous_usage_stats; not sending it (counts come from the final usage)");
+        // A field the server refused while validating the request: nothing was generated or
+        // cached, so the run is asked again, on a fresh clock, without it (and it is not sent
+        // any more). Each field is dropped at most once, so this ends.
+        loop {
+            if r.as_ref().is_err_and(|e| self.rejects_continuous_usage(e)) {
+                self.no_continuous_usage.store(true, Ordering::Relaxed);
+                eprintln!("ttft: api: the server rejects stream_options.continuous_usage_stats; not sending it (counts come from the final usage)");
+            } else if let Some(refused) = r
+                .as_ref()
+                .err()
+                .map(|e| self.ignore_eos.take_rejected(self.flavor, e))
+                .filter(|f| !f.is_empty())
+            {
+                eprintln!("ttft: api: the server rejects {} (--ignore-eos); not sending it (rows that stop early are flagged ignore_eos_not_honoured)", refused.join(", "));
+            } else {
+                break;
+            }
             r = self
                 .stream_timed(prompt, max_new_tokens, how, &mut headers)
                 .await;

@@ -74,6 +74,7 @@ pub fn run_load(
             text,
             runner: BackendKind::Api,
             point,
+            depth: 0,
         };
         let rec = match r {
             Ok(m) => {

@@ -3,6 +3,7 @@
 pub mod bootstrap;
 pub mod cache_bust;
 pub mod chat;
+pub mod depth;
 pub mod interrupt;
 pub mod load;
 pub mod load_run;

@@ -41,8 +41,11 @@ pub struct RunContext<'a> {
     pub text: &'a str,
     /// The backend.
     pub runner: BackendKind,
-    /// The settings point's label for this backend ("" without a grid).
+    /// The settings point's label for this backend ("" without a grid), with `depth=N` under
+    /// `--depth`.
     pub point: &'a str,
+    /// Tokens of cached context the prompt follows (`--depth`; 0: the cold case).
+    pub depth: u32,
 }
 
 /// One timed run, successful or not.
@@ -59,6 +62,8 @@ pub struct RunRecord {
     pub point: String,
     /// The prompt text.
     pub prompt_text: String,
+    /// Tokens of cached context before the prompt (`--depth`; 0: none).
+    pub depth: u32,
     /// Whether a first token was produced.
     pub ok: bool,
     /// Why not, when `ok` is false.
@@ -97,6 +102,7 @@ impl RunRecord {
             runner: ctx.runner,
             point: ctx.point.to_string(),
             prompt_text: ctx.text.to_string(),
+            depth: ctx.depth,
             ok: measurement.is_some(),
             error,
             flags,
@@ -202,6 +208,7 @@ mod tests {
             text: "hi",
             runner: BackendKind::Api,
             point: "threads=1",
+            depth: 0,
         };
         let ok = RunRecord::success(&ctx, 0, Measurement::default(), vec![]);
         assert!(ok.ok && ok.error.is_none() && ok.measurement.is_some());

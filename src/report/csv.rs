@@ -36,6 +36,8 @@ pub const COLUMNS: &[&str] = &[
     "flags",
     "point",
     "first_token_id",
+    "depth",
+    "cached_tokens",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -119,6 +121,8 @@ pub fn row(r: &RunRecord) -> String {
         escape(&r.flags.join(";")),
         escape(&r.point),
         opt(m.and_then(|m| m.first_token_id)),
+        r.depth.to_string(),
+        opt(m.and_then(|m| m.cached_tokens)),
     ];
     fields.join(",") + "\n"
 }
@@ -173,6 +177,7 @@ mod tests {
             text: "Hello, \"world\"\nbye",
             runner: BackendKind::Api,
             point: "",
+            depth: 0,
         };
         if !ok {
             return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
@@ -195,7 +200,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042\n"), "{ok}");
+        assert!(ok.ends_with(",7042,0,\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -17,6 +17,7 @@
 
 mod body;
 mod conn;
+mod context;
 mod load;
 mod metrics;
 mod probe;
@@ -135,6 +136,8 @@ pub struct ApiBackend {
     tokenize_via: Option<Option<TokenizeVia>>,
     /// Prefix-cache counters from `/metrics` when the backend opened (None: no `/metrics`).
     metrics_before: Option<BTreeMap<String, f64>>,
+    /// `--depth`: the context primed before every timed run (see `context`).
+    context: Vec<u32>,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -194,6 +197,7 @@ impl ApiBackend {
             no_continuous_usage: Default::default(),
             tokenize_via: None,
             metrics_before: None,
+            context: Vec::new(),
         };
         me.info = me.probe().map_err(|e| match e {
             // An https server whose certificate no system root signs: say how to trust it.
@@ -345,13 +349,29 @@ impl Backend for ApiBackend {
         token_list(&v, "/tokenize")
     }
 
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        self.keep_context(ids)
+    }
+
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        if !self.context.is_empty() {
+            // Outside the clock: the slot back to exactly the context.
+            self.prime()?;
+        }
         let how = if self.settings.fresh_connection {
             stream::Connection::Fresh
         } else {
             stream::Connection::PreOpened
         };
-        self.rt
-            .block_on(self.stream_one(prompt, max_new_tokens, how))
+        let mut m = self
+            .rt
+            .block_on(self.stream_one(prompt, max_new_tokens, how))?;
+        if !self.context.is_empty() {
+            // The row's prompt tokens are the prompt's own; the context is `cached_tokens`.
+            let n = self.context.len() as u32;
+            m.prompt_tokens = m.prompt_tokens.map(|p| p.saturating_sub(n));
+        }
+        m.cached_tokens = m.cache_n;
+        Ok(m)
     }
 }

@@ -158,11 +158,11 @@ fn a_depth_that_does_not_fit_is_one_line_and_exit_2_before_timing() {
     let l = one_error_line(&o);
     assert!(l.contains("--depth 99999") && l.contains("has only"), "{l}");
 
-    let o = run(d.path(), &["--depth", "0,2040"]);
+    let o = run(d.path(), &["--depth", "0,2044"]);
     assert_eq!(o.status.code(), Some(2));
     let l = one_error_line(&o);
     assert!(
-        l.contains("after the --depth 2040 context") && l.contains("--ctx-size 2048"),
+        l.contains("after the --depth 2044 context") && l.contains("--ctx-size 2048"),
         "{l}"
     );
 
@@ -172,16 +172,16 @@ fn a_depth_that_does_not_fit_is_one_line_and_exit_2_before_timing() {
     assert!(files_with(d.path(), "json").is_empty(), "nothing timed");
 
     // --skip-too-long: the prompts past the deepest context become failed rows.
-    let o = run(d.path(), &["--depth", "0,2040", "--skip-too-long"]);
+    let o = run(d.path(), &["--depth", "0,2044", "--skip-too-long"]);
     let json = json_of(d.path());
     assert_schema_valid(&json);
     let runs = json["runs"].as_array().unwrap();
     assert!(!runs.is_empty(), "{}", stderr(&o));
     assert!(
         runs.iter().all(|r| r["ok"] == false),
-        "every short prompt is too long at 2040"
+        "every short prompt is too long at 2044"
     );
-    assert!(runs.iter().any(|r| r["depth"] == 2040));
+    assert!(runs.iter().any(|r| r["depth"] == 2044));
 }
 
 #[test]

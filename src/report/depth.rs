@@ -52,10 +52,12 @@ pub fn base_point(r: &RunRecord) -> String {
 }
 
 type Key = (String, BackendKind, String);
+/// Per (prompt, depth) the TTFTs of warm rows, and how many rows were not warm.
+type Cells = (BTreeMap<(usize, u32), Vec<f64>>, usize);
 
 /// Per (set, backend, point): per (prompt, depth) the TTFTs of warm rows, and the rows left out.
-fn collect(report: &Report) -> BTreeMap<Key, (BTreeMap<(usize, u32), Vec<f64>>, usize)> {
-    let mut by: BTreeMap<Key, (BTreeMap<(usize, u32), Vec<f64>>, usize)> = BTreeMap::new();
+fn collect(report: &Report) -> BTreeMap<Key, Cells> {
+    let mut by: BTreeMap<Key, Cells> = BTreeMap::new();
     for r in report.runs.iter().filter(|r| r.point.contains("depth=")) {
         let e = by
             .entry((r.prompt.set.clone(), r.runner, base_point(r)))

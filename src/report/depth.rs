@@ -169,7 +169,7 @@ pub fn plots(report: &Report) -> Vec<(String, String)> {
                 line_chart(
                     &title,
                     "context depth (tokens)",
-                    "bands: lowest to highest prompt median",
+                    "bands: prompt medians min–max",
                     &data,
                 ),
             )

@@ -35,6 +35,7 @@ fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
         verbose: 0,
         min_time: Duration::ZERO,
         cache_bust: None,
+        contexts: Vec::new(),
     }
 }
 
@@ -359,4 +360,33 @@ fn backends_that_stop_at_different_lengths_are_counted_and_warned_about() {
         )),
         "{w:?}"
     );
+}
+
+#[test]
+fn each_depth_is_its_own_case_and_a_backend_without_a_cache_fails_its_rows() {
+    use ttft::bench::depth::DepthContext;
+    let mut p = plan(vec![set("s", &["a", "b"])], 2, 0);
+    let ctx = |depth: u32, ids: Vec<u32>| DepthContext {
+        depth,
+        ids,
+        text: String::new(),
+        prompt_tokens: Default::default(),
+    };
+    p.contexts = vec![ctx(0, vec![]), ctx(3, vec![1, 2, 3])];
+    let script = Script::ttfts(&[10.0], 2);
+    let (rows, _) = run(
+        BackendKind::Inproc,
+        &[("a", script.clone()), ("b", script)],
+        &p,
+    );
+    assert_eq!(rows.len(), 8);
+    let (cold, deep): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.depth == 0);
+    assert!(cold.iter().all(|r| r.ok && r.point == "depth=0"));
+    // The fake backend has no cache to hold a context: refused, every run a failed row.
+    assert!(deep.iter().all(|r| !r.ok
+        && r.point == "depth=3"
+        && r.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot hold a cached context")));
 }

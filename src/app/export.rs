@@ -43,6 +43,7 @@ pub fn export(
     if matches!(s.prompts, crate::settings::PromptSource::Synthetic { .. }) {
         print!("{}", report::table::render_fits(report));
     }
+    print!("{}", report::depth::render(report));
     if let Some(l) = &report.load {
         print!("{}", crate::bench::load::render(l));
     }
@@ -75,6 +76,9 @@ fn plots(report: &Report, names: &OutputNames) -> Result<()> {
     }
     for (set, svg) in report::plot::bars_per_set(report) {
         plots.push((format!("bars-{set}"), svg));
+    }
+    for (set, svg) in report::depth::plots(report) {
+        plots.push((format!("depth-{set}"), svg));
     }
     for (part, svg) in plots {
         let svg_path = names.part(&part, "svg");

@@ -129,6 +129,9 @@ impl<B: Backend> Backend for WithGgufShape<B> {
     fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, crate::backend::RunError> {
         self.inner.prompt_token_count(prompt)
     }
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), crate::backend::RunError> {
+        self.inner.set_context(ids)
+    }
     fn measure(
         &mut self,
         prompt: &str,

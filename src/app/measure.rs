@@ -62,6 +62,7 @@ fn plan(s: &Settings, prepared: &Prepared, point: &SettingsPoint) -> Plan {
         verbose: s.output.verbose,
         min_time: Duration::from_secs_f64(s.min_time_s),
         cache_bust: prepared.cache_bust.clone(),
+        contexts: prepared.contexts.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::backend::api::{ApiBackend, ApiFlavor};
 use crate::backend::BackendKind;
 use crate::bench::cache_bust::CacheBust;
 use crate::bench::dataset::Dataset;
+use crate::bench::depth::{self, DepthContext};
 use crate::bench::parity::{self, ParityReport, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, PromptSet};
 use crate::bench::record::PromptId;
@@ -34,6 +35,8 @@ pub struct Prepared {
     pub hf_limits: Vec<Option<PositionCap>>,
     /// The cache-busting prefix, when it is on.
     pub cache_bust: Option<CacheBust>,
+    /// `--depth`: the checked contexts, in the order given (empty without `--depth`).
+    pub contexts: Vec<DepthContext>,
 }
 
 /// A checkpoint's position limit, with where it was read (for the message).
@@ -67,7 +70,18 @@ impl Prepared {
     ) -> Vec<(PromptId, String, &'static str)> {
         let mut out = Vec::new();
         let ctx = point.llama.ctx_size;
-        let prefix = self.cache_bust.as_ref().map_or(0, |b| b.tokens);
+        // The deepest context counts against every prompt, so every depth runs the same prompts.
+        let deepest = self.contexts.iter().map(|c| c.depth).max().unwrap_or(0);
+        let prefix = self.cache_bust.as_ref().map_or(0, |b| b.tokens) + deepest;
+        let with = |prefix: u32| {
+            if deepest > 0 {
+                format!(" (after the --depth {deepest} context)")
+            } else if prefix > 0 {
+                format!(" (with the {prefix}-token cache-bust prefix)")
+            } else {
+                String::new()
+            }
+        };
         for (id, n, head) in self.llama_counts.iter().flatten() {
             let n = n + prefix;
             let new = self.max_new_of(id, s.max_new_tokens);
@@ -75,11 +89,7 @@ impl Prepared {
                 let reason = format!(
                     "prompt {id} (\"{head}…\" in {}) has {n} tokens{} + {new} new > --ctx-size {ctx}",
                     self.origin_of(id),
-                    if prefix > 0 {
-                        format!(" (with the {prefix}-token cache-bust prefix)")
-                    } else {
-                        String::new()
-                    },
+                    with(prefix),
                 );
                 out.push((id.clone(), reason, CTX_FIX));
             }
@@ -92,8 +102,9 @@ impl Prepared {
             let new = self.max_new_of(id, s.max_new_tokens);
             if n + new > cap.tokens && !out.iter().any(|(o, _, _)| o == id) {
                 let reason = format!(
-                    "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer) + {new} new > hf {}",
+                    "prompt {id} (\"{head}…\" in {}) has {n} tokens (hf tokenizer){} + {new} new > hf {}",
                     self.origin_of(id),
+                    with(prefix),
                     cap.source,
                 );
                 out.push((id.clone(), reason, POSITION_FIX));
@@ -163,6 +174,7 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         _ => None,
     };
     let cache_bust = cache_bust(s, point, &mut toks)?;
+    let contexts = depth_contexts(s, point, &mut toks, &sets)?;
     let prepared = Prepared {
         sets,
         parity,
@@ -170,6 +182,7 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         hf_counts,
         hf_limits,
         cache_bust,
+        contexts,
     };
     for p in &s.points {
         if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {
@@ -206,6 +219,43 @@ fn cache_bust(
         bust.tokens
     );
     Ok(Some(bust))
+}
+
+/// `--depth`'s contexts, cut with the llama.cpp vocabulary when a llama side runs (else the first
+/// tokenizer) and checked against every tokenizer and prompt (see [`depth`]).
+fn depth_contexts(
+    s: &Settings,
+    point: &SettingsPoint,
+    toks: &mut [Tokenizer],
+    sets: &[PromptSet],
+) -> Result<Vec<DepthContext>> {
+    if s.depths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let deep = s.depths.iter().any(|&d| d > 0);
+    if deep && s.has(BackendKind::Api) && api_is_openai(s, point) {
+        bail!("--depth > 0 needs llama-server (the llama flavor): an OpenAI-compatible server's prompt cache cannot be primed or proven; drop --depth or the api backend");
+    }
+    if deep && toks.is_empty() {
+        bail!("--depth > 0: no tokenizer of the selected backends can build the context before timing");
+    }
+    let doc = if deep {
+        depth::read_document(&s.depth_doc)?
+    } else {
+        String::new()
+    };
+    toks.sort_by_key(|t| t.backend == BackendKind::Hf);
+    let contexts = depth::contexts(&doc, &s.depth_doc, &s.depths, toks, sets)?;
+    for c in contexts.iter().filter(|c| c.depth > 0) {
+        println!(
+            "depth {}: a {}-token context from {} (ends in a newline; the same ids and a clean prompt boundary on {})",
+            c.depth,
+            c.ids.len(),
+            s.depth_doc.display(),
+            toks.iter().map(|t| t.backend.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(contexts)
 }
 
 /// Whether the api backend will run in the openai flavor: `--api-flavor`, else what the server at

@@ -163,6 +163,10 @@ impl<B: Backend> Backend for Guarded<B> {
         self.guarded(1, prompt, |b| b.prompt_token_count(prompt))
     }
 
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        self.guarded(1, "(context)", |b| b.set_context(ids))
+    }
+
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
         self.guarded(0, prompt, |b| b.measure(prompt, max_new_tokens))
     }

@@ -265,6 +265,8 @@ pub struct HfBackend {
     /// `--ignore-eos`: the end-of-generation ids on the device, their logits set to -inf before
     /// every greedy argmax (None: any token may be picked).
     banned: Option<Tensor>,
+    /// The cached context (`set_context`): a KV cache prefilled once, shared by every run.
+    context: Option<KvCache>,
 }
 
 /// The cheap checks, run before anything is timed: device, dtype, the checkpoint folder, its
@@ -335,6 +337,7 @@ impl HfBackend {
             load_ms,
             info,
             banned: None,
+            context: None,
         })
     }
 
@@ -372,8 +375,9 @@ impl HfBackend {
                 .map(|e| e.get_ids().to_vec())
                 .map_err(|e| RunError::new(format!("tokenize: {e}")));
         }
+        // After a cached context the prompt continues the sequence: no added special tokens.
         self.tokenizer
-            .encode(prompt, true)
+            .encode(prompt, self.context.is_none())
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
     }
@@ -424,10 +428,31 @@ impl Backend for HfBackend {
         self.ids(prompt)
     }
 
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        let _guard = tch::no_grad_guard();
+        self.context = None;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Untimed: the context is prefilled once per depth, outside every clock.
+        let mut cache = self.decoder.new_cache();
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let input = Tensor::from_slice(&ids).to_device(self.device);
+        let _ = self.decoder.forward(&input, &mut cache, false);
+        self.sync();
+        self.context = Some(cache);
+        Ok(())
+    }
+
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
         let _guard = tch::no_grad_guard();
-        // Fresh KV cache for every timed run, outside the clock.
-        let mut cache = self.decoder.new_cache();
+        // Outside the clock: a fresh KV cache, or a copy of the cached context (its tensors are
+        // shared, never written: a run's keys and values go to new tensors).
+        let mut cache = match &self.context {
+            Some(c) => c.share(),
+            None => self.decoder.new_cache(),
+        };
+        let cached = cache.len();
 
         let start = Instant::now();
         let ids = self.ids(prompt)?;
@@ -463,7 +488,9 @@ impl Backend for HfBackend {
             first_text: Instant::now(),
         };
         let tail = decode_tail(&first, max_new_tokens, &clock, &mut detok, &mut gen)?;
-        Ok(clock.measurement(ids.len(), first, tail, &gen))
+        let mut m = clock.measurement(ids.len(), first, tail, &gen);
+        m.cached_tokens = u32::try_from(cached).ok();
+        Ok(m)
     }
 }
 

@@ -142,6 +142,8 @@ pub struct InprocBackend {
     /// `--ignore-eos`: the end-of-generation ids greedy sampling may not pick (empty: any).
     banned: Vec<usize>,
     ignore_eos: bool,
+    /// Tokens of cached context (`set_context`) at positions `0..context_len` of sequence 0.
+    context_len: usize,
 }
 
 impl InprocBackend {
@@ -203,6 +205,7 @@ impl InprocBackend {
             n_ctx,
             banned: Vec::new(),
             ignore_eos: false,
+            context_len: 0,
         })
     }
 
@@ -227,6 +230,33 @@ impl InprocBackend {
         Ok(self.tokenize(prompt)?.iter().map(|t| t.0 as u32).collect())
     }
 
+    /// Tokens in sequence 0's KV cache: its largest position + 1 (positions are contiguous from
+    /// 0 here), so a row can prove how much context its prefill started on.
+    fn kv_len(&self) -> usize {
+        usize::try_from(self.ctx.kv_cache_seq_pos_max(0) + 1).unwrap_or(0)
+    }
+
+    /// Back to exactly the cached context, outside the clock: the previous run's prompt and
+    /// generated cells (positions from `context_len` on) are removed, the context's stay.
+    fn reset_to_context(&mut self) -> Result<usize, RunError> {
+        if self.context_len == 0 {
+            self.ctx.clear_kv_cache();
+        } else {
+            let pos = u32::try_from(self.context_len).map_err(|e| RunError::new(e.to_string()))?;
+            self.ctx
+                .clear_kv_cache_seq(Some(0), Some(pos), None)
+                .map_err(|e| RunError::new(format!("llama_memory_seq_rm: {e}")))?;
+        }
+        let cached = self.kv_len();
+        if cached != self.context_len {
+            return Err(RunError::new(format!(
+                "the KV cache holds {cached} tokens, not the {}-token context",
+                self.context_len
+            )));
+        }
+        Ok(cached)
+    }
+
     fn tokenize(&self, prompt: &str) -> Result<Vec<LlamaToken>, RunError> {
         // --chat: the template is part of the backend's work, so it runs inside the clock.
         let templated;
@@ -240,8 +270,14 @@ impl InprocBackend {
         // AddBos::Always = llama_tokenize(add_special = true, parse_special = true): BOS only if
         // the GGUF says the model wants one, special tokens in the text parsed, exactly like
         // llama-server's prompt tokenization (also of a chat template's output).
+        // After a cached context the prompt continues a sequence: no BOS (add_special = false).
+        let bos = if self.context_len > 0 {
+            AddBos::Never
+        } else {
+            AddBos::Always
+        };
         self.model
-            .str_to_token(text, AddBos::Always)
+            .str_to_token(text, bos)
             .map_err(|e| RunError::new(format!("tokenize: {e}")))
     }
 
@@ -354,9 +390,29 @@ impl Backend for InprocBackend {
         self.ids(prompt)
     }
 
-    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
-        // Fresh KV state for every timed run, outside the clock.
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        self.context_len = 0;
         self.ctx.clear_kv_cache();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if ids.len() >= self.n_ctx as usize {
+            return Err(RunError::new(format!(
+                "a {}-token context does not fit the {}-token context window (raise --ctx-size)",
+                ids.len(),
+                self.n_ctx
+            )));
+        }
+        let toks: Vec<LlamaToken> = ids.iter().map(|&i| LlamaToken::new(i as i32)).collect();
+        // Untimed: the context is decoded once per depth, outside every clock.
+        self.decode(&toks, 0)?;
+        self.context_len = ids.len();
+        self.reset_to_context().map(|_| ())
+    }
+
+    fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        // Outside the clock: a fresh KV state, or exactly the cached context (`set_context`).
+        let cached = self.reset_to_context()?;
 
         let start = Instant::now();
         let tokens = self.tokenize(prompt)?;
@@ -364,16 +420,16 @@ impl Backend for InprocBackend {
         if tokens.is_empty() {
             return Err(RunError::new("prompt tokenized to zero tokens"));
         }
-        let needed = tokens.len() + max_new_tokens as usize;
+        let needed = cached + tokens.len() + max_new_tokens as usize;
         if needed > self.n_ctx as usize {
             return Err(RunError::new(format!(
-                "prompt has {} tokens + {} new > context {} (raise --ctx-size)",
+                "{cached} cached + prompt {} tokens + {} new > context {} (raise --ctx-size)",
                 tokens.len(),
                 max_new_tokens,
                 self.n_ctx
             )));
         }
-        self.decode(&tokens, 0)?;
+        self.decode(&tokens, cached)?;
         // Prefill ends when the last logits are readable (get_logits_ith synchronises).
         let _ = self.ctx.get_logits_ith(self.batch.n_tokens() - 1);
         let prefilled = Instant::now();
@@ -381,7 +437,7 @@ impl Backend for InprocBackend {
         let sampled = Instant::now();
         let mut gen = InprocGen {
             be: self,
-            pos: tokens.len(),
+            pos: cached + tokens.len(),
         };
         // llama.cpp's pieces do not depend on their neighbours: no context needed.
         let mut detok = Detokenizer::new(&[], 0, &gen);
@@ -394,7 +450,9 @@ impl Backend for InprocBackend {
             first_text: Instant::now(),
         };
         let tail = decode_tail(&first, max_new_tokens, &clock, &mut detok, &mut gen)?;
-        Ok(clock.measurement(tokens.len(), first, tail, &gen))
+        let mut m = clock.measurement(tokens.len(), first, tail, &gen);
+        m.cached_tokens = Some(cached as u32);
+        Ok(m)
     }
 }
 

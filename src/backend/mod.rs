@@ -162,6 +162,10 @@ pub struct Measurement {
     /// api: `pre-opened` (connected before the clock) or `fresh` (`--fresh-connection`: connect
     /// inside the clock, as a client without keep-alive does).
     pub connection: Option<String>,
+    /// Tokens of context in the backend's cache when the prompt's prefill began, as the backend
+    /// proves it (`--depth`): inproc the KV cache's positions (`llama_memory_seq_pos_max + 1`),
+    /// hf its KV cache length, api llama-server's `cache_n`. None where it cannot be observed.
+    pub cached_tokens: Option<u32>,
 }
 
 /// Where a row's `generated_tokens` comes from. The rule on every backend: the end-of-generation
@@ -229,6 +233,21 @@ pub trait Backend {
     /// length of `token_ids`; servers without a tokenizer endpoint answer from `usage`.
     fn prompt_token_count(&mut self, prompt: &str) -> Result<u32, RunError> {
         self.token_ids(prompt).map(|ids| ids.len() as u32)
+    }
+    /// Hold `ids` as cached context under every following `measure` (untimed; `--depth`, and
+    /// later earlier conversation turns): each `measure` then prefills the prompt text, tokenized
+    /// without BOS, at position `ids.len()` and leaves the cache holding exactly `ids` again for
+    /// the next run. Empty `ids`: no context, the cold case. Backends that cannot control their
+    /// cache refuse a non-empty context.
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        if ids.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::new(format!(
+                "{}: this backend cannot hold a cached context (--depth)",
+                self.kind()
+            )))
+        }
     }
     /// One timed run: TTFT and its parts, then `max_new_tokens - 1` greedy decode steps.
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError>;

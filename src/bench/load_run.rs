@@ -76,6 +76,7 @@ pub fn run_load(
             runner: BackendKind::Api,
             point,
             max_new_tokens: *max_new_tokens,
+            depth: 0,
         };
         let rec = match r {
             Ok(m) => {

@@ -5,6 +5,7 @@ pub mod cache_bust;
 pub mod chat;
 pub mod conversation;
 pub mod dataset;
+pub mod depth;
 pub mod interrupt;
 pub mod load;
 pub mod load_run;

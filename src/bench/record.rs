@@ -41,11 +41,14 @@ pub struct RunContext<'a> {
     pub text: &'a str,
     /// The backend.
     pub runner: BackendKind,
-    /// The settings point's label for this backend ("" without a grid).
+    /// The settings point's label for this backend ("" without a grid), with `depth=N` under
+    /// `--depth`.
     pub point: &'a str,
     /// Max new tokens the request was given (a dataset line's `output_tokens`, else
     /// `--max-new-tokens`).
     pub max_new_tokens: u32,
+    /// Tokens of cached context the prompt follows (`--depth`; 0: the cold case).
+    pub depth: u32,
 }
 
 /// One timed run, successful or not.
@@ -65,6 +68,8 @@ pub struct RunRecord {
     /// Max new tokens the request was given (a dataset line's `output_tokens`, else
     /// `--max-new-tokens`); `generated_tokens` is at most this.
     pub max_new_tokens: u32,
+    /// Tokens of cached context before the prompt (`--depth`; 0: none).
+    pub depth: u32,
     /// Whether a first token was produced.
     pub ok: bool,
     /// Why not, when `ok` is false.
@@ -104,6 +109,7 @@ impl RunRecord {
             point: ctx.point.to_string(),
             prompt_text: ctx.text.to_string(),
             max_new_tokens: ctx.max_new_tokens,
+            depth: ctx.depth,
             ok: measurement.is_some(),
             error,
             flags,
@@ -238,6 +244,7 @@ mod tests {
             runner: BackendKind::Api,
             point: "threads=1",
             max_new_tokens: 10,
+            depth: 0,
         };
         let ok = RunRecord::success(&ctx, 0, Measurement::default(), vec![]);
         assert!(ok.ok && ok.error.is_none() && ok.measurement.is_some());

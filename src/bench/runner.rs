@@ -11,6 +11,7 @@
 //! Backends run one after another, never concurrently, so they do not compete for the cores.
 
 use super::cache_bust::CacheBust;
+use super::depth::{depth_flags, depth_label, DepthContext};
 use super::interrupt;
 use super::prompts::PromptSet;
 use super::record::{
@@ -49,6 +50,9 @@ pub struct Plan {
     pub min_time: Duration,
     /// A unique prefix before every timed run's and warm-up's prompt (`--cache-bust`).
     pub cache_bust: Option<CacheBust>,
+    /// `--depth`: the cached contexts, one pass over the sets each, on the same opened backend
+    /// (empty: no depth dimension, one cold pass).
+    pub contexts: Vec<DepthContext>,
 }
 
 /// `--min-time` never runs a prompt more than this many times `--runs`.
@@ -124,12 +128,14 @@ impl BackendFacts {
     }
 }
 
-/// Where the rows of one backend at one point go.
+/// Where the rows of one backend at one point (and depth) go.
 struct Run<'a> {
     backend: &'a mut dyn Backend,
     plan: &'a Plan,
     point: &'a str,
     sink: &'a mut dyn FnMut(&RunRecord),
+    /// The context the prompts follow (None: the cold case without `--depth`).
+    context: Option<&'a DepthContext>,
 }
 
 /// Run every prompt of `plan` on an opened backend, handing each record to `sink` as it ends.
@@ -140,18 +146,38 @@ pub fn run_backend(
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
     let token_counts = count_tokens(backend, plan);
-    let mut run = Run {
-        backend,
-        plan,
-        point,
-        sink,
-    };
-    for set in &plan.sets {
-        if !run.set(set, &token_counts[&set.name]) {
+    if plan.contexts.is_empty() {
+        let mut run = Run {
+            backend,
+            plan,
+            point,
+            sink,
+            context: None,
+        };
+        run.sets(&token_counts);
+        return report(run.backend, point, token_counts);
+    }
+    for c in &plan.contexts {
+        let label = depth_label(point, c.depth);
+        if let Err(e) = backend.set_context(&c.ids) {
+            // The context could not be held: every run of this depth is a failed row.
+            let msg = format!("depth {}: {e}", c.depth);
+            rows_failed(backend.kind(), &label, c.depth, &msg, plan, sink);
+            continue;
+        }
+        let mut run = Run {
+            backend,
+            plan,
+            point: &label,
+            sink,
+            context: Some(c),
+        };
+        if !run.sets(&token_counts) {
             break;
         }
     }
-    report(run.backend, point, token_counts)
+    let _ = backend.set_context(&[]);
+    report(backend, point, token_counts)
 }
 
 fn count_tokens(backend: &mut dyn Backend, plan: &Plan) -> BTreeMap<String, Vec<Option<u32>>> {
@@ -174,6 +200,16 @@ fn count_tokens(backend: &mut dyn Backend, plan: &Plan) -> BTreeMap<String, Vec<
 }
 
 impl Run<'_> {
+    /// Every prompt set; false when interrupted.
+    fn sets(&mut self, token_counts: &BTreeMap<String, Vec<Option<u32>>>) -> bool {
+        for set in &self.plan.sets {
+            if !self.set(set, &token_counts[&set.name]) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// One prompt set: warm-ups, `runs` of every prompt, then the `--min-time` extra runs.
     /// False when interrupted.
     fn set(&mut self, set: &PromptSet, counts: &[Option<u32>]) -> bool {
@@ -246,6 +282,7 @@ impl Run<'_> {
             runner: self.backend.kind(),
             point: self.point,
             max_new_tokens: set.max_new_tokens(idx, self.plan.max_new_tokens),
+            depth: self.context.map_or(0, |c| c.depth),
         };
         let started = Instant::now();
         for run_idx in runs {
@@ -255,7 +292,7 @@ impl Run<'_> {
             }
             let rec = match self.plan.too_long.get(&id) {
                 Some(reason) => RunRecord::failure(&ctx, run_idx, reason.clone()),
-                None => self.timed(&ctx, run_idx, counts[idx]),
+                None => self.timed(&ctx, run_idx, self.expected_count(&id, counts[idx])),
             };
             if self.plan.verbose >= 1 {
                 eprintln!("{}", verbose_line(&rec));
@@ -264,6 +301,15 @@ impl Run<'_> {
             bar.inc(1);
         }
         Some(started.elapsed())
+    }
+
+    /// The prompt tokens a run should evaluate: the tokenizer's count, or after a context the
+    /// prompt's own ids (no BOS) as the depth check measured them.
+    fn expected_count(&self, id: &PromptId, count: Option<u32>) -> Option<u32> {
+        match self.context {
+            Some(c) if c.depth > 0 => c.prompt_tokens.get(id).copied(),
+            _ => count,
+        }
     }
 
     /// The text a run sends: the prompt, after a fresh cache-busting prefix when there is one
@@ -290,6 +336,9 @@ impl Run<'_> {
                     self.plan.ignore_eos,
                     self.plan.max_new_tokens,
                 ));
+                if let Some(c) = self.context {
+                    depth_flags(&m, c.depth, &mut flags);
+                }
                 if let Some(b) = bust {
                     m.cache_bust_tokens = b.measured_tokens();
                     flags.extend(cache_bust_flags(&m, expected, b.verified()));
@@ -381,20 +430,18 @@ pub fn run_unopened(
     plan: &Plan,
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
-    for set in &plan.sets {
-        for (idx, text) in set.prompts.iter().enumerate() {
-            let id = PromptId::new(&set.name, idx);
-            let ctx = RunContext {
-                prompt: &id,
-                text,
-                runner: kind,
-                point,
-                max_new_tokens: set.max_new_tokens(idx, plan.max_new_tokens),
-            };
-            for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
-                sink(&RunRecord::failure(&ctx, run_idx, reason));
-            }
-        }
+    if plan.contexts.is_empty() {
+        rows_failed(kind, point, 0, reason, plan, sink);
+    }
+    for c in &plan.contexts {
+        rows_failed(
+            kind,
+            &depth_label(point, c.depth),
+            c.depth,
+            reason,
+            plan,
+            sink,
+        );
     }
     BackendReport {
         name: kind,
@@ -406,6 +453,33 @@ pub fn run_unopened(
         info: serde_json::Value::Null,
         facts: BackendFacts::default(),
         token_counts: BTreeMap::new(),
+    }
+}
+
+/// Every run of `plan` at one depth as a failed row with `reason`.
+fn rows_failed(
+    kind: BackendKind,
+    point: &str,
+    depth: u32,
+    reason: &str,
+    plan: &Plan,
+    sink: &mut dyn FnMut(&RunRecord),
+) {
+    for set in &plan.sets {
+        for (idx, text) in set.prompts.iter().enumerate() {
+            let id = PromptId::new(&set.name, idx);
+            let ctx = RunContext {
+                prompt: &id,
+                text,
+                runner: kind,
+                point,
+                max_new_tokens: set.max_new_tokens(idx, plan.max_new_tokens),
+                depth,
+            };
+            for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
+                sink(&RunRecord::failure(&ctx, run_idx, reason));
+            }
+        }
     }
 }
 

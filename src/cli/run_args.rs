@@ -215,6 +215,14 @@ pub struct RunArgs {
     /// Load: slots of the spawned server for --request-rate (default 4; --concurrency uses N).
     #[arg(long, value_name = "N")]
     pub server_slots: Option<u32>,
+    /// Context depth, as llama-bench's -d: before each timed run every backend holds N tokens of
+    /// a fixed document in its cache and the prompt is prefilled on top of it; 0 is the cold
+    /// case. A list gives one case per depth on the same opened backend.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub depth: Vec<u32>,
+    /// The document --depth takes its context from [default: data/depth_context.txt].
+    #[arg(long, value_name = "FILE")]
+    pub depth_doc: Option<PathBuf>,
     /// More output on stderr: -v one line per run, -vv also HTTP details (never the API key).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

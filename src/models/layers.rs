@@ -368,6 +368,23 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// A cache holding the same keys and values, sharing their tensors. Safe because a forward
+    /// pass never writes into cached tensors: it concatenates into new ones (`Attention::forward`),
+    /// so runs on the copy leave this cache as it was (`--depth`'s context, reused per run).
+    pub fn share(&self) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.as_ref()
+                        .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                })
+                .collect(),
+            len: self.len,
+        }
+    }
 }
 
 /// A decoder-only transformer assembled by an architecture file.

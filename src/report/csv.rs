@@ -38,6 +38,8 @@ pub const COLUMNS: &[&str] = &[
     "connection",
     "stop_reason",
     "max_new_tokens",
+    "depth",
+    "cached_tokens",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -123,6 +125,8 @@ pub fn row(r: &RunRecord) -> String {
         escape(m.and_then(|m| m.connection.as_deref()).unwrap_or("")),
         escape(m.and_then(|m| m.stop_reason.as_deref()).unwrap_or("")),
         r.max_new_tokens.to_string(),
+        r.depth.to_string(),
+        opt(m.and_then(|m| m.cached_tokens)),
     ];
     fields.join(",") + "\n"
 }
@@ -178,6 +182,7 @@ mod tests {
             runner: BackendKind::Api,
             point: "",
             max_new_tokens: 10,
+            depth: 0,
         };
         if !ok {
             return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
@@ -200,7 +205,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042,,,,10\n"), "{ok}");
+        assert!(ok.ends_with(",7042,,,,10,0,\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -5,6 +5,7 @@ pub mod agreement;
 pub mod cases;
 pub mod compare;
 pub mod csv;
+pub mod depth;
 pub mod env;
 pub mod flops;
 pub mod gpu;

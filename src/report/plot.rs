@@ -132,7 +132,7 @@ fn legend(entries: &[(&str, String)], out: &mut String) {
 
 /// Median TTFT and its CI per backend and prompt length, from successful runs.
 /// (prompt tokens, median TTFT, 95 % CI of the median) per backend.
-type Series = BTreeMap<BackendKind, Vec<(f64, f64, (f64, f64))>>;
+pub type Series = BTreeMap<BackendKind, Vec<(f64, f64, (f64, f64))>>;
 
 fn by_length(report: &Report) -> Series {
     let mut raw: BTreeMap<(BackendKind, u32), Vec<f64>> = BTreeMap::new();
@@ -159,6 +159,17 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
     if data.values().all(|v| v.len() < 2) {
         return None;
     }
+    Some(line_chart(
+        "Time to first token vs prompt length",
+        "prompt tokens",
+        "bands: 95 % CI of the median",
+        &data,
+    ))
+}
+
+/// Median TTFT (with its CI band and least-squares line) against `xlabel`, one line per backend:
+/// points are (x, median, 95 % CI of the median).
+pub fn line_chart(title: &str, xlabel: &str, band: &str, data: &Series) -> String {
     let xmax = data.values().flatten().map(|p| p.0).fold(0.0, f64::max) * 1.05;
     let ymax = data
         .values()
@@ -167,14 +178,7 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
         .fold(0.0, f64::max)
         * 1.1;
     let mut s = String::new();
-    let (sx, sy) = frame(
-        "Time to first token vs prompt length",
-        "prompt tokens",
-        "TTFT (ms, median)",
-        xmax,
-        ymax,
-        &mut s,
-    );
+    let (sx, sy) = frame(title, xlabel, "TTFT (ms, median)", xmax, ymax, &mut s);
     let xstep = tick_step(xmax, 8.0);
     let mut x = 0.0;
     while x <= xmax {
@@ -188,7 +192,7 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
         x += xstep;
     }
     let mut legend_entries = Vec::new();
-    for (k, pts) in &data {
+    for (k, pts) in data {
         let label = draw_series(&mut s, *k, pts, (&sx, &sy), (xmax, ymax));
         legend_entries.push((color(*k), label));
     }
@@ -199,11 +203,11 @@ pub fn ttft_vs_tokens(report: &Report) -> Option<String> {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{nx}" y="{ny}" font-size="10" fill="#555">bands: 95 % CI of the median</text><text x="{nx}" y="{}" font-size="10" fill="#555">dashed: least-squares fit</text>"##,
+        r##"<text x="{nx}" y="{ny}" font-size="10" fill="#555">{band}</text><text x="{nx}" y="{}" font-size="10" fill="#555">dashed: least-squares fit</text>"##,
         ny + 14.0
     );
     s.push_str("</svg>\n");
-    Some(s)
+    s
 }
 
 /// One backend's medians, CI band and fit line; returns its legend text.

@@ -173,6 +173,10 @@ pub struct Settings {
     /// `None` on exactly when the api backend runs in the openai flavor (decided in prepare,
     /// once the flavor is known).
     pub cache_bust: Option<bool>,
+    /// `--depth`: context depths in tokens (empty: no depth dimension, the cold case only).
+    pub depths: Vec<u32>,
+    /// The document the depth contexts are cut from.
+    pub depth_doc: PathBuf,
     /// The api backend.
     pub api: ApiOptions,
     /// A load run instead of the per-prompt protocol.

@@ -72,6 +72,7 @@ impl Settings {
                 "--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url",
             ));
         }
+        check_depth(args, load.is_some())?;
         let points = grid.points();
         let api_points = grid::points_for(&points, BackendKind::Api, api.url.is_none()).len();
         if load.is_some() && api_points > 1 {
@@ -106,6 +107,11 @@ impl Settings {
                 (false, true) => Some(false),
                 (false, false) => None,
             },
+            depths: args.depth.clone(),
+            depth_doc: args
+                .depth_doc
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/depth_context.txt")),
             api,
             load,
             output: OutputOptions {
@@ -120,6 +126,29 @@ impl Settings {
             base: cfg.base.clone(),
         })
     }
+}
+
+/// `--depth` with what it cannot be combined with (one line each, before timing).
+fn check_depth(args: &RunArgs, load: bool) -> Result<(), SettingsError> {
+    if !args.depth.iter().any(|&d| d > 0) {
+        return Ok(());
+    }
+    if load {
+        return Err(invalid(
+            "--depth with --concurrency / --request-rate is not supported yet: each client would need its own primed slot; drop one of them",
+        ));
+    }
+    if args.chat {
+        return Err(invalid(
+            "--depth with --chat is not supported: the context is raw document tokens, not a chat turn; drop one of them",
+        ));
+    }
+    if args.cache_bust {
+        return Err(invalid(
+            "--depth with --cache-bust: the prefix would sit between the cached context and the prompt; drop one of them",
+        ));
+    }
+    Ok(())
 }
 
 fn path_setting(

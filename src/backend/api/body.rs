@@ -20,12 +20,12 @@ impl ApiBackend {
         }
         let mut body = match self.settings.endpoint {
             Endpoint::Completion => json!({
-                "prompt": prompt,
+                "prompt": self.prompt_value(prompt),
                 "n_predict": max_new_tokens,
             }),
             Endpoint::V1 => json!({
                 "model": self.model,
-                "prompt": prompt,
+                "prompt": self.prompt_value(prompt),
                 "max_tokens": max_new_tokens,
                 "stream_options": stream_options,
             }),
@@ -40,8 +40,9 @@ impl ApiBackend {
         body["temperature"] = json!(0.0);
         body["seed"] = json!(0);
         if self.flavor == ApiFlavor::Llama {
-            // llama-server defaults cache_prompt to true: every timed run must be a cold prefill.
-            body["cache_prompt"] = json!(false);
+            // llama-server defaults cache_prompt to true: every timed run must be a cold prefill,
+            // except on a primed context (`--depth`), which must be reused.
+            body["cache_prompt"] = json!(!self.context.is_empty());
             body["top_k"] = json!(1);
         }
         self.ignore_eos

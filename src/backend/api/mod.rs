@@ -17,6 +17,7 @@
 
 mod body;
 mod conn;
+mod context;
 mod eos;
 mod helper;
 mod load;
@@ -147,6 +148,8 @@ pub struct ApiBackend {
     /// The message of the helper request that got no answer within `--prepare-timeout`; later
     /// helper requests fail with it at once.
     stalled: std::sync::OnceLock<String>,
+    /// `--depth`: the context primed before every timed run (see `context`).
+    context: Vec<u32>,
 }
 
 /// Render an error with its whole source chain on one line.
@@ -208,6 +211,7 @@ impl ApiBackend {
             tokenize_via: None,
             metrics_before: None,
             stalled: Default::default(),
+            context: Vec::new(),
         };
         me.info = me.probe().map_err(|e| match e {
             // An https server whose certificate no system root signs: say how to trust it.
@@ -364,13 +368,29 @@ impl Backend for ApiBackend {
         token_list(&v, "/tokenize")
     }
 
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        self.keep_context(ids)
+    }
+
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
+        if !self.context.is_empty() {
+            // Outside the clock: the slot back to exactly the context.
+            self.prime()?;
+        }
         let how = if self.settings.fresh_connection {
             stream::Connection::Fresh
         } else {
             stream::Connection::PreOpened
         };
-        self.rt
-            .block_on(self.stream_one(prompt, max_new_tokens, how))
+        let mut m = self
+            .rt
+            .block_on(self.stream_one(prompt, max_new_tokens, how))?;
+        if !self.context.is_empty() {
+            // The row's prompt tokens are the prompt's own; the context is `cached_tokens`.
+            let n = self.context.len() as u32;
+            m.prompt_tokens = m.prompt_tokens.map(|p| p.saturating_sub(n));
+        }
+        m.cached_tokens = m.cache_n;
+        Ok(m)
     }
 }

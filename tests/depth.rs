@@ -37,6 +37,7 @@ fn context() -> DepthContext {
         prompts: vec![PROMPT.into()],
         repeat: None,
         warmup: None,
+        dataset: None,
     };
     let mut c = depth::contexts(&doc, &doc_path, &[DEPTH], &mut [tok], &[set]).unwrap();
     c.remove(0)

@@ -316,8 +316,8 @@ fn fault(s: &mut TcpStream, f: Fault, api: Api) -> std::io::Result<()> {
     }
 }
 
-/// Read one request: the header block and the body (Content-Length).
-fn read_request(s: &TcpStream) -> Option<(String, String)> {
+/// Read one request: the header block and the body (Content-Length). Shared by the fake servers.
+pub fn read_request(s: &TcpStream) -> Option<(String, String)> {
     read_request_from(&mut BufReader::new(s.try_clone().ok()?))
 }
 

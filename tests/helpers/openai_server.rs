@@ -7,8 +7,9 @@
 //! `usage.prompt_tokens_details.cached_tokens`, and its prefill takes 20× less per cached token.
 //! Optional: vLLM's `POST /tokenize` and a Prometheus `/metrics` with vLLM's prefix-cache counters.
 
+use super::fault_server::read_request;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,33 +151,6 @@ fn stream(s: &mut TcpStream, chat: bool, n: usize, cached: usize) -> std::io::Re
     });
     event(s, &json!({"id": "x", "choices": [], "usage": usage}))?;
     s.write_all(b"data: [DONE]\n\n")
-}
-
-/// Read one request: the header block and the body (Content-Length).
-fn read_request(s: &TcpStream) -> Option<(String, String)> {
-    let mut r = BufReader::new(s.try_clone().ok()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((head, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn serve(s: &mut TcpStream, opts: Options, state: &Mutex<State>) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! `Settings::resolve`: flag, else config key, else built-in default, for every setting, and every
 //! check that needs no file or server (those are in `app::prepare`).
 
-use super::grid::{self, Grid};
+use super::grid::{self, Grid, SettingsPoint};
 use super::{
     is_hub_id, parse_backends, ApiOptions, DatasetOptions, LoadOptions, OutputOptions,
     PromptSource, Settings, SettingsError, DEFAULT_N_GPU_LAYERS,
@@ -57,29 +57,9 @@ impl Settings {
         grid.check_scopes(&backends, api.url.is_none())
             .map_err(invalid)?;
         let load = load_options(args)?;
-        if load.is_some() && backends != [BackendKind::Api] {
-            return Err(invalid(
-                "--concurrency / --request-rate load the api backend only: add --backend api",
-            ));
-        }
-        if load.is_some() && args.cache_bust {
-            return Err(invalid(
-                "--cache-bust applies to single runs; a load run (--concurrency / --request-rate) sends the prompts as they are: drop one of them",
-            ));
-        }
-        if (!api.rpc.is_empty() || api.spawn_rpc > 0) && api.url.is_some() {
-            return Err(invalid(
-                "--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url",
-            ));
-        }
         check_depth(args, load.is_some())?;
         let points = grid.points();
-        let api_points = grid::points_for(&points, BackendKind::Api, api.url.is_none()).len();
-        if load.is_some() && api_points > 1 {
-            return Err(invalid(format!(
-                "--concurrency / --request-rate measure one settings point, and these lists give {api_points}: pass single values"
-            )));
-        }
+        check_combinations(args, &backends, &api, load.is_some(), &points)?;
         Ok(Settings {
             backends,
             points,
@@ -126,6 +106,39 @@ impl Settings {
             base: cfg.base.clone(),
         })
     }
+}
+
+/// Flags that are each valid but not together (load runs, the cache-bust prefix, RPC with an
+/// external server, a grid in a load run): one line each, before anything starts.
+fn check_combinations(
+    args: &RunArgs,
+    backends: &[BackendKind],
+    api: &ApiOptions,
+    load: bool,
+    points: &[SettingsPoint],
+) -> Result<(), SettingsError> {
+    if load && backends != [BackendKind::Api] {
+        return Err(invalid(
+            "--concurrency / --request-rate load the api backend only: add --backend api",
+        ));
+    }
+    if load && args.cache_bust {
+        return Err(invalid(
+            "--cache-bust applies to single runs; a load run (--concurrency / --request-rate) sends the prompts as they are: drop one of them",
+        ));
+    }
+    if (!api.rpc.is_empty() || api.spawn_rpc > 0) && api.url.is_some() {
+        return Err(invalid(
+            "--rpc / --spawn-rpc configure the spawned llama-server; drop them with --api-url",
+        ));
+    }
+    let api_points = grid::points_for(points, BackendKind::Api, api.url.is_none()).len();
+    if load && api_points > 1 {
+        return Err(invalid(format!(
+            "--concurrency / --request-rate measure one settings point, and these lists give {api_points}: pass single values"
+        )));
+    }
+    Ok(())
 }
 
 /// `--depth` with what it cannot be combined with (one line each, before timing).

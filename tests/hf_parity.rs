@@ -16,7 +16,7 @@ const TOL: f64 = 1e-4;
 fn fixtures() -> Vec<String> {
     let manifest = root().join("vendor/parity/manifest.json");
     let text = std::fs::read_to_string(&manifest)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup.sh first", manifest.display()));
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup.sh --tests first", manifest.display()));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["fixtures"]
         .as_array()

@@ -322,7 +322,7 @@ impl LlamaCppPython {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("llama-cpp-python server (run scripts/setup.sh)");
+            .expect("llama-cpp-python server (run scripts/setup.sh --tests)");
         let url = format!("http://127.0.0.1:{port}");
         let t0 = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

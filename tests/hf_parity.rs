@@ -15,8 +15,12 @@ const TOL: f64 = 1e-4;
 
 fn fixtures() -> Vec<String> {
     let manifest = root().join("vendor/parity/manifest.json");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup.sh --tests first", manifest.display()));
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/setup.sh --tests first",
+            manifest.display()
+        )
+    });
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["fixtures"]
         .as_array()

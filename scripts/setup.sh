@@ -64,6 +64,8 @@ parse_args() {
 CUDA_ARCHS=${TTFT_CUDA_ARCHS:-80-real;86-real;89-real;90-real;90-virtual}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/llama-share.sh
+source "$ROOT/scripts/llama-share.sh"
 CACHE=${TTFT_CACHE:-$HOME/.cache/ttft}
 JOBS=${TTFT_JOBS:-$(nproc)}
 PY=${PYTHON:-python3}
@@ -390,14 +392,11 @@ build_llama_tools() {
   fi
   head_commit=$(git -C "$src/vendor/llama.cpp" rev-parse HEAD 2>/dev/null || echo unknown)
   [ "$head_commit" = "$LLAMA_COMMIT" ] || die "sdist llama.cpp is at $head_commit, expected $LLAMA_COMMIT"
-  crate_src=$(crate_llama_src)
+  crate_src=$(crate_llama_src "$ROOT")
   if [ -n "$crate_src" ] && same_tree "$crate_src" "$src/vendor/llama.cpp"; then
-    share=(TTFT_CC_SRC_FROM="$src/vendor/llama.cpp" TTFT_CC_SRC_TO="$crate_src")
     # GGML_USE_RPC (the crate has no RPC backend): dropped where nothing reads it (scripts/cc-launch).
-    if [ "$(grep -rl --include='*.[ch]' --include='*.[ch]pp' --include='*.cu' --include='*.cuh' --include='*.m' GGML_USE_RPC "$src/vendor/llama.cpp")" \
-      = "$src/vendor/llama.cpp/ggml/src/ggml-backend-reg.cpp" ]; then
-      share+=(TTFT_CC_DROP_DEFINE="GGML_USE_RPC:ggml/src/ggml-backend-reg.cpp")
-    fi
+    share=(TTFT_CC_SRC_FROM="$src/vendor/llama.cpp" TTFT_CC_SRC_TO="$crate_src"
+      TTFT_CC_DROP_DEFINE="$(drop_define_spec GGML_USE_RPC ggml/src/ggml-backend-reg.cpp "$src/vendor/llama.cpp")")
   else
     log "note: llama.cpp is compiled again by cargo (llama-cpp-sys-2's tree ${crate_src:-not found} is not the sdist's)"
   fi
@@ -411,25 +410,6 @@ build_llama_tools() {
     log "ccache: $(CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache} ccache --print-stats 2>/dev/null | awk -F'\t' '$1=="direct_cache_hit"||$1=="preprocessed_cache_hit"{h+=$2} $1=="cache_miss"{m=$2} END{printf "%d hits, %d misses so far", h, m}')"
   fi
 }
-
-# The llama.cpp tree llama-cpp-sys-2 compiles: the pinned crate where cargo unpacked it. `cargo
-# metadata` downloads it (with the other crates the build needs) if it is not there yet. Prints
-# nothing without cargo or when that fails (setup's build then compiles its own tree).
-crate_llama_src() {
-  local host
-  command -v cargo >/dev/null 2>&1 || return 0
-  host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
-  (cd "$ROOT" && cargo metadata --format-version 1 --locked ${host:+--filter-platform "$host"} 2>/dev/null) \
-    | "$PY" -c '
-import json, os, sys
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "llama-cpp-sys-2":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))
-' 2>/dev/null || true
-}
-
-# same_tree A B: every file under A is under B with the same bytes (B may hold more: tools/server).
-same_tree() { [ -d "$1" ] && ! diff -rq "$1" "$2" 2>/dev/null | grep -v "^Only in $2" | grep -q .; }
 
 # install_llama_tools BUILD FLAGS_ID STAMP: copy TARGETS into vendor/bin, check the version, write
 # the stamp (vendor/llama-build.json) the up-to-date check reads.

@@ -5,14 +5,6 @@ mod helpers;
 use helpers::*;
 use std::path::Path;
 
-fn one_error_line(o: &std::process::Output) -> String {
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("ttft: error: "), "{err}");
-    lines[0].to_string()
-}
-
 fn out_arg(dir: &Path) -> String {
     dir.display().to_string()
 }

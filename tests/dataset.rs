@@ -8,14 +8,6 @@ use helpers::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn one_error_line(o: &std::process::Output) -> String {
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("ttft: error: "), "{err}");
-    lines[0].to_string()
-}
-
 /// Run with `args` into `out`; exit code 0 and the report's JSON.
 fn run_ok(out: &Path, args: &[&str]) -> Value {
     let mut v: Vec<&str> = args.to_vec();

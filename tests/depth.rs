@@ -122,14 +122,6 @@ fn api_rows_on_a_primed_slot_have_cache_n_equal_to_the_depth() {
     }
 }
 
-fn one_error_line(o: &std::process::Output) -> String {
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("ttft: error: "), "{err}");
-    lines[0].to_string()
-}
-
 fn run(out: &Path, extra: &[&str]) -> std::process::Output {
     let o = out.display().to_string();
     let mut args = vec![

@@ -36,6 +36,7 @@ fn plan(sets: Vec<PromptSet>, runs: u32, warmup: u32) -> Plan {
         min_time: Duration::ZERO,
         cache_bust: None,
         contexts: Vec::new(),
+        turns: None,
     }
 }
 
@@ -389,4 +390,84 @@ fn each_depth_is_its_own_case_and_a_backend_without_a_cache_fails_its_rows() {
             .as_deref()
             .unwrap()
             .contains("cannot hold a cached context")));
+}
+
+#[test]
+fn each_turn_holds_its_own_context_warm_and_none_cold_and_is_summarised_per_turn() {
+    use ttft::bench::turns::{TurnCase, TurnPlan, TurnsCache};
+    let case = |turn: u32, context_ids: Vec<u32>, increment: &str, full: &str| TurnCase {
+        line: 1,
+        turn,
+        increment_tokens: 2,
+        full_tokens: 2 + context_ids.len() as u32,
+        context_ids,
+        increment: increment.into(),
+        full: full.into(),
+        notes: Vec::new(),
+    };
+    let cases = vec![
+        case(1, vec![], "u1", "u1"),
+        case(2, vec![7, 8, 9], "u2", "u1a1u2"),
+    ];
+    let mut p = plan(vec![set("conv", &["u1", "u1a1u2"])], 2, 1);
+    p.turns = Some(TurnPlan {
+        set: "conv".into(),
+        cases,
+        modes: vec![TurnsCache::Warm, TurnsCache::Cold],
+    });
+    let scripts: BTreeMap<String, Script> = [
+        ("u1", Script::ttfts(&[10.0], 2)),
+        ("u2", Script::ttfts(&[12.0], 2)),
+        ("u1a1u2", Script::ttfts(&[30.0], 5)),
+    ]
+    .into_iter()
+    .map(|(p, s)| (p.to_string(), s))
+    .collect();
+    let mut b = FakeBackend::new(BackendKind::Inproc, scripts).with_cache();
+    let mut rows = Vec::new();
+    let rep = runner::run_backend(&mut b, &p, "", &mut |r| rows.push(r.clone()));
+    assert_eq!(rows.len(), 8, "2 modes × 2 turns × 2 runs");
+    assert!(rows.iter().all(|r| r.ok && r.flags.is_empty()), "{rows:?}");
+    let warm2: Vec<_> = rows
+        .iter()
+        .filter(|r| r.point == "cache=warm" && r.turn == Some(2))
+        .collect();
+    assert!(warm2.iter().all(|r| r.prompt_text == "u2" && r.depth == 3));
+    assert!(warm2
+        .iter()
+        .all(|r| r.measurement.as_ref().unwrap().cached_tokens == Some(3)));
+    let cold2 = rows
+        .iter()
+        .find(|r| r.point == "cache=cold" && r.turn == Some(2))
+        .unwrap();
+    assert_eq!((cold2.prompt_text.as_str(), cold2.depth), ("u1a1u2", 0));
+    // Per prompt: its own context, set before its runs; nothing cached once a pass is done.
+    assert_eq!(
+        b.contexts_set,
+        [
+            vec![],
+            vec![],
+            vec![7, 8, 9],
+            vec![],
+            vec![],
+            vec![],
+            vec![]
+        ]
+    );
+    let r = report(&p, vec![(rows, rep)]);
+    let lines = ttft::report::turns::summaries(&r);
+    assert_eq!(lines.len(), 4);
+    let warm = lines
+        .iter()
+        .find(|l| l.cache == "warm" && l.turn == 2)
+        .unwrap();
+    assert_eq!(
+        (
+            warm.conversations,
+            warm.cached_tokens_mean,
+            warm.ttft_median_ms
+        ),
+        (1, Some(3.0), Some(12.0))
+    );
+    assert!(ttft::report::turns::render(&r).contains("inproc   -              warm     2"));
 }

@@ -44,6 +44,7 @@ pub fn export(
         print!("{}", report::table::render_fits(report));
     }
     print!("{}", report::depth::render(report));
+    print!("{}", report::turns::render(report));
     if let Some(l) = &report.load {
         print!("{}", crate::bench::load::render(l));
     }

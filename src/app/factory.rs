@@ -181,6 +181,36 @@ pub fn tokenizers(s: &Settings, point: &SettingsPoint) -> Result<Vec<Tokenizer>>
     Ok(out)
 }
 
+/// `--turns`: the chat templates of the backends that run here, each with where it was read
+/// (the GGUF's for inproc and a spawned llama-server, the checkpoint's for hf). An `--api-url`
+/// server's template cannot be read before timing.
+pub fn chat_templates(
+    s: &Settings,
+    point: &SettingsPoint,
+) -> Result<Vec<(String, crate::bench::chat::ChatTemplate)>> {
+    #[allow(unused_mut)]
+    let mut out = Vec::new();
+    let turns = |e: OpenError| {
+        let msg = e.to_string();
+        anyhow::anyhow!("--turns: {}", msg.trim_start_matches("--chat: "))
+    };
+    #[cfg(feature = "llama")]
+    if s.has(BackendKind::Inproc) || s.spawns_server() {
+        let gguf = &point.llama.gguf;
+        let vocab = crate::backend::inproc::VocabOnly::open(gguf)?;
+        let t = vocab.chat_template(gguf).map_err(turns)?;
+        out.push((format!("GGUF {}", gguf.display()), t));
+    }
+    #[cfg(feature = "torch")]
+    if s.has(BackendKind::Hf) {
+        let (dir, _, _) = crate::backend::hf::preflight(&hf_settings(s, point))?;
+        let t = crate::backend::hf::chat_template(&dir).map_err(turns)?;
+        out.push((format!("checkpoint {}", dir.display()), t));
+    }
+    let _ = (s, point, turns);
+    Ok(out)
+}
+
 #[cfg(feature = "torch")]
 fn hf_tokenizer(s: &Settings, point: &SettingsPoint) -> Result<Tokenizer> {
     let (dir, _, _) = crate::backend::hf::preflight(&hf_settings(s, point))?;

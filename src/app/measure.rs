@@ -63,6 +63,7 @@ fn plan(s: &Settings, prepared: &Prepared, point: &SettingsPoint) -> Plan {
         min_time: Duration::from_secs_f64(s.min_time_s),
         cache_bust: prepared.cache_bust.clone(),
         contexts: prepared.contexts.clone(),
+        turns: prepared.turns.clone(),
     }
 }
 

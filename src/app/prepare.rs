@@ -15,6 +15,7 @@ use crate::bench::parity::{self, ParityReport, Tokenizer};
 use crate::bench::prompts::{load_prompt_set, PromptSet};
 use crate::bench::record::PromptId;
 use crate::bench::runner::TooLong;
+use crate::bench::turns::{self, TurnPlan, TurnsCache};
 use crate::settings::{PromptSource, Settings, SettingsPoint};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub struct Prepared {
     pub cache_bust: Option<CacheBust>,
     /// `--depth`: the checked contexts, in the order given (empty without `--depth`).
     pub contexts: Vec<DepthContext>,
+    /// `--turns`: the checked conversation turns (their prompt set is in `sets`).
+    pub turns: Option<TurnPlan>,
 }
 
 /// A checkpoint's position limit, with where it was read (for the message).
@@ -162,6 +165,10 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
     if let PromptSource::Synthetic { lengths } = &s.prompts {
         sets = synthetic_sets(lengths, s.runs, s.seed, &mut toks)?;
     }
+    let turns = turn_plan(s, point, &mut toks)?;
+    if let (Some(t), Some(o)) = (&turns, &s.turns) {
+        sets.push(turns::prompt_set(&t.set, &o.path, &t.cases));
+    }
     let parity = parity::gate(&mut toks, &sets);
     println!("{}", parity.summary());
     if s.strict_parity && !parity.problems().is_empty() {
@@ -183,6 +190,7 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         hf_limits,
         cache_bust,
         contexts,
+        turns,
     };
     for p in &s.points {
         if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {
@@ -219,6 +227,60 @@ fn cache_bust(
         bust.tokens
     );
     Ok(Some(bust))
+}
+
+/// `--turns`: the conversations' turns, rendered with the backends' chat templates (which must
+/// agree) and split into cached context and new turn with every tokenizer (see [`turns`]).
+fn turn_plan(
+    s: &Settings,
+    point: &SettingsPoint,
+    toks: &mut [Tokenizer],
+) -> Result<Option<TurnPlan>> {
+    let Some(t) = &s.turns else {
+        return Ok(None);
+    };
+    if t.modes.contains(&TurnsCache::Warm) && s.has(BackendKind::Api) && api_is_openai(s, point) {
+        bail!("--turns warm needs llama-server (the llama flavor): an OpenAI-compatible server's prompt cache cannot be primed or proven; pass --turns-cache cold or drop the api backend");
+    }
+    let dataset = Dataset::load(&t.path)?;
+    let requests = dataset.sample(t.sample, s.seed)?;
+    let convs = requests
+        .iter()
+        .map(|r| match &r.conversation {
+            Some(c) => Ok((r.line, c)),
+            None => Err(anyhow::anyhow!(
+                "{} line {}: --turns needs a conversation ({{\"conversations\": [{{\"from\": \"human\", \"value\": …}}, …]}}), not a single prompt",
+                t.path.display(),
+                r.line
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let templates = factory::chat_templates(s, point)?;
+    if templates.is_empty() {
+        bail!("--turns needs the model's chat template before timing: run inproc, hf or a spawned llama-server beside an --api-url server");
+    }
+    let refs: Vec<_> = templates.iter().map(|(by, t)| (by.clone(), t)).collect();
+    // The llama.cpp vocabulary gives the context ids when a llama side runs (as for --depth).
+    toks.sort_by_key(|t| t.backend == BackendKind::Hf);
+    let cases = turns::cases(&t.path, &convs, t.turns, &refs, toks)?;
+    println!(
+        "turns: {} turns of {} conversations in {} (up to {} each; {} template{}; the same ids and a clean turn boundary on {})",
+        cases.len(),
+        convs.len(),
+        t.path.display(),
+        t.turns,
+        templates.iter().map(|(by, _)| by.as_str()).collect::<Vec<_>>().join(" = "),
+        if templates.len() > 1 { "s agree" } else { "" },
+        toks.iter().map(|t| t.backend.name()).collect::<Vec<_>>().join(", ")
+    );
+    for note in cases.iter().flat_map(|c| &c.notes) {
+        println!("turns: note: {note}");
+    }
+    Ok(Some(TurnPlan {
+        set: t.name.clone(),
+        cases,
+        modes: t.modes.clone(),
+    }))
 }
 
 /// `--depth`'s contexts, cut with the llama.cpp vocabulary when a llama side runs (else the first
@@ -294,7 +356,13 @@ fn counts(sets: &[PromptSet], tok: &mut Tokenizer) -> Result<Vec<(PromptId, u32,
     for set in sets {
         for (i, p) in set.prompts.iter().enumerate() {
             let n = tok.encode(p).map_err(anyhow::Error::msg)?.len() as u32;
-            out.push((PromptId::new(&set.name, i), n, p.chars().take(40).collect()));
+            // Control characters escaped, so the message stays one line (chat-rendered turns).
+            let head: String = p.chars().take(40).collect();
+            out.push((
+                PromptId::new(&set.name, i),
+                n,
+                head.escape_debug().to_string(),
+            ));
         }
     }
     Ok(out)

@@ -45,6 +45,13 @@ pub struct FakeBackend {
     calls: BTreeMap<String, u32>,
     /// Sleep for the scripted TTFT, so that time-based scheduling (`--min-time`) sees it.
     sleeps: bool,
+    /// Whether `set_context` is honoured (`with_cache`); otherwise a context is refused, as a
+    /// backend that cannot control its cache does.
+    holds_context: bool,
+    /// The context `set_context` holds (reported as `cached_tokens`).
+    context: Vec<u32>,
+    /// Every `set_context` call's ids, in order (for tests of the protocol).
+    pub contexts_set: Vec<Vec<u32>>,
 }
 
 impl FakeBackend {
@@ -55,12 +62,21 @@ impl FakeBackend {
             scripts,
             calls: BTreeMap::new(),
             sleeps: false,
+            holds_context: false,
+            context: Vec::new(),
+            contexts_set: Vec::new(),
         }
     }
 
     /// The same, taking as long as each scripted TTFT.
     pub fn sleeping(mut self) -> Self {
         self.sleeps = true;
+        self
+    }
+
+    /// The same, holding what `set_context` gives it as cached context.
+    pub fn with_cache(mut self) -> Self {
+        self.holds_context = true;
         self
     }
 
@@ -88,6 +104,17 @@ impl Backend for FakeBackend {
         Ok(self.script(prompt)?.ids.clone())
     }
 
+    fn set_context(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        if !self.holds_context && !ids.is_empty() {
+            return Err(RunError::new(
+                "fake: this backend cannot hold a cached context (--depth)",
+            ));
+        }
+        self.context = ids.to_vec();
+        self.contexts_set.push(ids.to_vec());
+        Ok(())
+    }
+
     fn measure(&mut self, prompt: &str, max_new_tokens: u32) -> Result<Measurement, RunError> {
         let call = {
             let c = self.calls.entry(prompt.to_string()).or_insert(0);
@@ -113,6 +140,7 @@ impl Backend for FakeBackend {
             e2e_ms: ttft + decode,
             first_token: s.first_token.clone(),
             output: s.first_token.clone(),
+            cached_tokens: Some(self.context.len() as u32),
             ..Measurement::default()
         })
     }

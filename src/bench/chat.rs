@@ -51,10 +51,24 @@ impl ChatTemplate {
 
     /// The text for one user message followed by the assistant's turn.
     pub fn render_user(&self, content: &str) -> Result<String, String> {
+        self.render(&[("user", content)], true)
+    }
+
+    /// The text for `messages` (role, content) in order, followed by the assistant's turn when
+    /// `add_generation_prompt` (`--turns` renders each conversation prefix with this).
+    pub fn render(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|&(role, content)| context! { role => role, content => content })
+            .collect();
         t.render(context! {
-            messages => vec![context! { role => "user", content => content }],
-            add_generation_prompt => true,
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos,
             eos_token => &self.eos,
         })

@@ -189,14 +189,15 @@ fn one(
 }
 
 /// The prompt's own ids after a context: its tokens without the BOS the tokenizer adds.
-fn strip_bos(mut ids: Vec<u32>, bos: Option<u32>) -> Vec<u32> {
+pub(crate) fn strip_bos(mut ids: Vec<u32>, bos: Option<u32>) -> Vec<u32> {
     if bos.is_some() && ids.first().copied() == bos {
         ids.remove(0);
     }
     ids
 }
 
-fn first_diff(a: &[u32], b: &[u32]) -> usize {
+/// The first index where `a` and `b` differ (the shorter length when one is a prefix).
+pub(crate) fn first_diff<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     a.iter()
         .zip(b)
         .position(|(x, y)| x != y)

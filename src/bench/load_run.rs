@@ -77,6 +77,7 @@ pub fn run_load(
             point,
             max_new_tokens: *max_new_tokens,
             depth: 0,
+            turn: None,
         };
         let rec = match r {
             Ok(m) => {

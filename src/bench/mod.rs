@@ -15,3 +15,4 @@ pub mod record;
 pub mod runner;
 pub mod stats;
 pub mod synthetic;
+pub mod turns;

@@ -47,8 +47,10 @@ pub struct RunContext<'a> {
     /// Max new tokens the request was given (a dataset line's `output_tokens`, else
     /// `--max-new-tokens`).
     pub max_new_tokens: u32,
-    /// Tokens of cached context the prompt follows (`--depth`; 0: the cold case).
+    /// Tokens of cached context the prompt follows (`--depth`, `--turns` warm; 0: the cold case).
     pub depth: u32,
+    /// `--turns`: the conversation's user turn this prompt is, from 1.
+    pub turn: Option<u32>,
 }
 
 /// One timed run, successful or not.
@@ -68,8 +70,10 @@ pub struct RunRecord {
     /// Max new tokens the request was given (a dataset line's `output_tokens`, else
     /// `--max-new-tokens`); `generated_tokens` is at most this.
     pub max_new_tokens: u32,
-    /// Tokens of cached context before the prompt (`--depth`; 0: none).
+    /// Tokens of cached context before the prompt (`--depth`, `--turns` warm; 0: none).
     pub depth: u32,
+    /// `--turns`: the conversation's user turn, from 1 (None without `--turns`).
+    pub turn: Option<u32>,
     /// Whether a first token was produced.
     pub ok: bool,
     /// Why not, when `ok` is false.
@@ -110,6 +114,7 @@ impl RunRecord {
             prompt_text: ctx.text.to_string(),
             max_new_tokens: ctx.max_new_tokens,
             depth: ctx.depth,
+            turn: ctx.turn,
             ok: measurement.is_some(),
             error,
             flags,
@@ -245,6 +250,7 @@ mod tests {
             point: "threads=1",
             max_new_tokens: 10,
             depth: 0,
+            turn: None,
         };
         let ok = RunRecord::success(&ctx, 0, Measurement::default(), vec![]);
         assert!(ok.ok && ok.error.is_none() && ok.measurement.is_some());

@@ -17,6 +17,7 @@ use super::prompts::PromptSet;
 use super::record::{
     cache_bust_flags, ignore_eos_flags, row_flags, PromptId, RunContext, RunRecord,
 };
+use super::turns::{turns_label, TurnPlan, TurnsCache};
 use crate::backend::{Backend, BackendKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -53,6 +54,9 @@ pub struct Plan {
     /// `--depth`: the cached contexts, one pass over the sets each, on the same opened backend
     /// (empty: no depth dimension, one cold pass).
     pub contexts: Vec<DepthContext>,
+    /// `--turns`: the conversation turns (the plan's only prompt set) and the cache states to
+    /// run them in, one pass each.
+    pub turns: Option<TurnPlan>,
 }
 
 /// `--min-time` never runs a prompt more than this many times `--runs`.
@@ -136,6 +140,8 @@ struct Run<'a> {
     sink: &'a mut dyn FnMut(&RunRecord),
     /// The context the prompts follow (None: the cold case without `--depth`).
     context: Option<&'a DepthContext>,
+    /// `--turns`: the cases and this pass's cache state (each prompt has its own context).
+    turns: Option<(&'a TurnPlan, TurnsCache)>,
 }
 
 /// Run every prompt of `plan` on an opened backend, handing each record to `sink` as it ends.
@@ -146,6 +152,24 @@ pub fn run_backend(
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
     let token_counts = count_tokens(backend, plan);
+    if let Some(turns) = &plan.turns {
+        for &mode in &turns.modes {
+            let label = turns_label(point, mode);
+            let mut run = Run {
+                backend,
+                plan,
+                point: &label,
+                sink,
+                context: None,
+                turns: Some((turns, mode)),
+            };
+            if !run.sets(&token_counts) {
+                break;
+            }
+        }
+        let _ = backend.set_context(&[]);
+        return report(backend, point, token_counts);
+    }
     if plan.contexts.is_empty() {
         let mut run = Run {
             backend,
@@ -153,6 +177,7 @@ pub fn run_backend(
             point,
             sink,
             context: None,
+            turns: None,
         };
         run.sets(&token_counts);
         return report(run.backend, point, token_counts);
@@ -171,6 +196,7 @@ pub fn run_backend(
             point: &label,
             sink,
             context: Some(c),
+            turns: None,
         };
         if !run.sets(&token_counts) {
             break;
@@ -255,6 +281,11 @@ impl Run<'_> {
             return;
         };
         let max_new = set.max_new_tokens(first_fit.unwrap_or(0), self.plan.max_new_tokens);
+        if self.turns.is_some() {
+            // `--turns`: the warm-up is the set's first conversation text with nothing cached
+            // (each timed prompt sets its own context after it).
+            let _ = self.backend.set_context(&[]);
+        }
         for _ in 0..self.plan.warmup {
             if interrupt::requested() {
                 break;
@@ -276,13 +307,26 @@ impl Run<'_> {
         bar: &ProgressBar,
     ) -> Option<Duration> {
         let id = PromptId::new(&set.name, idx);
+        let turn = self.turns.map(|(t, mode)| (&t.cases[idx], mode));
         let ctx = RunContext {
             prompt: &id,
-            text: &set.prompts[idx],
+            text: turn.map_or(&set.prompts[idx], |(c, mode)| c.text(mode)),
             runner: self.backend.kind(),
             point: self.point,
             max_new_tokens: set.max_new_tokens(idx, self.plan.max_new_tokens),
-            depth: self.context.map_or(0, |c| c.depth),
+            depth: match turn {
+                Some((c, mode)) => c.context(mode).len() as u32,
+                None => self.context.map_or(0, |c| c.depth),
+            },
+            turn: turn.map(|(c, _)| c.turn),
+        };
+        // `--turns`: this turn's earlier turns become the cached context (untimed).
+        let held = match turn {
+            Some((c, mode)) if !self.plan.too_long.contains_key(&id) => self
+                .backend
+                .set_context(c.context(mode))
+                .map_err(|e| format!("turn {}: {e}", c.turn)),
+            _ => Ok(()),
         };
         let started = Instant::now();
         for run_idx in runs {
@@ -290,9 +334,10 @@ impl Run<'_> {
                 bar.abandon();
                 return None;
             }
-            let rec = match self.plan.too_long.get(&id) {
-                Some(reason) => RunRecord::failure(&ctx, run_idx, reason.clone()),
-                None => self.timed(&ctx, run_idx, self.expected_count(&id, counts[idx])),
+            let rec = match (self.plan.too_long.get(&id), &held) {
+                (Some(reason), _) => RunRecord::failure(&ctx, run_idx, reason.clone()),
+                (None, Err(e)) => RunRecord::failure(&ctx, run_idx, e.clone()),
+                (None, Ok(())) => self.timed(&ctx, run_idx, self.expected_count(&id, counts[idx])),
             };
             if self.plan.verbose >= 1 {
                 eprintln!("{}", verbose_line(&rec));
@@ -306,6 +351,9 @@ impl Run<'_> {
     /// The prompt tokens a run should evaluate: the tokenizer's count, or after a context the
     /// prompt's own ids (no BOS) as the depth check measured them.
     fn expected_count(&self, id: &PromptId, count: Option<u32>) -> Option<u32> {
+        if let Some((t, mode)) = self.turns {
+            return t.cases[id.idx].expected_tokens(mode, count);
+        }
         match self.context {
             Some(c) if c.depth > 0 => c.prompt_tokens.get(id).copied(),
             _ => count,
@@ -336,8 +384,8 @@ impl Run<'_> {
                     self.plan.ignore_eos,
                     self.plan.max_new_tokens,
                 ));
-                if let Some(c) = self.context {
-                    depth_flags(&m, c.depth, &mut flags);
+                if self.context.is_some() || self.turns.is_some() {
+                    depth_flags(&m, ctx.depth, &mut flags);
                 }
                 if let Some(b) = bust {
                     m.cache_bust_tokens = b.measured_tokens();
@@ -430,7 +478,11 @@ pub fn run_unopened(
     plan: &Plan,
     sink: &mut dyn FnMut(&RunRecord),
 ) -> BackendReport {
-    if plan.contexts.is_empty() {
+    if let Some(turns) = &plan.turns {
+        for &mode in &turns.modes {
+            rows_failed(kind, &turns_label(point, mode), 0, reason, plan, sink);
+        }
+    } else if plan.contexts.is_empty() {
         rows_failed(kind, point, 0, reason, plan, sink);
     }
     for c in &plan.contexts {
@@ -475,6 +527,7 @@ fn rows_failed(
                 point,
                 max_new_tokens: set.max_new_tokens(idx, plan.max_new_tokens),
                 depth,
+                turn: plan.turns.as_ref().map(|t| t.cases[idx].turn),
             };
             for run_idx in 0..set.repeat.unwrap_or(plan.runs) {
                 sink(&RunRecord::failure(&ctx, run_idx, reason));

@@ -39,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub dataset: Option<PathBuf>,
     /// Draw N requests of --dataset with --seed (deterministic, without replacement).
-    #[arg(long, value_name = "N", requires = "dataset")]
+    #[arg(long, value_name = "N")]
     pub dataset_sample: Option<usize>,
     /// Timed repetitions of every prompt [config: runs, default 3].
     #[arg(long, value_name = "N")]
@@ -223,6 +223,15 @@ pub struct RunArgs {
     /// The document --depth takes its context from [default: data/depth_context.txt].
     #[arg(long, value_name = "FILE")]
     pub depth_doc: Option<PathBuf>,
+    /// Replay conversations turn by turn, up to K user turns each: turn k is measured with
+    /// turns 1..k-1 and their answers in the cache (warm) or sent whole (cold). The
+    /// conversations are --dataset's ShareGPT lines [default: data/conversations.jsonl]; the
+    /// model's chat template renders them, the same text for every backend.
+    #[arg(long, value_name = "K")]
+    pub turns: Option<u32>,
+    /// --turns: the cache states to run, one pass each [default: warm,cold].
+    #[arg(long, value_delimiter = ',', value_name = "warm,cold")]
+    pub turns_cache: Vec<String>,
     /// More output on stderr: -v one line per run, -vv also HTTP details (never the API key).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

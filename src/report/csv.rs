@@ -40,6 +40,7 @@ pub const COLUMNS: &[&str] = &[
     "max_new_tokens",
     "depth",
     "cached_tokens",
+    "turn",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -127,6 +128,7 @@ pub fn row(r: &RunRecord) -> String {
         r.max_new_tokens.to_string(),
         r.depth.to_string(),
         opt(m.and_then(|m| m.cached_tokens)),
+        opt(r.turn),
     ];
     fields.join(",") + "\n"
 }
@@ -183,6 +185,7 @@ mod tests {
             point: "",
             max_new_tokens: 10,
             depth: 0,
+            turn: None,
         };
         if !ok {
             return RunRecord::failure(&ctx, 1, "HTTP 500: boom");
@@ -205,7 +208,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042,,,,10,0,\n"), "{ok}");
+        assert!(ok.ends_with(",7042,,,,10,0,,\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

@@ -26,6 +26,7 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
         "first_token_agreement": report.first_token_agreement(),
         "fits": report.fits(),
         "depth_fits": super::depth::fits(report),
+        "turns": super::turns::summaries(report),
         "relative": report.relative(),
         "summary": report.summaries(),
         "runs": report.runs,

@@ -16,6 +16,7 @@ pub mod outputs;
 pub mod plot;
 pub mod relative;
 pub mod table;
+pub mod turns;
 pub mod warnings;
 
 pub use cases::{CaseSummary, Level};

@@ -4,6 +4,7 @@
 
 pub mod grid;
 mod resolve;
+mod workload;
 
 pub use grid::{Grid, SettingsPoint};
 
@@ -54,6 +55,21 @@ pub struct DatasetOptions {
     /// The prompt set's name: the file's stem.
     pub name: String,
     /// `--dataset-sample`: requests drawn with `seed`; None = every request.
+    pub sample: Option<usize>,
+}
+
+/// `--turns K`: a conversation file replayed turn by turn (read and checked in prepare).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TurnsOptions {
+    /// User turns per conversation, at most.
+    pub turns: u32,
+    /// `--turns-cache`: the cache states, one pass each, in order.
+    pub modes: Vec<crate::bench::turns::TurnsCache>,
+    /// The conversation file (`--dataset`, else data/conversations.jsonl).
+    pub path: PathBuf,
+    /// The prompt set's name: the file's stem.
+    pub name: String,
+    /// `--dataset-sample`: conversations drawn with the seed; None = every conversation.
     pub sample: Option<usize>,
 }
 
@@ -175,6 +191,8 @@ pub struct Settings {
     pub cache_bust: Option<bool>,
     /// `--depth`: context depths in tokens (empty: no depth dimension, the cold case only).
     pub depths: Vec<u32>,
+    /// `--turns`: conversations replayed turn by turn (then the only prompt set).
+    pub turns: Option<TurnsOptions>,
     /// The document the depth contexts are cut from.
     pub depth_doc: PathBuf,
     /// The api backend.

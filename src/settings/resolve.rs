@@ -2,6 +2,7 @@
 //! check that needs no file or server (those are in `app::prepare`).
 
 use super::grid::{self, Grid, SettingsPoint};
+use super::workload;
 use super::{
     is_hub_id, parse_backends, ApiOptions, DatasetOptions, LoadOptions, OutputOptions,
     PromptSource, Settings, SettingsError, DEFAULT_N_GPU_LAYERS,
@@ -15,7 +16,7 @@ use crate::config::LoadedConfig;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-fn invalid(msg: impl Into<String>) -> SettingsError {
+pub(super) fn invalid(msg: impl Into<String>) -> SettingsError {
     SettingsError::Invalid(msg.into())
 }
 
@@ -57,7 +58,13 @@ impl Settings {
         grid.check_scopes(&backends, api.url.is_none())
             .map_err(invalid)?;
         let load = load_options(args)?;
-        check_depth(args, load.is_some())?;
+        workload::check_depth(args, load.is_some())?;
+        let turns = workload::turns(args, cfg, load.is_some())?;
+        // --turns: the conversations' turns are the only prompt set (built in prepare).
+        let (prompts, dataset) = match turns {
+            Some(_) => (PromptSource::Files(Vec::new()), None),
+            None => (prompt_source(args, cfg), dataset(args)?),
+        };
         let points = grid.points();
         check_combinations(args, &backends, &api, load.is_some(), &points)?;
         Ok(Settings {
@@ -70,8 +77,9 @@ impl Settings {
                 .clone()
                 .or_else(|| f.device.clone())
                 .unwrap_or_else(|| "cpu".into()),
-            prompts: prompt_source(args, cfg),
-            dataset: dataset(args)?,
+            prompts,
+            dataset,
+            turns,
             runs,
             min_time_s: args.min_time.max(0.0),
             warmup: args.warmup.or(f.warmup).unwrap_or(1),
@@ -94,17 +102,22 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("data/depth_context.txt")),
             api,
             load,
-            output: OutputOptions {
-                out: path_setting(&args.out, &f.out, "results", cfg),
-                export_markdown: args.export_markdown.clone(),
-                breakdown: args.breakdown,
-                per_prompt: args.per_prompt,
-                progress: !args.no_progress && args.verbose == 0 && std::io::stderr().is_terminal(),
-                verbose: args.verbose,
-            },
+            output: output_options(args, cfg),
             config: cfg.path.clone(),
             base: cfg.base.clone(),
         })
+    }
+}
+
+/// Where and how reports are written.
+fn output_options(args: &RunArgs, cfg: &LoadedConfig) -> OutputOptions {
+    OutputOptions {
+        out: path_setting(&args.out, &cfg.file.out, "results", cfg),
+        export_markdown: args.export_markdown.clone(),
+        breakdown: args.breakdown,
+        per_prompt: args.per_prompt,
+        progress: !args.no_progress && args.verbose == 0 && std::io::stderr().is_terminal(),
+        verbose: args.verbose,
     }
 }
 
@@ -141,30 +154,7 @@ fn check_combinations(
     Ok(())
 }
 
-/// `--depth` with what it cannot be combined with (one line each, before timing).
-fn check_depth(args: &RunArgs, load: bool) -> Result<(), SettingsError> {
-    if !args.depth.iter().any(|&d| d > 0) {
-        return Ok(());
-    }
-    if load {
-        return Err(invalid(
-            "--depth with --concurrency / --request-rate is not supported yet: each client would need its own primed slot; drop one of them",
-        ));
-    }
-    if args.chat {
-        return Err(invalid(
-            "--depth with --chat is not supported: the context is raw document tokens, not a chat turn; drop one of them",
-        ));
-    }
-    if args.cache_bust {
-        return Err(invalid(
-            "--depth with --cache-bust: the prefix would sit between the cached context and the prompt; drop one of them",
-        ));
-    }
-    Ok(())
-}
-
-fn path_setting(
+pub(super) fn path_setting(
     flag: &Option<PathBuf>,
     key: &Option<PathBuf>,
     default: &str,
@@ -466,10 +456,8 @@ mod tests {
             v.extend(extra);
             crate::cli::Cli::try_parse_from(v).map(|c| c.run)
         };
-        assert!(
-            parse(&["--dataset-sample", "3"]).is_err(),
-            "needs --dataset"
-        );
+        let e = Settings::resolve(&parse(&["--dataset-sample", "3"]).unwrap(), &cfg).unwrap_err();
+        assert!(e.to_string().contains("needs --dataset"), "{e}");
         let s = Settings::resolve(
             &parse(&["--dataset", "data/chats.jsonl", "--dataset-sample", "3"]).unwrap(),
             &cfg,

@@ -103,6 +103,15 @@ pub fn ttft(args: &[&str]) -> Output {
         .expect("run ttft")
 }
 
+/// The one line a refused run prints (`ttft: error: …`), asserting there is exactly one.
+pub fn one_error_line(o: &Output) -> String {
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("ttft: error: "), "{err}");
+    lines[0].to_string()
+}
+
 /// stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -1,5 +1,6 @@
 //! The benchmark protocol: prompts, the schedule of warm-ups and timed runs, and statistics.
 
+pub mod backend_report;
 pub mod bootstrap;
 pub mod cache_bust;
 pub mod chat;

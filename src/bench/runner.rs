@@ -10,6 +10,9 @@
 //!
 //! Backends run one after another, never concurrently, so they do not compete for the cores.
 
+pub use super::backend_report::{
+    report, token_disagreements, BackendFacts, BackendReport, ParityRow,
+};
 use super::cache_bust::CacheBust;
 use super::depth::{depth_flags, depth_label, DepthContext};
 use super::interrupt;
@@ -20,7 +23,6 @@ use super::record::{
 use super::turns::{turns_label, TurnPlan, TurnsCache};
 use crate::backend::{Backend, BackendKind};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -61,76 +63,6 @@ pub struct Plan {
 
 /// `--min-time` never runs a prompt more than this many times `--runs`.
 pub const MAX_EXTRA_FACTOR: u32 = 20;
-
-/// Per-backend facts gathered outside the timed runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendReport {
-    /// The backend.
-    pub name: BackendKind,
-    /// The settings point it ran at ("" without a grid).
-    pub point: String,
-    /// Load time in ms (model load + context, or server start); `None` when it did not open.
-    pub load_ms: Option<f64>,
-    /// Peak resident memory of the ttft process while this backend ran, MiB (the mark is reset
-    /// before each backend). For api the server's own peak is in `info.server_peak_rss_mib`.
-    pub peak_rss_mib: Option<f64>,
-    /// GPU memory the backend holds after its runs, MiB (nvidia-smi): the spawned server's, or
-    /// what the ttft process gained since just before this backend loaded. None without a GPU.
-    pub gpu_memory_mib: Option<f64>,
-    /// Why the backend could not be opened.
-    pub open_error: Option<String>,
-    /// Backend facts (build, commit, settings actually used), as the backend reports them.
-    pub info: serde_json::Value,
-    /// The facts the report reads, typed, taken from `info` in one place.
-    pub facts: BackendFacts,
-    /// Prompt token counts from the backend's tokenizer: set name → per prompt.
-    pub token_counts: BTreeMap<String, Vec<Option<u32>>>,
-}
-
-/// The facts of [`BackendReport::info`] that reports compute with: read once, here, so no
-/// report module looks up JSON keys of its own.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct BackendFacts {
-    /// Model parameters (GGUF, checkpoint, or the server's `/v1/models` meta).
-    pub n_params: Option<f64>,
-    /// api: `llama` or `openai`.
-    pub flavor: Option<String>,
-    /// ggml's `system_info` line (inproc, spawned server).
-    pub system_info: Option<String>,
-    /// The spawned server's peak resident memory, MiB.
-    pub server_peak_rss_mib: Option<f64>,
-    /// Layers offloaded to a GPU.
-    pub n_gpu_layers: Option<u64>,
-    /// The spawned server's process id.
-    pub server_pid: Option<u32>,
-    /// Layers, widths, vocabulary and non-embedding parameters, for prefill FLOPs.
-    pub model_shape: Option<crate::report::flops::ModelShape>,
-}
-
-impl BackendFacts {
-    /// Read the facts from a backend's `info()` document.
-    pub fn of(info: &serde_json::Value) -> Self {
-        let f = |k: &str| info.get(k).and_then(|v| v.as_f64());
-        let s = |k: &str| info.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        Self {
-            n_params: f("n_params").or_else(|| {
-                info.pointer("/models/0/meta/n_params")
-                    .and_then(|v| v.as_f64())
-            }),
-            flavor: s("flavor"),
-            system_info: s("system_info"),
-            server_peak_rss_mib: f("server_peak_rss_mib"),
-            n_gpu_layers: info.get("n_gpu_layers").and_then(|v| v.as_u64()),
-            server_pid: info
-                .get("server_pid")
-                .and_then(|v| v.as_u64())
-                .map(|p| p as u32),
-            model_shape: info
-                .get("model_shape")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
-        }
-    }
-}
 
 /// Where the rows of one backend at one point (and depth) go.
 struct Run<'a> {
@@ -440,36 +372,6 @@ fn verbose_line(rec: &RunRecord) -> String {
     }
 }
 
-/// The facts of an opened backend after its runs (also used by load runs).
-pub fn report(
-    backend: &dyn Backend,
-    point: &str,
-    token_counts: BTreeMap<String, Vec<Option<u32>>>,
-) -> BackendReport {
-    let info = backend.info();
-    let facts = BackendFacts::of(&info);
-    BackendReport {
-        name: backend.kind(),
-        point: point.to_string(),
-        load_ms: Some(backend.load_ms()),
-        peak_rss_mib: crate::report::env::peak_rss_mib(None),
-        gpu_memory_mib: gpu_memory_mib(backend.kind(), &facts),
-        open_error: None,
-        info,
-        facts,
-        token_counts,
-    }
-}
-
-/// See `BackendReport::gpu_memory_mib`; a remote api server's memory is not ours to see.
-fn gpu_memory_mib(kind: BackendKind, facts: &BackendFacts) -> Option<f64> {
-    if kind == BackendKind::Api {
-        crate::report::gpu::backend_used_mib(Some(facts.server_pid?))
-    } else {
-        crate::report::gpu::backend_used_mib(None)
-    }
-}
-
 /// A backend that could not be opened: every run it would have made is a failed row with the reason.
 pub fn run_unopened(
     kind: BackendKind,
@@ -551,70 +453,9 @@ fn progress_bar(plan: &Plan, kind: BackendKind, set: &PromptSet) -> ProgressBar 
     bar
 }
 
-/// Prompts whose token counts differ between backends: (set, index, counts per backend).
-pub type ParityRow = (String, usize, BTreeMap<BackendKind, Option<u32>>);
-
-/// Compare the pre-counted prompt tokens across backends; only disagreeing prompts are returned.
-pub fn token_disagreements(reports: &[BackendReport]) -> Vec<ParityRow> {
-    let mut out = Vec::new();
-    let opened: Vec<&BackendReport> = reports
-        .iter()
-        .filter(|r| !r.token_counts.is_empty())
-        .collect();
-    let Some(first) = opened.first() else {
-        return out;
-    };
-    for (set, counts) in &first.token_counts {
-        for idx in 0..counts.len() {
-            let per: BTreeMap<BackendKind, Option<u32>> = opened
-                .iter()
-                .map(|r| {
-                    (
-                        r.name,
-                        r.token_counts
-                            .get(set)
-                            .and_then(|c| c.get(idx).copied().flatten()),
-                    )
-                })
-                .collect();
-            let mut vals = per.values();
-            let v0 = vals.next().copied().flatten();
-            if per.values().any(|v| v.is_none() || *v != v0) {
-                out.push((set.clone(), idx, per));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn report(kind: BackendKind, counts: &[Option<u32>]) -> BackendReport {
-        BackendReport {
-            name: kind,
-            point: String::new(),
-            load_ms: Some(1.0),
-            peak_rss_mib: None,
-            gpu_memory_mib: None,
-            open_error: None,
-            info: serde_json::Value::Null,
-            facts: BackendFacts::default(),
-            token_counts: [("short".to_string(), counts.to_vec())].into(),
-        }
-    }
-
-    #[test]
-    fn disagreements_list_only_differing_prompts() {
-        let a = report(BackendKind::Inproc, &[Some(5), Some(9), Some(3)]);
-        let b = report(BackendKind::Api, &[Some(5), Some(10), None]);
-        let d = token_disagreements(&[a, b]);
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].1, 1);
-        assert_eq!(d[0].2[&BackendKind::Api], Some(10));
-        assert_eq!(d[1].1, 2);
-    }
 
     #[test]
     fn min_time_gives_every_prompt_the_slowest_prompts_count() {

@@ -236,7 +236,17 @@ impl StreamState {
     /// marker. `e2e_ms` is read here, as the last thing.
     pub(super) fn into_measurement(self) -> Result<Measurement, RunError> {
         let Some(t_first) = self.t_first else {
-            return Err(RunError::new("stream ended with no token"));
+            let predicted = self
+                .timings
+                .as_ref()
+                .and_then(|t| t.get("predicted_n"))
+                .and_then(Value::as_u64)
+                .filter(|&n| n > 0);
+            return Err(RunError::new(match predicted {
+                // llama-server streams no event for tokens that end inside a UTF-8 character.
+                Some(n) if self.completed => format!("stream ended with no token: the server generated {n} but streamed none (they end inside a UTF-8 character, which llama-server holds back); raise --max-new-tokens"),
+                _ => "stream ended with no token".to_string(),
+            }));
         };
         if !self.completed {
             return Err(RunError::new(format!(

@@ -161,21 +161,20 @@ fn one(
         }
         for set in sets {
             for (i, p) in set.prompts.iter().enumerate() {
-                let own = strip_bos(enc(t, p)?, t.bos);
+                let alone = enc(t, p)?;
                 let joined = enc(t, &format!("{text}{p}"))?;
-                let want: Vec<u32> = ids.iter().chain(own.iter()).copied().collect();
-                if joined != want {
-                    return Err(DepthError::Boundary {
+                let own = own_after(&ids, &alone, &joined, t.bos).map_err(|at| {
+                    DepthError::Boundary {
                         depth,
                         what: format!(
                             "prompt {}#{i} of {} does not join the context cleanly ({} tokenizer: tokens(context+prompt) differ from context ids + prompt ids at id {}); start the prompt with a letter, not a space or newline",
                             set.name,
                             set.path.display(),
                             t.backend,
-                            first_diff(&joined, &want)
+                            at
                         ),
-                    });
-                }
+                    }
+                })?;
                 prompt_tokens.insert(PromptId::new(&set.name, i), own.len() as u32);
             }
         }
@@ -188,12 +187,26 @@ fn one(
     })
 }
 
-/// The prompt's own ids after a context: its tokens without the BOS the tokenizer adds.
-pub(crate) fn strip_bos(mut ids: Vec<u32>, bos: Option<u32>) -> Vec<u32> {
-    if bos.is_some() && ids.first().copied() == bos {
-        ids.remove(0);
+/// A text's own ids after a context: `joined` = tokens(context + text) split after the
+/// context's ids, when the split is clean: `joined` starts with them and the rest is `alone` =
+/// tokens(text), with or without the BOS a tokenizer adds to a text on its own (a backend
+/// holding a context adds none). Compared, not stripped: an id equal to BOS can be the text's
+/// own first token (SmolLM2's BOS is `<|im_start|>`, which every chat turn starts with).
+/// Err: the first index where `joined` differs from context ids + the text's ids.
+pub(crate) fn own_after(
+    context: &[u32],
+    alone: &[u32],
+    joined: &[u32],
+    bos: Option<u32>,
+) -> Result<Vec<u32>, usize> {
+    let own = joined.get(context.len()..).unwrap_or_default();
+    let added_bos = bos.is_some() && alone.first() == bos.as_ref();
+    if joined.starts_with(context) && (alone == own || (added_bos && alone[1..] == *own)) {
+        return Ok(own.to_vec());
     }
-    ids
+    let text = if added_bos { &alone[1..] } else { alone };
+    let want: Vec<u32> = context.iter().chain(text).copied().collect();
+    Err(first_diff(joined, &want))
 }
 
 /// The first index where `a` and `b` differ (the shorter length when one is a prefix).
@@ -250,11 +263,24 @@ fn cut(
 /// A point's label with the depth appended (`threads=2 depth=1024`), so statistics, tables and
 /// fits keep every depth its own case.
 pub fn depth_label(point: &str, depth: u32) -> String {
+    tagged(point, &format!("depth={depth}"))
+}
+
+/// `point` with a workload tag appended (`threads=2 depth=1024`, `cache=warm` without a grid).
+pub fn tagged(point: &str, tag: &str) -> String {
     if point.is_empty() {
-        format!("depth={depth}")
+        tag.to_string()
     } else {
-        format!("{point} depth={depth}")
+        format!("{point} {tag}")
     }
+}
+
+/// Whether a row's cache held what it claims: not flagged by [`depth_flags`] (the depth fit and
+/// the `--turns` report leave such rows out).
+pub fn context_held(r: &super::record::RunRecord) -> bool {
+    !r.flags
+        .iter()
+        .any(|f| f.starts_with("context_not_cached") || f.starts_with("context_unproven"))
 }
 
 /// Under `--depth`: the context reused is what the row must show (`cache_hit:N` for exactly the
@@ -294,6 +320,22 @@ mod tests {
         assert!(c[0].ids.is_empty());
         assert_eq!(c[1].ids.len(), 8);
         assert_eq!(*c[1].ids.last().unwrap(), u32::from('\n'));
+    }
+
+    #[test]
+    fn own_ids_are_compared_with_and_without_an_added_bos_never_stripped() {
+        // The tokenizer added BOS 9 to the text alone: the text's own ids are [3, 4].
+        assert_eq!(
+            own_after(&[1, 2], &[9, 3, 4], &[1, 2, 3, 4], Some(9)),
+            Ok(vec![3, 4])
+        );
+        // The text starts with the BOS token itself (none added): it stays.
+        assert_eq!(
+            own_after(&[1, 2], &[9, 3], &[1, 2, 9, 3], Some(9)),
+            Ok(vec![9, 3])
+        );
+        // The context's last id merged with the text's first: not clean, at index 1.
+        assert_eq!(own_after(&[1, 2], &[3], &[1, 5], None), Err(1));
     }
 
     #[test]

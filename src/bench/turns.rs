@@ -14,7 +14,7 @@
 
 use super::chat::ChatTemplate;
 use super::conversation::{Conversation, Role};
-use super::depth::{first_diff, strip_bos};
+use super::depth::{first_diff, own_after, tagged};
 use super::parity::Tokenizer;
 use super::prompts::{DatasetMeta, PromptSet};
 use serde::Serialize;
@@ -117,11 +117,7 @@ pub struct TurnPlan {
 /// A point's label with the cache state appended (`threads=2 cache=warm`), so warm and cold
 /// runs of a turn are different cases.
 pub fn turns_label(point: &str, cache: TurnsCache) -> String {
-    if point.is_empty() {
-        format!("cache={}", cache.name())
-    } else {
-        format!("{point} cache={}", cache.name())
-    }
+    tagged(point, &format!("cache={}", cache.name()))
 }
 
 /// Why the conversations cannot be replayed (a one-line error before timing).
@@ -332,11 +328,8 @@ fn split(
     Ok(case)
 }
 
-/// One tokenizer's ids of the earlier turns and the turn's own ids: what follows them in
-/// `all` = tokens(context + increment), which must start with tokens(context). Tokenized alone
-/// the turn may gain the BOS the vocabulary adds (a backend holding a context adds none);
-/// comparing with and without it, rather than stripping an id equal to BOS, keeps a turn that
-/// starts with the BOS token itself (SmolLM2's BOS is `<|im_start|>`).
+/// One tokenizer's ids of the earlier turns and the turn's own ids (see
+/// [`own_after`]), `all` being its tokens(context + increment).
 fn own_ids(
     t: &mut Tokenizer,
     context: &str,
@@ -347,13 +340,10 @@ fn own_ids(
     let mut enc = |s: &str| t.encode(s).map_err(|e| format!("{by} tokenizer: {e}"));
     let ids = enc(context)?;
     let alone = enc(increment)?;
-    let own = all.get(ids.len()..).unwrap_or_default();
-    let with_bos = bos.is_some() && alone.first() == bos.as_ref() && alone[1..] == *own;
-    if all.starts_with(&ids) && (alone == own || with_bos) {
-        return Ok((ids, own.to_vec()));
+    match own_after(&ids, &alone, all, bos) {
+        Ok(own) => Ok((ids, own)),
+        Err(at) => Err(format!("the {by} tokenizer does not split the conversation cleanly where the turn starts (tokens(all) differ from tokens(earlier turns) + tokens(turn) at id {at}); use --turns-cache cold")),
     }
-    let want: Vec<u32> = ids.iter().chain(&strip_bos(alone, bos)).copied().collect();
-    Err(format!("the {by} tokenizer does not split the conversation cleanly where the turn starts (tokens(all) differ from tokens(earlier turns) + tokens(turn) at id {}); use --turns-cache cold", first_diff(all, &want)))
 }
 
 /// The prompt set of `cases`: prompt `i` is case `i`'s whole conversation text (what the parity

@@ -35,19 +35,28 @@ fn three_turns() -> Conversation {
     ])
 }
 
+/// `three_turns()` at line `line`, up to `k` turns, through `t` alone.
+fn replay(
+    t: &ChatTemplate,
+    line: usize,
+    k: u32,
+    toks: &mut [Tokenizer],
+) -> Result<Vec<TurnCase>, TurnsError> {
+    let c = three_turns();
+    cases(
+        Path::new("c.jsonl"),
+        &[(line, &c)],
+        k,
+        &[("gguf".into(), t)],
+        toks,
+    )
+}
+
 #[test]
 fn each_turn_holds_the_earlier_turns_and_answers_as_context() {
     let t = ChatTemplate::new(CHATML, "", "").unwrap();
-    let c = three_turns();
     let mut toks = [chars(BackendKind::Inproc), chars(BackendKind::Hf)];
-    let got = cases(
-        Path::new("c.jsonl"),
-        &[(7, &c)],
-        2,
-        &[("gguf".into(), &t)],
-        &mut toks,
-    )
-    .unwrap();
+    let got = replay(&t, 7, 2, &mut toks).unwrap();
     assert_eq!(got.len(), 2, "--turns 2 stops at the second user turn");
     // Turn 1: nothing before it, the warm run is the cold run.
     assert!(got[0].context_ids.is_empty());
@@ -79,15 +88,7 @@ fn each_turn_holds_the_earlier_turns_and_answers_as_context() {
 #[test]
 fn a_conversation_with_fewer_turns_gives_what_it_has() {
     let t = ChatTemplate::new(CHATML, "", "").unwrap();
-    let c = three_turns();
-    let got = cases(
-        Path::new("c.jsonl"),
-        &[(1, &c)],
-        9,
-        &[("gguf".into(), &t)],
-        &mut [chars(BackendKind::Inproc)],
-    )
-    .unwrap();
+    let got = replay(&t, 1, 9, &mut [chars(BackendKind::Inproc)]).unwrap();
     assert_eq!(got.iter().map(|c| c.turn).collect::<Vec<_>>(), [1, 2, 3]);
     let set = prompt_set("conversations", Path::new("c.jsonl"), &got);
     assert_eq!(set.prompts[2], got[2].full);
@@ -100,15 +101,7 @@ fn a_template_that_rewrites_history_is_refused_for_warm_runs() {
     // templates drop old thinking): the earlier render is not a prefix of the later one.
     let src = "{% for m in messages %}{% if m['role'] == 'user' or loop.last %}[{{ m['role'] }}:{{ m['content'] }}]{% endif %}{% endfor %}";
     let t = ChatTemplate::new(src, "", "").unwrap();
-    let c = three_turns();
-    let e = cases(
-        Path::new("c.jsonl"),
-        &[(3, &c)],
-        2,
-        &[("gguf".into(), &t)],
-        &mut [chars(BackendKind::Inproc)],
-    )
-    .unwrap_err();
+    let e = replay(&t, 3, 2, &mut [chars(BackendKind::Inproc)]).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("c.jsonl line 3 turn 2: the gguf chat template does not render"),
@@ -145,15 +138,7 @@ fn a_tokenizer_that_merges_across_the_turn_boundary_is_refused() {
             .collect())
     });
     let t = ChatTemplate::new(CHATML, "", "").unwrap();
-    let c = three_turns();
-    let e = cases(
-        Path::new("c.jsonl"),
-        &[(1, &c)],
-        2,
-        &[("gguf".into(), &t)],
-        &mut [chars(BackendKind::Inproc), merging],
-    )
-    .unwrap_err();
+    let e = replay(&t, 1, 2, &mut [chars(BackendKind::Inproc), merging]).unwrap_err();
     assert!(
         e.to_string().contains("the hf tokenizer does not split"),
         "{e}"
@@ -181,15 +166,7 @@ fn a_turn_that_starts_with_the_bos_token_keeps_it() {
         |s: &str| Ok(s.chars().map(|c| c as u32).collect()),
     );
     let t = ChatTemplate::new(CHATML, "", "").unwrap();
-    let c = three_turns();
-    let got = cases(
-        Path::new("c.jsonl"),
-        &[(1, &c)],
-        2,
-        &[("gguf".into(), &t)],
-        &mut [bos_is_lt],
-    )
-    .unwrap();
+    let got = replay(&t, 1, 2, &mut [bos_is_lt]).unwrap();
     assert_eq!(
         got[1].increment_tokens as usize,
         got[1].increment.chars().count()

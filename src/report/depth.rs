@@ -7,6 +7,7 @@
 use super::plot::{line_chart, Series};
 use super::Report;
 use crate::backend::BackendKind;
+use crate::bench::depth::context_held;
 use crate::bench::record::RunRecord;
 use crate::bench::stats;
 use serde::Serialize;
@@ -35,10 +36,7 @@ pub struct DepthFit {
 
 /// Whether a row counts at its depth: it succeeded and its cache held exactly the context.
 fn warm(r: &RunRecord) -> bool {
-    r.ok && !r
-        .flags
-        .iter()
-        .any(|f| f.starts_with("context_not_cached") || f.starts_with("context_unproven"))
+    r.ok && context_held(r)
 }
 
 /// The point label without its `depth=N` part.

@@ -7,7 +7,7 @@
 
 use super::Report;
 use crate::backend::BackendKind;
-use crate::bench::record::RunRecord;
+use crate::bench::depth::context_held;
 use crate::bench::stats;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -35,13 +35,6 @@ pub struct TurnSummary {
     pub not_warm: usize,
     /// Failed rows.
     pub failed: usize,
-}
-
-/// Whether a successful row's cache held exactly its context.
-fn proven(r: &RunRecord) -> bool {
-    !r.flags
-        .iter()
-        .any(|f| f.starts_with("context_not_cached") || f.starts_with("context_unproven"))
 }
 
 /// The point label split into its base and the cache state (`threads=2 cache=warm`).
@@ -76,7 +69,7 @@ pub fn summaries(report: &Report) -> Vec<TurnSummary> {
         let Some(turn) = r.turn else { continue };
         let (point, cache) = split_point(&r.point);
         let cell = by.entry((r.runner, point, cache, turn)).or_default();
-        match (&r.measurement, proven(r)) {
+        match (&r.measurement, context_held(r)) {
             (None, _) => cell.failed += 1,
             (Some(_), false) => cell.not_warm += 1,
             (Some(m), true) => {

@@ -109,23 +109,24 @@ pub fn measure(
                 Some(load) => match ApiBackend::open(&point.llama, &factory::api_settings(s, &log))
                 {
                     Ok(b) => {
-                        let (rep, lr) = crate::bench::load_run::run_load(
-                            &b, &plan, load, s.seed, &label, &mut sink,
-                        );
-                        out.load = Some(lr);
-                        Ok(rep)
+                        crate::bench::load_run::run_load(&b, &plan, load, s.seed, &label, &mut sink)
+                            .map(|(rep, lr)| {
+                                out.load = Some(lr);
+                                rep
+                            })
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 },
                 None => factory::open_backend(kind, s, point, &log)
-                    .map(|mut b| runner::run_backend(b.as_mut(), &plan, &label, &mut sink)),
+                    .map(|mut b| runner::run_backend(b.as_mut(), &plan, &label, &mut sink))
+                    .map_err(|e| e.to_string()),
             };
             let rep = rep.unwrap_or_else(|e| {
                 // A backend that cannot start is a setup error (exit 2), but its rows are still
                 // written and the other backends' measurements are kept.
                 eprintln!("ttft: error: {kind}: {e}");
                 out.open_failed = true;
-                runner::run_unopened(kind, &label, &e.to_string(), &plan, &mut sink)
+                runner::run_unopened(kind, &label, &e, &plan, &mut sink)
             });
             out.backends.push(rep);
         }

@@ -161,6 +161,17 @@ pub struct LoadSample {
     pub e2e_ms: Option<f64>,
     /// Output tokens.
     pub output_tokens: u32,
+    /// With a cached context: whether the row proved it (`cache_n` equal to the context).
+    pub context_held: Option<bool>,
+}
+
+/// How many of a load run's requests with a cached context proved it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ContextProof {
+    /// Requests that followed a cached context.
+    pub requests: usize,
+    /// Of those, the ones whose server reused exactly the context.
+    pub held: usize,
 }
 
 /// The outcome of a load run.
@@ -194,6 +205,8 @@ pub struct LoadReport {
     pub slo: Slo,
     /// Requests per second that met every objective.
     pub goodput: f64,
+    /// `--depth` / `--turns` warm: the requests' cache proof (None: no request had a context).
+    pub context: Option<ContextProof>,
 }
 
 /// Summarise a load run.
@@ -220,6 +233,7 @@ pub fn summarise(
         })
         .count();
     let d = duration_s.max(1e-9);
+    let with_context: Vec<bool> = samples.iter().filter_map(|s| s.context_held).collect();
     LoadReport {
         mode,
         requests: samples.len(),
@@ -239,6 +253,10 @@ pub fn summarise(
         e2e_ms: Dist::of(&col(&|s| s.e2e_ms)),
         slo,
         goodput: good as f64 / d,
+        context: (!with_context.is_empty()).then(|| ContextProof {
+            requests: with_context.len(),
+            held: with_context.iter().filter(|&&h| h).count(),
+        }),
     }
 }
 
@@ -277,6 +295,12 @@ pub fn render(r: &LoadReport) -> String {
         r.goodput,
         serde_json::to_string(&r.slo).unwrap_or_default()
     ));
+    if let Some(c) = r.context {
+        s.push_str(&format!(
+            "  context: {}/{} requests proved their cached context (cache_n); each client re-primes its own slot, untimed, before each request (filled before the clock; the duration includes the re-priming)\n",
+            c.held, c.requests
+        ));
+    }
     s.push_str(&row("TTFT", &r.ttft_ms));
     s.push_str(&row("TPOT", &r.tpot_ms));
     s.push_str(&row("ITL", &r.itl_ms));
@@ -329,6 +353,7 @@ mod tests {
             itl_ms: vec![5.0],
             e2e_ms: Some(t + 50.0),
             output_tokens: 10,
+            context_held: None,
         };
         let failed = LoadSample {
             ttft_ms: None,
@@ -336,6 +361,7 @@ mod tests {
             itl_ms: vec![],
             e2e_ms: None,
             output_tokens: 0,
+            context_held: None,
         };
         let r = summarise(
             LoadMode::Closed { concurrency: 2 },

@@ -58,8 +58,8 @@ impl Settings {
         grid.check_scopes(&backends, api.url.is_none())
             .map_err(invalid)?;
         let load = load_options(args)?;
-        workload::check_depth(args, load.is_some())?;
-        let turns = workload::turns(args, cfg, load.is_some())?;
+        workload::check_depth(args, load.as_ref())?;
+        let turns = workload::turns(args, cfg, load.as_ref())?;
         // --turns: the conversations' turns are the only prompt set (built in prepare).
         let (prompts, dataset) = match turns {
             Some(_) => (PromptSource::Files(Vec::new()), None),

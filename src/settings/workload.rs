@@ -2,20 +2,27 @@
 //! combined with, one line each, before anything starts.
 
 use super::resolve::{invalid, path_setting};
-use super::{SettingsError, TurnsOptions};
+use super::{LoadOptions, SettingsError, TurnsOptions};
+use crate::bench::load::LoadMode;
 use crate::bench::turns::TurnsCache;
 use crate::cli::RunArgs;
 use crate::config::LoadedConfig;
 
 /// `--depth` with what it cannot be combined with (one line each, before timing).
-pub(super) fn check_depth(args: &RunArgs, load: bool) -> Result<(), SettingsError> {
+pub(super) fn check_depth(args: &RunArgs, load: Option<&LoadOptions>) -> Result<(), SettingsError> {
     if !args.depth.iter().any(|&d| d > 0) {
         return Ok(());
     }
-    if load {
-        return Err(invalid(
-            "--depth with --concurrency / --request-rate is not supported yet: each client would need its own primed slot; drop one of them",
-        ));
+    if let Some(load) = load {
+        closed_loop(load, "--depth")?;
+        let mut depths = args.depth.clone();
+        depths.sort_unstable();
+        depths.dedup();
+        if depths.len() > 1 {
+            return Err(invalid(
+                "a load run takes one --depth (one workload per run): run once per depth",
+            ));
+        }
     }
     if args.chat {
         return Err(invalid(
@@ -30,12 +37,23 @@ pub(super) fn check_depth(args: &RunArgs, load: bool) -> Result<(), SettingsErro
     Ok(())
 }
 
+/// In a load run, a cached context needs the closed loop: each client primes its own server slot
+/// (untimed) before each of its requests, which a scheduled open-loop arrival cannot wait for.
+fn closed_loop(load: &LoadOptions, flag: &str) -> Result<(), SettingsError> {
+    match load.mode {
+        LoadMode::Closed { .. } => Ok(()),
+        LoadMode::Open { .. } => Err(invalid(format!(
+            "{flag} in a load run needs --concurrency N (closed loop: each client primes its own server slot before each request, which a scheduled --request-rate arrival cannot wait for)"
+        ))),
+    }
+}
+
 /// `--turns K` / `--turns-cache`: the conversation file (`--dataset`, else the shipped
 /// data/conversations.jsonl) replayed turn by turn; None without `--turns`.
 pub(super) fn turns(
     args: &RunArgs,
     cfg: &LoadedConfig,
-    load: bool,
+    load: Option<&LoadOptions>,
 ) -> Result<Option<TurnsOptions>, SettingsError> {
     let Some(turns) = args.turns else {
         if !args.turns_cache.is_empty() {
@@ -52,8 +70,8 @@ pub(super) fn turns(
     if turns == 0 {
         return refuse("--turns must be at least 1 (the number of user turns to replay)");
     }
-    if load {
-        return refuse("--turns with --concurrency / --request-rate is not supported yet: each client would need its own conversation slot; drop one of them");
+    if let Some(load) = load {
+        closed_loop(load, "--turns")?;
     }
     if args.depth.iter().any(|&d| d > 0) {
         return refuse(
@@ -81,7 +99,15 @@ pub(super) fn turns(
         }
     }
     if modes.is_empty() {
-        modes = vec![TurnsCache::Warm, TurnsCache::Cold];
+        // A load run replays one cache state (its summary is over one workload): warm, as a
+        // chat server sees it, unless --turns-cache says cold.
+        modes = match load {
+            Some(_) => vec![TurnsCache::Warm],
+            None => vec![TurnsCache::Warm, TurnsCache::Cold],
+        };
+    }
+    if load.is_some() && modes.len() > 1 {
+        return refuse("a load run replays one cache state (one workload per run): --turns-cache warm or cold, and run again for the other");
     }
     let path = path_setting(&args.dataset, &None, "data/conversations.jsonl", cfg);
     Ok(Some(TurnsOptions {

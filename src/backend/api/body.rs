@@ -1,9 +1,24 @@
 //! What goes over the wire and what comes back: the request body of a timed run, and the token
 //! one SSE event carries (which is what stops the clock).
 
+use super::context::prompt_value;
 use super::{ApiBackend, ApiFlavor, Endpoint};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
+
+/// One timed request: the prompt, after the token ids its slot holds (`--depth`, `--turns`),
+/// and in a load run the llama-server slot it must run on (each client keeps its own context).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask<'a> {
+    /// The prompt text.
+    pub prompt: &'a str,
+    /// Tokens to generate.
+    pub max_new_tokens: u32,
+    /// The cached context the prompt follows (empty: a cold request, cache off).
+    pub context: &'a [u32],
+    /// llama-server `id_slot`.
+    pub slot: Option<u32>,
+}
 
 impl ApiBackend {
     /// The request for one run: greedy, `max_new_tokens`, streamed. With llama.cpp the prompt
@@ -13,19 +28,20 @@ impl ApiBackend {
     /// final chunk with `usage`). The openai flavor also asks for `continuous_usage_stats`
     /// (vLLM's and SGLang's per-chunk usage; other servers ignore unknown fields, and one that
     /// rejects it is asked again without it, see `stream_one`). llama-server does not offer it.
-    pub fn request_body(&self, prompt: &str, max_new_tokens: u32) -> Value {
+    pub(super) fn request_body(&self, ask: &Ask) -> Value {
+        let (prompt, max_new_tokens) = (ask.prompt, ask.max_new_tokens);
         let mut stream_options = json!({"include_usage": true});
         if self.flavor == ApiFlavor::Openai && !self.no_continuous_usage.load(Ordering::Relaxed) {
             stream_options["continuous_usage_stats"] = json!(true);
         }
         let mut body = match self.settings.endpoint {
             Endpoint::Completion => json!({
-                "prompt": self.prompt_value(prompt),
+                "prompt": prompt_value(ask.context, prompt),
                 "n_predict": max_new_tokens,
             }),
             Endpoint::V1 => json!({
                 "model": self.model,
-                "prompt": self.prompt_value(prompt),
+                "prompt": prompt_value(ask.context, prompt),
                 "max_tokens": max_new_tokens,
                 "stream_options": stream_options,
             }),
@@ -42,8 +58,11 @@ impl ApiBackend {
         if self.flavor == ApiFlavor::Llama {
             // llama-server defaults cache_prompt to true: every timed run must be a cold prefill,
             // except on a primed context (`--depth`), which must be reused.
-            body["cache_prompt"] = json!(!self.context.is_empty());
+            body["cache_prompt"] = json!(!ask.context.is_empty());
             body["top_k"] = json!(1);
+            if let Some(slot) = ask.slot {
+                body["id_slot"] = json!(slot);
+            }
         }
         self.ignore_eos
             .add_to(&mut body, self.flavor, max_new_tokens);

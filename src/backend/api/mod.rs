@@ -28,6 +28,7 @@ mod stream_state;
 mod tokenize;
 
 pub use body::{event_token, EventToken};
+pub use load::{LoadRequest, LoadWork};
 
 use super::server::{RpcWorkers, ServerProcess, ServerSpec};
 use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};
@@ -382,15 +383,24 @@ impl Backend for ApiBackend {
         } else {
             stream::Connection::PreOpened
         };
-        let mut m = self
-            .rt
-            .block_on(self.stream_one(prompt, max_new_tokens, how))?;
-        if !self.context.is_empty() {
-            // The row's prompt tokens are the prompt's own; the context is `cached_tokens`.
-            let n = self.context.len() as u32;
-            m.prompt_tokens = m.prompt_tokens.map(|p| p.saturating_sub(n));
-        }
-        m.cached_tokens = m.cache_n;
+        let ask = body::Ask {
+            prompt,
+            max_new_tokens,
+            context: &self.context,
+            slot: None,
+        };
+        let mut m = self.rt.block_on(self.stream_one(&ask, how))?;
+        own_counts(&mut m, self.context.len());
         Ok(m)
     }
+}
+
+/// After a context of `context` tokens the row's prompt tokens are the prompt's own, and the
+/// context is what the server says it reused (`cache_n`, the row's `cached_tokens`).
+fn own_counts(m: &mut Measurement, context: usize) {
+    if context > 0 {
+        let n = context as u32;
+        m.prompt_tokens = m.prompt_tokens.map(|p| p.saturating_sub(n));
+    }
+    m.cached_tokens = m.cache_n;
 }

@@ -1,6 +1,7 @@
 //! The timed request: send the body, read the SSE stream, stamp the first token and every later
 //! one, and turn what the stream delivered into a [`Measurement`].
 
+use super::body::Ask;
 use super::stream_state::StreamState;
 use super::{conn, error_chain, ApiBackend, ApiFlavor};
 use crate::backend::sse::SseParser;
@@ -31,14 +32,11 @@ impl Connection {
 impl ApiBackend {
     pub(super) async fn stream_one(
         &self,
-        prompt: &str,
-        max_new_tokens: u32,
+        ask: &Ask<'_>,
         how: Connection,
     ) -> Result<Measurement, RunError> {
         let mut headers = None;
-        let mut r = self
-            .stream_timed(prompt, max_new_tokens, how, &mut headers)
-            .await;
+        let mut r = self.stream_timed(ask, how, &mut headers).await;
         // A field the server refused while validating the request: nothing was generated or
         // cached, so the run is asked again, on a fresh clock, without it (and it is not sent
         // any more). Each field is dropped at most once, so this ends.
@@ -56,9 +54,7 @@ impl ApiBackend {
             } else {
                 break;
             }
-            r = self
-                .stream_timed(prompt, max_new_tokens, how, &mut headers)
-                .await;
+            r = self.stream_timed(ask, how, &mut headers).await;
         }
         if let Some((status, after)) = headers {
             eprintln!(
@@ -76,8 +72,7 @@ impl ApiBackend {
     /// connection is opened before the clock unless `how` is [`Connection::Fresh`].
     async fn stream_timed(
         &self,
-        prompt: &str,
-        max_new_tokens: u32,
+        ask: &Ask<'_>,
         how: Connection,
         headers: &mut Option<(u16, Duration)>,
     ) -> Result<Measurement, RunError> {
@@ -96,7 +91,7 @@ impl ApiBackend {
             Some(c) => c,
             None => connect().await?,
         };
-        let body = serde_json::to_vec(&self.request_body(prompt, max_new_tokens))
+        let body = serde_json::to_vec(&self.request_body(ask))
             .map_err(|e| RunError::new(format!("request body: {e}")))?;
         let req = self
             .target

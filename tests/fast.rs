@@ -68,7 +68,8 @@ fn report(plan: &Plan, parts: Vec<(Vec<RunRecord>, runner::BackendReport)>) -> R
         backends,
         runs,
         parity: Default::default(),
-        load: None,
+        load: Vec::new(),
+        load_search: None,
         peak_tflops: Default::default(),
     }
 }

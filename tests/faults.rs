@@ -467,3 +467,69 @@ fn a_panic_unwinding_through_the_backend_stops_the_server() {
         "llama-server {pid} survived a panic"
     );
 }
+
+#[test]
+fn sigint_during_an_open_loop_stops_sending_at_once_and_keeps_the_summary() {
+    let _ = (gguf(), server_bin());
+    let d = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ttft"))
+        .current_dir(root())
+        .args([
+            "--backend",
+            "api",
+            "--request-rate",
+            "2",
+            "--num-requests",
+            "200",
+        ])
+        .args(["--max-new-tokens", "64", "--warmup", "0", "--no-progress"])
+        .args(["--prompts", "data/short_prompts.txt", "--out"])
+        .arg(d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Rows go to the CSV as they finish: wait for three.
+    let t0 = Instant::now();
+    loop {
+        let rows = files_with(d.path(), "csv").first().map_or(0, |p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        });
+        if rows >= 4 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no rows after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let server = children_of(child.id())
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .contains("llama-server")
+        })
+        .expect("spawned llama-server");
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(130));
+    // Two seconds of grace for the requests in flight, then the report.
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let json = json_of(d.path());
+    let runs = json["runs"].as_array().unwrap();
+    assert!(runs.len() >= 3 && runs.len() < 200, "{} rows", runs.len());
+    for r in runs {
+        let err = r["error"].as_str().unwrap_or("");
+        assert!(r["ok"] == true || err.starts_with("interrupted"), "{r}");
+    }
+    assert_eq!(json["load"]["requests"].as_u64(), Some(runs.len() as u64));
+    assert!(wait_gone(server), "llama-server {server} outlived ttft");
+}

@@ -59,7 +59,7 @@ fn every_client_finds_exactly_the_shared_context_cached() {
     assert_eq!(runs.len(), 8);
     for r in runs {
         assert_eq!(r["ok"], true, "{r}");
-        assert_eq!(r["point"], "depth=256", "{r}");
+        assert_eq!(r["point"], "concurrency=2 depth=256", "{r}");
         assert_eq!(
             (count(r, "depth"), count(r, "cached_tokens")),
             (256, 256),
@@ -100,7 +100,7 @@ fn conversations_replay_in_order_with_the_earlier_turns_cached() {
     let runs = json["runs"].as_array().unwrap();
     for r in runs {
         assert_eq!(r["ok"], true, "{r}");
-        assert_eq!(r["point"], "cache=warm", "{r}");
+        assert_eq!(r["point"], "concurrency=2 cache=warm", "{r}");
         let cached = count(r, "cached_tokens");
         assert_eq!(cached, count(r, "depth"), "the row proves its context: {r}");
         rows.insert(count(r, "prompt_idx"), (count(r, "turn"), cached));

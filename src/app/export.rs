@@ -45,8 +45,12 @@ pub fn export(
     }
     print!("{}", report::depth::render(report));
     print!("{}", report::turns::render(report));
-    if let Some(l) = &report.load {
+    for l in &report.load {
         print!("{}", crate::bench::load::render(l));
+    }
+    print!("{}", crate::bench::load::render_sweep(&report.load));
+    if let Some(sr) = &report.load_search {
+        print!("{}", crate::bench::load_search::render(sr));
     }
     for w in &warnings {
         eprintln!("ttft: warning: {w}");
@@ -81,6 +85,7 @@ fn plots(report: &Report, names: &OutputNames) -> Result<()> {
     for (set, svg) in report::depth::plots(report) {
         plots.push((format!("depth-{set}"), svg));
     }
+    plots.extend(report::plot_load::plots(&report.load));
     for (part, svg) in plots {
         let svg_path = names.part(&part, "svg");
         write_plot(&svg_path, &svg)?;

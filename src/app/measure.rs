@@ -25,8 +25,10 @@ pub struct Measured {
     pub runs: Vec<RunRecord>,
     /// Every backend opened (or not), per point.
     pub backends: Vec<BackendReport>,
-    /// The load run's summary.
-    pub load: Option<LoadReport>,
+    /// The load points' summaries.
+    pub load: Vec<LoadReport>,
+    /// `--max-goodput`: the search over them.
+    pub load_search: Option<crate::bench::load_search::SearchReport>,
     /// A backend could not start (exit 2, its rows are still written).
     pub open_failed: bool,
     /// Writing a row failed (reported, the run goes on: the JSON still gets every row).
@@ -110,9 +112,10 @@ pub fn measure(
                 {
                     Ok(b) => {
                         crate::bench::load_run::run_load(&b, &plan, load, s.seed, &label, &mut sink)
-                            .map(|(rep, lr)| {
-                                out.load = Some(lr);
-                                rep
+                            .map(|o| {
+                                out.load = o.points;
+                                out.load_search = o.search;
+                                o.backend
                             })
                     }
                     Err(e) => Err(e.to_string()),

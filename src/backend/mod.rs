@@ -166,6 +166,34 @@ pub struct Measurement {
     /// proves it (`--depth`): inproc the KV cache's positions (`llama_memory_seq_pos_max + 1`),
     /// hf its KV cache length, api llama-server's `cache_n`. None where it cannot be observed.
     pub cached_tokens: Option<u32>,
+    /// Load runs, open loop: how late the request went out after its scheduled send, ms. Its
+    /// TTFT and E2E (and the first character's, visible token's and tool call's times) count
+    /// from the schedule, so a client that falls behind shows as latency, not as a lower rate.
+    pub send_lateness_ms: Option<f64>,
+}
+
+impl Measurement {
+    /// Move the clock's origin back by `late` (the open loop's scheduled send; see
+    /// `send_lateness_ms`).
+    pub fn count_from_schedule(&mut self, late: std::time::Duration) {
+        let ms = late.as_secs_f64() * 1e3;
+        self.send_lateness_ms = Some(ms);
+        self.ttft_ms += ms;
+        self.e2e_ms += ms;
+        for t in [
+            &mut self.first_char_ms,
+            &mut self.first_visible_ms,
+            &mut self.first_tool_call_ms,
+        ] {
+            if let Some(t) = t.as_mut() {
+                *t += ms;
+            }
+        }
+        if let Some(o) = self.api_overhead_ms.as_mut() {
+            // The client's lateness is overhead the server never saw.
+            *o += ms;
+        }
+    }
 }
 
 /// Where a row's `generated_tokens` comes from. The rule on every backend: the end-of-generation

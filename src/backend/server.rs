@@ -102,6 +102,8 @@ pub fn server_args(
         "--alias".into(),
         alias.into(),
         "--no-ui".into(),
+        // Prometheus `/metrics`: load points are aligned with the server's own counters.
+        "--metrics".into(),
     ];
     if !rpc.is_empty() {
         // llama.cpp's RPC backend: the model's layers are split across the workers, which count

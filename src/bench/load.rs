@@ -5,7 +5,7 @@
 //! of TTFT, TPOT, ITL and end-to-end latency, request and output-token throughput, and goodput
 //! (requests per second meeting `--slo`).
 
-use super::stats::{self, SplitMix64};
+use super::stats::SplitMix64;
 use serde::Serialize;
 
 /// How requests are issued.
@@ -123,194 +123,14 @@ pub fn arrivals(n: usize, rate: f64, burstiness: f64, seed: u64) -> Vec<f64> {
         .collect()
 }
 
-/// Percentiles and mean of one latency.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Dist {
-    /// Mean.
-    pub mean: Option<f64>,
-    /// Median.
-    pub p50: Option<f64>,
-    /// 90th percentile.
-    pub p90: Option<f64>,
-    /// 99th percentile.
-    pub p99: Option<f64>,
-}
-
-impl Dist {
-    /// Summarise a sample.
-    pub fn of(xs: &[f64]) -> Self {
-        Self {
-            mean: stats::mean(xs),
-            p50: stats::percentile(xs, 50.0),
-            p90: stats::percentile(xs, 90.0),
-            p99: stats::percentile(xs, 99.0),
-        }
-    }
-}
-
-/// One finished request of a load run.
-#[derive(Debug, Clone)]
-pub struct LoadSample {
-    /// TTFT, ms (None when the request failed).
-    pub ttft_ms: Option<f64>,
-    /// TPOT, ms.
-    pub tpot_ms: Option<f64>,
-    /// Inter-token gaps, ms.
-    pub itl_ms: Vec<f64>,
-    /// End-to-end, ms.
-    pub e2e_ms: Option<f64>,
-    /// Output tokens.
-    pub output_tokens: u32,
-    /// With a cached context: whether the row proved it (`cache_n` equal to the context).
-    pub context_held: Option<bool>,
-}
-
-/// How many of a load run's requests with a cached context proved it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct ContextProof {
-    /// Requests that followed a cached context.
-    pub requests: usize,
-    /// Of those, the ones whose server reused exactly the context.
-    pub held: usize,
-}
-
-/// The outcome of a load run.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoadReport {
-    /// How requests were issued.
-    pub mode: LoadMode,
-    /// Requests issued.
-    pub requests: usize,
-    /// Requests that produced a first token.
-    pub ok: usize,
-    /// Wall time of the whole run, s.
-    pub duration_s: f64,
-    /// Most requests in flight at once, as seen by the client.
-    pub max_in_flight: usize,
-    /// Server slots (llama-server `--parallel`), when known.
-    pub server_slots: Option<u64>,
-    /// Successful requests per second.
-    pub request_throughput: f64,
-    /// Generated tokens per second.
-    pub output_tokens_per_s: f64,
-    /// TTFT, ms.
-    pub ttft_ms: Dist,
-    /// TPOT, ms.
-    pub tpot_ms: Dist,
-    /// ITL, ms (pooled).
-    pub itl_ms: Dist,
-    /// End-to-end latency, ms.
-    pub e2e_ms: Dist,
-    /// The objectives.
-    pub slo: Slo,
-    /// Requests per second that met every objective.
-    pub goodput: f64,
-    /// `--depth` / `--turns` warm: the requests' cache proof (None: no request had a context).
-    pub context: Option<ContextProof>,
-}
-
-/// Summarise a load run.
-pub fn summarise(
-    mode: LoadMode,
-    samples: &[LoadSample],
-    duration_s: f64,
-    max_in_flight: usize,
-    server_slots: Option<u64>,
-    slo: Slo,
-) -> LoadReport {
-    let ok: Vec<&LoadSample> = samples.iter().filter(|s| s.ttft_ms.is_some()).collect();
-    let col = |f: &dyn Fn(&LoadSample) -> Option<f64>| -> Vec<f64> {
-        ok.iter().filter_map(|s| f(s)).collect()
-    };
-    let good = ok
-        .iter()
-        .filter(|s| {
-            slo.met(
-                s.ttft_ms.unwrap_or(f64::MAX),
-                s.tpot_ms,
-                s.e2e_ms.unwrap_or(f64::MAX),
-            )
-        })
-        .count();
-    let d = duration_s.max(1e-9);
-    let with_context: Vec<bool> = samples.iter().filter_map(|s| s.context_held).collect();
-    LoadReport {
-        mode,
-        requests: samples.len(),
-        ok: ok.len(),
-        duration_s,
-        max_in_flight,
-        server_slots,
-        request_throughput: ok.len() as f64 / d,
-        output_tokens_per_s: ok.iter().map(|s| f64::from(s.output_tokens)).sum::<f64>() / d,
-        ttft_ms: Dist::of(&col(&|s| s.ttft_ms)),
-        tpot_ms: Dist::of(&col(&|s| s.tpot_ms)),
-        itl_ms: Dist::of(
-            &ok.iter()
-                .flat_map(|s| s.itl_ms.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
-        e2e_ms: Dist::of(&col(&|s| s.e2e_ms)),
-        slo,
-        goodput: good as f64 / d,
-        context: (!with_context.is_empty()).then(|| ContextProof {
-            requests: with_context.len(),
-            held: with_context.iter().filter(|&&h| h).count(),
-        }),
-    }
-}
-
-/// The load summary as text.
-pub fn render(r: &LoadReport) -> String {
-    let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-    let row = |name: &str, d: &Dist| {
-        format!(
-            "  {name:<6} mean {:>9}  p50 {:>9}  p90 {:>9}  p99 {:>9} ms\n",
-            f(d.mean),
-            f(d.p50),
-            f(d.p90),
-            f(d.p99)
-        )
-    };
-    let mode = match r.mode {
-        LoadMode::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
-        LoadMode::Open { rate, burstiness } => {
-            format!("open loop, {rate} req/s, burstiness {burstiness}")
-        }
-    };
-    let mut s = format!(
-        "load: {mode}; {}/{} requests ok in {:.2} s; max in flight {}{}\n",
-        r.ok,
-        r.requests,
-        r.duration_s,
-        r.max_in_flight,
-        r.server_slots
-            .map(|n| format!(", server slots {n}"))
-            .unwrap_or_default()
-    );
-    s.push_str(&format!(
-        "  throughput {:.2} req/s, {:.1} output tokens/s, goodput {:.2} req/s (SLO {})\n",
-        r.request_throughput,
-        r.output_tokens_per_s,
-        r.goodput,
-        serde_json::to_string(&r.slo).unwrap_or_default()
-    ));
-    if let Some(c) = r.context {
-        s.push_str(&format!(
-            "  context: {}/{} requests proved their cached context (cache_n); each client re-primes its own slot, untimed, before each request (filled before the clock; the duration includes the re-priming)\n",
-            c.held, c.requests
-        ));
-    }
-    s.push_str(&row("TTFT", &r.ttft_ms));
-    s.push_str(&row("TPOT", &r.tpot_ms));
-    s.push_str(&row("ITL", &r.itl_ms));
-    s.push_str(&row("E2E", &r.e2e_ms));
-    s
-}
+pub use super::load_report::{
+    render, render_sweep, summarise, ContextProof, Dist, LoadReport, LoadSample, RunFacts,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::stats;
 
     #[test]
     fn poisson_arrivals_have_the_requested_mean_gap() {
@@ -338,43 +158,5 @@ mod tests {
             let cv = stats::stddev(&gaps).unwrap() / mean;
             assert!((lo..hi).contains(&cv), "burstiness {b}: cv {cv}");
         }
-    }
-
-    #[test]
-    fn slo_and_goodput() {
-        let slo = parse_slo("ttft=100,tpot=10").unwrap();
-        assert!(slo.met(90.0, Some(9.0), 1e9));
-        assert!(!slo.met(110.0, Some(9.0), 0.0));
-        assert!(parse_slo("ttft=fast").is_err());
-        assert!(parse_slo("latency=5").is_err());
-        let s = |t: f64| LoadSample {
-            ttft_ms: Some(t),
-            tpot_ms: Some(5.0),
-            itl_ms: vec![5.0],
-            e2e_ms: Some(t + 50.0),
-            output_tokens: 10,
-            context_held: None,
-        };
-        let failed = LoadSample {
-            ttft_ms: None,
-            tpot_ms: None,
-            itl_ms: vec![],
-            e2e_ms: None,
-            output_tokens: 0,
-            context_held: None,
-        };
-        let r = summarise(
-            LoadMode::Closed { concurrency: 2 },
-            &[s(50.0), s(150.0), failed],
-            2.0,
-            2,
-            Some(2),
-            slo,
-        );
-        assert_eq!((r.requests, r.ok), (3, 2));
-        assert!((r.request_throughput - 1.0).abs() < 1e-9);
-        assert!((r.goodput - 0.5).abs() < 1e-9);
-        assert!((r.output_tokens_per_s - 10.0).abs() < 1e-9);
-        assert_eq!(r.ttft_ms.p50, Some(100.0));
     }
 }

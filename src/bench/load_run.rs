@@ -3,54 +3,68 @@
 //! cached contexts (one depth or one cache state per run, closed loop; see `backend::api::load`),
 //! and every such row proves its context as a single run's does (`depth_flags`).
 
-use super::depth::{context_held, depth_flags, depth_label};
-use super::load::{summarise, LoadMode, LoadPlan, LoadReport, LoadSample};
+use super::depth::{context_held, depth_flags, depth_label, tagged};
+use super::interrupt;
+use super::load::{summarise, LoadMode, LoadPlan, LoadReport, LoadSample, RunFacts};
+use super::load_search::{self, SearchReport};
 use super::record::{ignore_eos_flags, row_flags, PromptId, RunContext, RunRecord};
 use super::runner::{self, BackendReport, Plan};
 use super::turns::turns_label;
-use crate::backend::api::{ApiBackend, LoadRequest, LoadWork};
+use crate::backend::api::{ApiBackend, LoadDone, LoadRequest, LoadWork};
 use crate::backend::BackendKind;
 use crate::settings::LoadOptions;
 use std::time::Duration;
 
 /// How many requests a load run sends: `--num-requests`, else as many as `--duration` allows at
 /// the rate, else every prompt `runs` times.
-fn request_count(load: &LoadOptions, prompts: usize, runs: u32) -> usize {
+fn request_count(load: &LoadOptions, mode: LoadMode, prompts: usize, runs: u32) -> usize {
     load.num_requests
-        .unwrap_or_else(|| match (load.mode, load.duration_s) {
+        .unwrap_or_else(|| match (mode, load.duration_s) {
             (LoadMode::Open { rate, .. }, Some(d)) => (rate * d).ceil() as usize,
             (_, Some(_)) => usize::MAX,
             _ => prompts * runs as usize,
         })
 }
 
-fn sample_of(r: &RunRecord, with_context: bool) -> LoadSample {
-    let context_held = with_context.then(|| r.ok && context_held(r));
-    match &r.measurement {
-        Some(m) => LoadSample {
-            ttft_ms: Some(m.ttft_ms),
-            tpot_ms: m.decode_ms_per_token,
-            itl_ms: m.itl_ms.clone(),
-            e2e_ms: Some(m.e2e_ms),
-            output_tokens: m.generated_tokens,
-            context_held,
-        },
-        None => LoadSample {
-            ttft_ms: None,
-            tpot_ms: None,
-            itl_ms: vec![],
-            e2e_ms: None,
-            output_tokens: 0,
-            context_held,
-        },
+fn sample_of(r: &RunRecord, with_context: bool, sent_s: f64, done_s: f64) -> LoadSample {
+    let m = r.measurement.as_ref();
+    LoadSample {
+        ttft_ms: m.map(|m| m.ttft_ms),
+        tpot_ms: m.and_then(|m| m.decode_ms_per_token),
+        itl_ms: m.map(|m| m.itl_ms.clone()).unwrap_or_default(),
+        e2e_ms: m.map(|m| m.e2e_ms),
+        output_tokens: m.map_or(0, |m| m.generated_tokens),
+        context_held: with_context.then(|| r.ok && context_held(r)),
+        lateness_ms: m.and_then(|m| m.send_lateness_ms),
+        sent_s,
+        done_s,
     }
+}
+
+/// The tag a load point adds to its rows' point label.
+pub fn point_tag(mode: LoadMode) -> String {
+    match mode {
+        LoadMode::Closed { concurrency } => format!("concurrency={concurrency}"),
+        LoadMode::Open { rate, .. } => format!("rate={rate}"),
+    }
+}
+
+/// This process's CPU time so far (user + system), seconds.
+fn cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(tv(u.ru_utime) + tv(u.ru_stime))
 }
 
 /// One request as its row records it.
 struct Item {
     id: PromptId,
-    /// The row's point label (with `depth=N` or `cache=warm|cold`).
-    point: String,
+    /// The workload's tag (`depth=N`, `cache=warm|cold`), last in the row's point label.
+    workload: Option<String>,
     /// Tokens of cached context the row must prove (0: none).
     depth: u32,
     turn: Option<u32>,
@@ -61,7 +75,7 @@ struct Item {
 
 /// The plan's requests: the turns of its conversations (one job per conversation, replayed in
 /// order by one client), else every prompt of every set after the depth's context, if any.
-fn items(plan: &Plan, point: &str) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
+fn items(plan: &Plan) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
     let mut items = Vec::new();
     if let Some(t) = &plan.turns {
         let mode = t.modes[0];
@@ -74,7 +88,7 @@ fn items(plan: &Plan, point: &str) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
             let context = c.context(mode).to_vec();
             items.push(Item {
                 id: PromptId::new(&t.set, i),
-                point: turns_label(point, mode),
+                workload: Some(turns_label("", mode)),
                 depth: context.len() as u32,
                 turn: Some(c.turn),
                 expected: c.expected_tokens(mode, None),
@@ -92,7 +106,7 @@ fn items(plan: &Plan, point: &str) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
         for (i, p) in s.prompts.iter().enumerate() {
             let id = PromptId::new(&s.name, i);
             items.push(Item {
-                point: context.map_or(point.to_string(), |c| depth_label(point, c.depth)),
+                workload: context.map(|c| depth_label("", c.depth)),
                 depth: context.map_or(0, |c| c.depth),
                 turn: None,
                 expected: context.and_then(|c| c.prompt_tokens.get(&id).copied()),
@@ -110,17 +124,18 @@ fn items(plan: &Plan, point: &str) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
 }
 
 /// The row of request number `i` of `item`.
-fn row(
-    item: &Item,
-    i: usize,
-    r: Result<crate::backend::Measurement, String>,
-    plan: &Plan,
-) -> RunRecord {
+fn row(item: &Item, tag: &str, d: LoadDone, plan: &Plan) -> RunRecord {
+    // The load point's tag, then the workload's: the depth and turns reports read theirs last.
+    let point = match &item.workload {
+        Some(w) => tagged(tag, w),
+        None => tag.to_string(),
+    };
+    let (i, r) = (d.i, d.result.map_err(|e| e.to_string()));
     let ctx = RunContext {
         prompt: &item.id,
         text: &item.request.prompt,
         runner: BackendKind::Api,
-        point: &item.point,
+        point: &point,
         max_new_tokens: item.request.max_new_tokens,
         depth: item.depth,
         turn: item.turn,
@@ -138,9 +153,11 @@ fn row(
     }
 }
 
-/// Run `load` on `api` over the plan's requests (round robin; a `--dataset` set's requests with
-/// their own `output_tokens`; `--turns` conversations turn by turn), handing each request's row
-/// to `sink`. An error (before anything is sent) says why this server cannot run the workload.
+/// Run every load point of `load` on `api` (one server, in order) over the plan's requests
+/// (round robin; a `--dataset` set's requests with their own `output_tokens`; `--turns`
+/// conversations turn by turn), each after `plan.warmup` untimed requests, handing each request's
+/// row to `sink`. An error (before anything is sent) says why this server cannot run the
+/// workload.
 pub fn run_load(
     api: &ApiBackend,
     plan: &Plan,
@@ -148,38 +165,129 @@ pub fn run_load(
     seed: u64,
     point: &str,
     sink: &mut dyn FnMut(&RunRecord),
-) -> Result<(BackendReport, LoadReport), String> {
-    let (items, jobs) = items(plan, point);
+) -> Result<LoadOutcome, String> {
+    let (items, jobs) = items(plan);
     let work = LoadWork {
         requests: items.iter().map(|it| it.request.clone()).collect(),
         jobs,
     };
-    let clients = match load.mode {
-        LoadMode::Closed { concurrency } => concurrency,
+    let clients = load.points.iter().map(|m| match m {
+        LoadMode::Closed { concurrency } => *concurrency,
         LoadMode::Open { .. } => 0,
-    };
-    if let Some(why) = api.load_refusal(&work, clients) {
+    });
+    if let Some(why) = api.load_refusal(&work, clients.max().unwrap_or(0)) {
         return Err(why);
     }
-    let load_plan = LoadPlan {
-        mode: load.mode,
-        requests: request_count(load, work.requests.len(), plan.runs),
-        duration: load.duration_s.map(Duration::from_secs_f64),
+    let sweep = Sweep {
+        api,
+        plan,
+        load,
+        items: &items,
+        work: &work,
         seed,
+        base: point,
     };
-    let mut samples = Vec::new();
-    let (secs, max_in_flight) = api.run_load(&work, load_plan, &mut |i, r, result| {
-        let rec = row(&items[r], i, result.map_err(|e| e.to_string()), plan);
-        samples.push(sample_of(&rec, !items[r].request.context.is_empty()));
-        sink(&rec);
-    });
-    let lr = summarise(
-        load.mode,
-        &samples,
-        secs,
-        max_in_flight,
-        api.server_slots(),
-        load.slo,
-    );
-    Ok((runner::report(api, point, Default::default()), lr))
+    let mut points = Vec::new();
+    let search = match &load.search {
+        Some(opts) => Some(load_search::search(load.points[0], opts, &mut |mode| {
+            if interrupt::requested() {
+                return None;
+            }
+            let r = sweep.point(mode, sink);
+            points.push(r.clone());
+            Some(r)
+        })),
+        None => {
+            for &mode in &load.points {
+                if interrupt::requested() {
+                    break;
+                }
+                points.push(sweep.point(mode, sink));
+            }
+            None
+        }
+    };
+    Ok(LoadOutcome {
+        backend: runner::report(api, point, Default::default()),
+        points,
+        search,
+    })
+}
+
+/// What a load run measured.
+pub struct LoadOutcome {
+    /// The api backend's report.
+    pub backend: BackendReport,
+    /// Every load point (sweep values or search probes), in order.
+    pub points: Vec<LoadReport>,
+    /// `--max-goodput`: the search.
+    pub search: Option<SearchReport>,
+}
+
+/// What every load point of a run shares.
+struct Sweep<'a> {
+    api: &'a ApiBackend,
+    plan: &'a Plan,
+    load: &'a LoadOptions,
+    items: &'a [Item],
+    work: &'a LoadWork,
+    seed: u64,
+    /// The settings point's label, before the load point's tag.
+    base: &'a str,
+}
+
+impl Sweep<'_> {
+    /// One load point: the warm-up, then the timed requests.
+    fn point(&self, mode: LoadMode, sink: &mut dyn FnMut(&RunRecord)) -> LoadReport {
+        let Sweep {
+            api,
+            plan,
+            load,
+            items,
+            work,
+            seed,
+            ..
+        } = *self;
+        api.warm_up(work, plan.warmup);
+        let load_plan = LoadPlan {
+            mode,
+            requests: request_count(load, mode, work.requests.len(), plan.runs),
+            duration: load.duration_s.map(Duration::from_secs_f64),
+            seed,
+        };
+        let label = point_tag(mode);
+        let tag = tagged(self.base, &label);
+        let metrics_before = api.metrics_snapshot();
+        let mut samples = Vec::new();
+        let cpu0 = cpu_seconds();
+        let (secs, max_in_flight) = api.run_load(work, load_plan, &mut |d| {
+            let item = &items[d.r];
+            let with_context = !item.request.context.is_empty();
+            let (sent_s, done_s) = (d.sent_s, d.done_s);
+            let rec = row(item, &tag, d, plan);
+            samples.push(sample_of(&rec, with_context, sent_s, done_s));
+            sink(&rec);
+        });
+        let client_cpu = cpu0
+            .zip(cpu_seconds())
+            .map(|(a, b)| (b - a) / secs.max(1e-9));
+        let mut report = summarise(
+            &samples,
+            &RunFacts {
+                mode,
+                label,
+                duration_s: secs,
+                max_in_flight,
+                server_slots: api.server_slots(),
+                slo: load.slo,
+                client_cpu,
+                warmup: plan.warmup,
+            },
+        );
+        report.server_metrics = crate::backend::api::metrics::load_point(
+            metrics_before.as_ref(),
+            api.metrics_snapshot().as_ref(),
+        );
+        report
+    }
 }

@@ -188,12 +188,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub export_markdown: Option<PathBuf>,
     /// Load (api only): N clients in a closed loop, each sending its next request when the last
-    /// one ended. The spawned server gets N slots (--parallel N), each with the full context.
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<u32>,
-    /// Load (api only): open loop at R requests per second on average.
-    #[arg(long, value_name = "R")]
-    pub request_rate: Option<f64>,
+    /// one ended. A list (1,2,4,8) is a sweep: one load point per value on one server. The
+    /// spawned server gets the largest N slots (--parallel N), each with the full context.
+    #[arg(long, value_name = "N[,N…]", value_delimiter = ',')]
+    pub concurrency: Vec<u32>,
+    /// Load (api only): open loop at R requests per second on average, TTFT counted from each
+    /// request's scheduled send. A list (1,2,4) is a sweep, one load point per rate.
+    #[arg(long, value_name = "R[,R…]", value_delimiter = ',')]
+    pub request_rate: Vec<f64>,
     /// Gamma shape of the open loop's gaps: 1 = Poisson, < 1 burstier, > 1 more regular.
     #[arg(long, value_name = "B", default_value_t = 1.0)]
     pub burstiness: f64,
@@ -206,6 +208,15 @@ pub struct RunArgs {
     /// Load: service-level objectives for goodput, e.g. ttft=500,tpot=50,e2e=3000 (milliseconds).
     #[arg(long, value_name = "SLO")]
     pub slo: Option<String>,
+    /// Load: find the highest request rate (or, with --concurrency, the most clients) at which
+    /// these percentiles hold, e.g. ttft_p99=500,tpot_p99=50 (ms): doubling from the start
+    /// (--request-rate R or --concurrency N; default 1 req/s), then bisection. Each probe is a
+    /// full load point with its own warm-up, requests and rows.
+    #[arg(long, value_name = "OBJECTIVES")]
+    pub max_goodput: Option<String>,
+    /// --max-goodput: stop bisecting when the bracket is this narrow, relative.
+    #[arg(long, value_name = "F", default_value_t = 0.1)]
+    pub goodput_tolerance: f64,
     /// llama.cpp RPC workers (host:port,...) for the spawned llama-server to offload the model to.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub rpc: Vec<String>,

@@ -22,7 +22,10 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
             "prompt_type": set, "prompt_idx": idx, "counts": counts,
         })).collect::<Vec<_>>(),
         "parity": report.parity,
-        "load": report.load,
+        // One load point: its summary (as before sweeps); a sweep: null, every point below.
+        "load": (report.load.len() == 1).then(|| &report.load[0]),
+        "load_points": report.load,
+        "load_search": report.load_search,
         "first_token_agreement": report.first_token_agreement(),
         "fits": report.fits(),
         "depth_fits": super::depth::fits(report),

@@ -14,6 +14,7 @@ pub mod jsonl;
 pub mod markdown;
 pub mod outputs;
 pub mod plot;
+pub mod plot_load;
 pub mod relative;
 pub mod table;
 pub mod turns;
@@ -133,8 +134,11 @@ pub struct Report {
     pub token_disagreements: Vec<ParityRow>,
     /// The parity gate run before timing.
     pub parity: ParityReport,
-    /// The load run's summary (`--concurrency` / `--request-rate`).
-    pub load: Option<crate::bench::load::LoadReport>,
+    /// The load points' summaries (`--concurrency` / `--request-rate`, one per listed value or
+    /// saturation probe), in the order they ran.
+    pub load: Vec<crate::bench::load::LoadReport>,
+    /// `--max-goodput`: the saturation search over those points.
+    pub load_search: Option<crate::bench::load_search::SearchReport>,
     /// Peak dense TFLOP/s of the GPU each backend ran on (only for backends on a known GPU).
     pub peak_tflops: BTreeMap<BackendKind, f64>,
 }

@@ -52,7 +52,7 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn frame(
+pub(super) fn frame(
     title: &str,
     xlabel: &str,
     ylabel: &str,
@@ -114,7 +114,23 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn legend(entries: &[(&str, String)], out: &mut String) {
+/// Labels under the x axis, about eight of them.
+pub(super) fn x_ticks(sx: &dyn Fn(f64) -> f64, xmax: f64, s: &mut String) {
+    let xstep = tick_step(xmax, 8.0);
+    let mut x = 0.0;
+    while x <= xmax {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            sx(x),
+            H - BOTTOM + 18.0,
+            fmt_num(x)
+        );
+        x += xstep;
+    }
+}
+
+pub(super) fn legend(entries: &[(&str, String)], out: &mut String) {
     for (i, (col, label)) in entries.iter().enumerate() {
         let y = TOP + 10.0 + i as f64 * 22.0;
         let x = W - RIGHT + 15.0;
@@ -179,18 +195,7 @@ pub fn line_chart(title: &str, xlabel: &str, band: &str, data: &Series) -> Strin
         * 1.1;
     let mut s = String::new();
     let (sx, sy) = frame(title, xlabel, "TTFT (ms, median)", xmax, ymax, &mut s);
-    let xstep = tick_step(xmax, 8.0);
-    let mut x = 0.0;
-    while x <= xmax {
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            sx(x),
-            H - BOTTOM + 18.0,
-            fmt_num(x)
-        );
-        x += xstep;
-    }
+    x_ticks(&sx, xmax, &mut s);
     let mut legend_entries = Vec::new();
     for (k, pts) in data {
         let label = draw_series(&mut s, *k, pts, (&sx, &sy), (xmax, ymax));

@@ -119,8 +119,11 @@ pub struct ApiOptions {
 /// A load run (`--concurrency` / `--request-rate`, api only).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadOptions {
-    /// Closed or open loop.
-    pub mode: LoadMode,
+    /// The load points, in order (several: a sweep on one server), all closed or all open loop;
+    /// with `search`, its start.
+    pub points: Vec<LoadMode>,
+    /// `--max-goodput`: search the highest load at which the objectives hold.
+    pub search: Option<crate::bench::load_search::SearchOptions>,
     /// Requests to send; None = prompts × runs (or as many as `duration` allows).
     pub num_requests: Option<usize>,
     /// Stop issuing after this many seconds.

@@ -10,6 +10,7 @@ use super::{
 use crate::backend::api::Endpoint;
 use crate::backend::{BackendKind, FlashAttn, KV_CACHE_TYPES};
 use crate::bench::load::LoadMode;
+use crate::bench::load_search::SearchOptions;
 use crate::bench::prompts::split_prompt_arg;
 use crate::cli::RunArgs;
 use crate::config::LoadedConfig;
@@ -346,10 +347,10 @@ fn api_options(args: &RunArgs, cfg: &LoadedConfig) -> Result<ApiOptions, Setting
         request_timeout_s: args.request_timeout,
         prepare_timeout_s: args.prepare_timeout,
         server_port: args.server_port,
-        server_slots: match (args.concurrency, args.request_rate) {
-            (Some(n), _) => n.max(1),
-            (None, Some(_)) => args.server_slots.unwrap_or(4).max(1),
-            (None, None) => 1,
+        server_slots: match (args.concurrency.iter().max(), args.request_rate.is_empty()) {
+            (Some(&n), _) => n.max(1),
+            (None, false) => args.server_slots.unwrap_or(4).max(1),
+            (None, true) => 1,
         },
         rpc: args.rpc.clone(),
         spawn_rpc: args.spawn_rpc,
@@ -373,33 +374,67 @@ fn ca_cert(args: &RunArgs) -> Result<Option<PathBuf>, SettingsError> {
 }
 
 fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {
-    let mode = match (args.concurrency, args.request_rate) {
-        (Some(_), Some(_)) => {
+    let search = match &args.max_goodput {
+        Some(s) => Some(search_options(s, args)?),
+        None => None,
+    };
+    let points: Vec<LoadMode> = match (&args.concurrency[..], &args.request_rate[..]) {
+        ([], []) if search.is_some() => vec![LoadMode::Open {
+            rate: 1.0,
+            burstiness: args.burstiness,
+        }],
+        ([], []) => return Ok(None),
+        ([_, ..], [_, ..]) => {
             return Err(invalid(
                 "--concurrency and --request-rate exclude each other",
             ))
         }
-        (Some(0), None) => return Err(invalid("--concurrency must be at least 1")),
-        (Some(n), None) => LoadMode::Closed { concurrency: n },
-        (None, Some(r)) if r <= 0.0 || args.burstiness <= 0.0 => {
+        (ns, []) if ns.contains(&0) => return Err(invalid("--concurrency must be at least 1")),
+        (ns, []) => ns
+            .iter()
+            .map(|&n| LoadMode::Closed { concurrency: n })
+            .collect(),
+        (_, rs) if rs.iter().any(|&r| !(r > 0.0 && r.is_finite())) || args.burstiness <= 0.0 => {
             return Err(invalid("--request-rate and --burstiness must be positive"))
         }
-        (None, Some(r)) => LoadMode::Open {
-            rate: r,
-            burstiness: args.burstiness,
-        },
-        (None, None) => return Ok(None),
+        (_, rs) => rs
+            .iter()
+            .map(|&rate| LoadMode::Open {
+                rate,
+                burstiness: args.burstiness,
+            })
+            .collect(),
     };
     let slo = match &args.slo {
         Some(s) => crate::bench::load::parse_slo(s).map_err(invalid)?,
         None => Default::default(),
     };
+    if search.is_some() && points.len() > 1 {
+        return Err(invalid("--max-goodput searches from one start: give one --request-rate or --concurrency value (or none: from 1 req/s)"));
+    }
     Ok(Some(LoadOptions {
-        mode,
+        search,
+        points,
         num_requests: args.num_requests,
         duration_s: args.duration,
         slo,
     }))
+}
+
+/// `--max-goodput` and `--goodput-tolerance`.
+fn search_options(s: &str, args: &RunArgs) -> Result<SearchOptions, SettingsError> {
+    let objectives = crate::bench::load_search::parse_objectives(s).map_err(invalid)?;
+    let tolerance = args.goodput_tolerance;
+    if !(tolerance > 0.0 && tolerance < 1.0) {
+        return Err(invalid(
+            "--goodput-tolerance must be between 0 and 1 (a fraction of the rate, e.g. 0.1)",
+        ));
+    }
+    Ok(SearchOptions {
+        objectives,
+        tolerance,
+        max_probes: 12,
+    })
 }
 
 #[cfg(test)]
@@ -416,7 +451,7 @@ mod tests {
     fn a_load_run_measures_one_point() {
         let cfg = LoadedConfig::default();
         let mut a = args("api");
-        a.concurrency = Some(2);
+        a.concurrency = vec![2];
         a.threads = vec![1, 2];
         let e = Settings::resolve(&a, &cfg).unwrap_err().to_string();
         assert!(e.contains("one settings point") && e.contains("2"), "{e}");

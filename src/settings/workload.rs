@@ -40,7 +40,7 @@ pub(super) fn check_depth(args: &RunArgs, load: Option<&LoadOptions>) -> Result<
 /// In a load run, a cached context needs the closed loop: each client primes its own server slot
 /// (untimed) before each of its requests, which a scheduled open-loop arrival cannot wait for.
 fn closed_loop(load: &LoadOptions, flag: &str) -> Result<(), SettingsError> {
-    match load.mode {
+    match load.points[0] {
         LoadMode::Closed { .. } => Ok(()),
         LoadMode::Open { .. } => Err(invalid(format!(
             "{flag} in a load run needs --concurrency N (closed loop: each client primes its own server slot before each request, which a scheduled --request-rate arrival cannot wait for)"

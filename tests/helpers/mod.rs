@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_server;
+pub mod instant_server;
 pub mod openai_server;
 
 use std::path::{Path, PathBuf};

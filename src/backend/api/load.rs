@@ -13,8 +13,11 @@ use super::body::Ask;
 use super::stream::Connection;
 use super::{ApiBackend, ApiFlavor};
 use crate::backend::{Measurement, RunError};
+use crate::bench::interrupt;
 use crate::bench::load::{arrivals, LoadMode, LoadPlan};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -74,105 +77,64 @@ impl ApiBackend {
         }
     }
 
-    /// Issue the requests of `work` for a load run and hand each result to `done(i, r, result)`
-    /// as it finishes, `i` the request's number in the run and `r` its index in `work.requests`:
-    /// closed loop (`concurrency` clients taking jobs) or open loop (gamma arrivals). Stops after
-    /// `plan.requests` requests or `plan.duration`. Returns (wall seconds, most requests in
-    /// flight).
+    /// Issue the requests of `work` for a load run and hand each to `done` as it finishes:
+    /// closed loop (`concurrency` clients taking jobs) or open loop (gamma arrivals, each
+    /// request's clock from its scheduled send). Stops after `plan.requests` requests or
+    /// `plan.duration`; on Ctrl-C it sends nothing more, gives the requests in flight
+    /// [`GRACE`] to finish and hands the rest over as failed. Returns (wall seconds, most
+    /// requests in flight).
     pub fn run_load(
         &self,
         work: &LoadWork,
         plan: LoadPlan,
-        done: &mut dyn FnMut(usize, usize, Result<Measurement, RunError>),
+        done: &mut dyn FnMut(LoadDone),
     ) -> (f64, usize) {
-        let done = RefCell::new(done);
-        let in_flight = Cell::new(0usize);
-        let max_in_flight = Cell::new(0usize);
-        let issued = Cell::new(0usize);
         let pinned = work.has_context();
         self.rt.block_on(async {
             if let (true, LoadMode::Closed { concurrency }) = (pinned, plan.mode) {
                 self.fill_slots(work, concurrency).await;
             }
-            let start = Instant::now();
-            let over = || {
-                plan.duration.is_some_and(|d| start.elapsed() >= d)
-                    || crate::bench::interrupt::requested()
+            let run = Run {
+                backend: self,
+                work,
+                plan,
+                start: Instant::now(),
+                done: RefCell::new(done),
+                open: RefCell::default(),
+                max_in_flight: Cell::new(0),
+                issued: Cell::new(0),
+                next_job: Cell::new(0),
+                reserved: Cell::new(0),
             };
-            // The next request number.
-            let number = || {
-                let i = issued.get();
-                issued.set(i + 1);
-                i
-            };
-            let one = |i: usize, r: usize, slot: Option<u32>| {
-                let (done, in_flight, max_in_flight) = (&done, &in_flight, &max_in_flight);
-                async move {
-                    let req = &work.requests[r];
-                    let primed = match slot {
-                        Some(s) if !req.context.is_empty() => {
-                            self.prime_slot(&req.context, s).await
-                        }
-                        _ => Ok(()),
-                    };
-                    in_flight.set(in_flight.get() + 1);
-                    max_in_flight.set(max_in_flight.get().max(in_flight.get()));
-                    let result = match primed {
-                        Ok(()) => self.timed_load_request(req, slot).await,
-                        Err(e) => Err(e),
-                    };
-                    in_flight.set(in_flight.get() - 1);
-                    (done.borrow_mut())(i, r, result);
-                }
-            };
-            match plan.mode {
+            let finished = match plan.mode {
                 LoadMode::Closed { concurrency } => {
-                    // A client takes a whole job and reserves its requests, so that a
-                    // conversation is never cut short by another client's requests (only the
-                    // run's last job, when the request count ends inside it).
-                    let (next_job, reserved) = (Cell::new(0usize), Cell::new(0usize));
-                    let worker = |w: u32| {
-                        let (one, over, number) = (&one, &over, &number);
-                        let (next_job, reserved) = (&next_job, &reserved);
-                        async move {
-                            let slot = pinned.then_some(w);
-                            loop {
-                                let job = &work.jobs[next_job.get() % work.jobs.len()];
-                                let n = job.len().min(plan.requests - reserved.get());
-                                if n == 0 || over() {
-                                    break;
-                                }
-                                next_job.set(next_job.get() + 1);
-                                reserved.set(reserved.get() + n);
-                                for r in job.start..job.start + n {
-                                    if over() {
-                                        return;
-                                    }
-                                    one(number(), r, slot).await;
-                                }
-                            }
-                        }
-                    };
-                    futures_util::future::join_all((0..concurrency).map(worker)).await;
+                    let clients = (0..concurrency).map(|w| run.client(pinned.then_some(w)));
+                    with_grace(futures_util::future::join_all(clients))
+                        .await
+                        .is_some()
                 }
                 LoadMode::Open { rate, burstiness } => {
                     let times = arrivals(plan.requests, rate, burstiness, plan.seed);
-                    let n = work.requests.len();
-                    futures_util::future::join_all(times.into_iter().enumerate().map(|(i, t)| {
-                        let (one, over) = (&one, &over);
-                        async move {
-                            tokio::time::sleep_until((start + Duration::from_secs_f64(t)).into())
-                                .await;
-                            if !over() {
-                                one(i, i % n, None).await;
-                            }
-                        }
-                    }))
-                    .await;
+                    with_grace(run.dispatch(&times)).await.is_some()
                 }
+            };
+            if !finished {
+                run.abandon();
             }
-            (start.elapsed().as_secs_f64(), max_in_flight.get())
+            (run.start.elapsed().as_secs_f64(), run.max_in_flight.get())
         })
+    }
+
+    /// `n` untimed warm-up requests before a load point, one after another (the work's first
+    /// requests, round robin): never recorded; a failing one shows up in the timed requests.
+    pub fn warm_up(&self, work: &LoadWork, n: u32) {
+        for k in 0..n as usize {
+            if interrupt::requested() {
+                return;
+            }
+            let req = &work.requests[k % work.requests.len()];
+            let _ = self.rt.block_on(self.timed_load_request(req, None));
+        }
     }
 
     /// Before the run's clock: every client's slot primed with the context of its first job's
@@ -205,4 +167,175 @@ impl ApiBackend {
         super::own_counts(&mut m, req.context.len());
         Ok(m)
     }
+}
+
+/// The open loop's dispatcher stops sleeping this long before an arrival (the timer's
+/// resolution is a millisecond) and yields until it is due.
+const SPIN: Duration = Duration::from_micros(1500);
+
+/// How long the requests in flight may take to finish after Ctrl-C.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// A finished request of a load run (or one abandoned in flight after Ctrl-C).
+#[derive(Debug)]
+pub struct LoadDone {
+    /// The request's number in the run.
+    pub i: usize,
+    /// Its index in `work.requests`.
+    pub r: usize,
+    /// What it measured.
+    pub result: Result<Measurement, RunError>,
+    /// When it was sent (after its slot was primed), seconds since the run's start.
+    pub sent_s: f64,
+    /// When it ended, seconds since the start.
+    pub done_s: f64,
+}
+
+/// One load run in progress (a single-threaded runtime: cells, no locks).
+struct Run<'a, 'd> {
+    backend: &'a ApiBackend,
+    work: &'a LoadWork,
+    plan: LoadPlan,
+    start: Instant,
+    done: RefCell<&'d mut dyn FnMut(LoadDone)>,
+    /// Requests sent and not finished: number → (request index, sent at).
+    open: RefCell<BTreeMap<usize, (usize, f64)>>,
+    max_in_flight: Cell<usize>,
+    /// Request numbers handed out.
+    issued: Cell<usize>,
+    /// Closed loop: jobs taken, and requests reserved by them.
+    next_job: Cell<usize>,
+    reserved: Cell<usize>,
+}
+
+impl Run<'_, '_> {
+    fn over(&self) -> bool {
+        self.plan
+            .duration
+            .is_some_and(|d| self.start.elapsed() >= d)
+            || interrupt::requested()
+    }
+
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Request `i` (index `r`): its slot primed first when it has a context (untimed), then
+    /// the timed request. Open loop: `scheduled` is when it should have been sent; its TTFT and
+    /// E2E count from then, and how late it went out is recorded.
+    async fn one(&self, i: usize, r: usize, slot: Option<u32>, scheduled: Option<Instant>) {
+        let req = &self.work.requests[r];
+        let primed = match slot {
+            Some(s) if !req.context.is_empty() => self.backend.prime_slot(&req.context, s).await,
+            _ => Ok(()),
+        };
+        let sent = Instant::now();
+        let sent_s = (sent - self.start).as_secs_f64();
+        self.open.borrow_mut().insert(i, (r, sent_s));
+        let n = self.open.borrow().len();
+        self.max_in_flight.set(self.max_in_flight.get().max(n));
+        let mut result = match primed {
+            Ok(()) => self.backend.timed_load_request(req, slot).await,
+            Err(e) => Err(e),
+        };
+        if let (Ok(m), Some(at)) = (&mut result, scheduled) {
+            m.count_from_schedule(sent.saturating_duration_since(at));
+        }
+        self.open.borrow_mut().remove(&i);
+        (self.done.borrow_mut())(LoadDone {
+            i,
+            r,
+            result,
+            sent_s,
+            done_s: self.secs(),
+        });
+    }
+
+    /// A closed-loop client: takes a whole job and reserves its requests, so that a
+    /// conversation is never cut short by another client's requests (only the run's last job,
+    /// when the request count ends inside it).
+    async fn client(&self, slot: Option<u32>) {
+        loop {
+            let job = self.work.jobs[self.next_job.get() % self.work.jobs.len()].clone();
+            let n = job.len().min(self.plan.requests - self.reserved.get());
+            if n == 0 || self.over() {
+                return;
+            }
+            self.next_job.set(self.next_job.get() + 1);
+            self.reserved.set(self.reserved.get() + n);
+            for r in job.start..job.start + n {
+                if self.over() {
+                    return;
+                }
+                let i = self.issued.get();
+                self.issued.set(i + 1);
+                self.one(i, r, slot, None).await;
+            }
+        }
+    }
+
+    /// The open loop: one dispatcher sends each request at its arrival time and drives the
+    /// requests in flight meanwhile (waking at least every 50 ms, so Ctrl-C stops it at once).
+    async fn dispatch(&self, times: &[f64]) {
+        let mut running = FuturesUnordered::new();
+        let n = self.work.requests.len();
+        'arrivals: for (i, t) in times.iter().enumerate() {
+            let at = self.start + Duration::from_secs_f64(*t);
+            loop {
+                if self.over() {
+                    break 'arrivals;
+                }
+                let now = Instant::now();
+                if now >= at {
+                    break;
+                }
+                // The timer wakes up to a millisecond late: it sleeps until SPIN before the
+                // arrival and yields from there (the requests in flight still run meanwhile).
+                let left = at - now;
+                let nap = left.saturating_sub(SPIN).min(Duration::from_millis(50));
+                tokio::select! {
+                    biased;
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    () = tokio::time::sleep(nap), if !nap.is_zero() => {}
+                    () = tokio::task::yield_now(), if nap.is_zero() => {}
+                }
+            }
+            running.push(self.one(i, i % n, None, Some(at)));
+        }
+        while running.next().await.is_some() {}
+    }
+
+    /// After Ctrl-C and the grace period: every request still in flight becomes a failed row.
+    fn abandon(&self) {
+        let open = std::mem::take(&mut *self.open.borrow_mut());
+        for (i, (r, sent_s)) in open {
+            (self.done.borrow_mut())(LoadDone {
+                i,
+                r,
+                result: Err(RunError::new(format!(
+                    "interrupted: in flight at Ctrl-C and not finished within {} s",
+                    GRACE.as_secs()
+                ))),
+                sent_s,
+                done_s: self.secs(),
+            });
+        }
+    }
+}
+
+/// Drive `fut` to its end, unless Ctrl-C comes: then give it [`GRACE`] more. None when it
+/// did not finish.
+async fn with_grace<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                if interrupt::requested() {
+                    break;
+                }
+            }
+        }
+    }
+    tokio::time::timeout(GRACE, fut).await.ok()
 }

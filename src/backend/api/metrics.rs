@@ -30,7 +30,50 @@ const GAUGES: &[&str] = &[
     "sglang:cache_hit_rate",
 ];
 
+/// What a load point is aligned with (before and after it): llama-server's (`--metrics`, which
+/// the spawned server gets), vLLM's, SGLang's and TGI's throughput and queue counters…
+const LOAD_COUNTERS: &[&str] = &[
+    "llamacpp:prompt_tokens_total",
+    "llamacpp:prompt_seconds_total",
+    "llamacpp:tokens_predicted_total",
+    "llamacpp:tokens_predicted_seconds_total",
+    "llamacpp:n_decode_total",
+    "vllm:request_queue_time_seconds_sum",
+    "vllm:request_queue_time_seconds_count",
+    "vllm:generation_tokens_total",
+    "sglang:generation_tokens_total",
+    "tgi_request_queue_duration_sum",
+    "tgi_request_queue_duration_count",
+];
+
+/// …and their gauges: requests running and waiting, KV-cache use.
+const LOAD_GAUGES: &[&str] = &[
+    "llamacpp:requests_processing",
+    "llamacpp:requests_deferred",
+    "llamacpp:n_busy_slots_per_decode",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "sglang:num_running_reqs",
+    "sglang:num_queue_reqs",
+    "sglang:token_usage",
+    "tgi_queue_size",
+    "tgi_batch_current_size",
+];
+
+fn known(name: &str) -> bool {
+    [COUNTERS, GAUGES, LOAD_COUNTERS, LOAD_GAUGES]
+        .iter()
+        .any(|l| l.contains(&name))
+}
+
 impl ApiBackend {
+    /// The known metrics now (for a load point's before and after); None without `/metrics`.
+    pub fn metrics_snapshot(&self) -> Option<BTreeMap<String, f64>> {
+        self.scrape_metrics().ok().flatten()
+    }
+
     /// The known counters of `GET /metrics`; None when the server has none (any failure but a
     /// stall, which is an error: see [`ApiBackend::helper`]).
     pub(super) fn scrape_metrics(&self) -> Result<Option<BTreeMap<String, f64>>, HelperError> {
@@ -54,7 +97,7 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
             Some(i) => line.split_at(i),
             None => continue,
         };
-        if !COUNTERS.contains(&name) && !GAUGES.contains(&name) {
+        if !known(name) {
             continue;
         }
         let rest = match rest.strip_prefix('{') {
@@ -100,7 +143,7 @@ pub fn report(
     let (Some(b), Some(a)) = (before, after) else {
         return json!("unavailable: the server has no /metrics");
     };
-    if a.is_empty() {
+    if !COUNTERS.iter().chain(GAUGES).any(|n| a.contains_key(*n)) {
         return json!("unavailable: /metrics has no prefix-cache counters");
     }
     let mut delta = Map::new();
@@ -127,6 +170,33 @@ pub fn report(
         "gauges": gauges,
         "cached_tokens": hits,
     })
+}
+
+/// A load point's server metrics between the scrapes before and after it: every known counter's
+/// increase and gauge's two values; "unavailable" (never zeros) when the server has none.
+pub fn load_point(
+    before: Option<&BTreeMap<String, f64>>,
+    after: Option<&BTreeMap<String, f64>>,
+) -> Value {
+    let (Some(b), Some(a)) = (before, after) else {
+        return json!("unavailable: the server has no /metrics");
+    };
+    let counters = COUNTERS.iter().chain(LOAD_COUNTERS);
+    let delta: Map<String, Value> = counters
+        .filter_map(|n| Some(((*n).to_string(), json!(a.get(*n)? - b.get(*n)?))))
+        .collect();
+    let gauges: Map<String, Value> = GAUGES
+        .iter()
+        .chain(LOAD_GAUGES)
+        .filter_map(|g| {
+            let v = a.get(*g)?;
+            Some(((*g).to_string(), json!({"before": b.get(*g), "after": v})))
+        })
+        .collect();
+    if delta.is_empty() && gauges.is_empty() {
+        return json!("unavailable: /metrics has none of the known load metrics");
+    }
+    json!({"source": "/metrics, scraped before and after the load point", "delta": delta, "gauges": gauges})
 }
 
 #[cfg(test)]
@@ -163,5 +233,26 @@ mod tests {
         assert!(none.as_str().unwrap().starts_with("unavailable"));
         let empty = report(Some(&BTreeMap::new()), Some(&BTreeMap::new()));
         assert!(empty.as_str().unwrap().contains("no prefix-cache counters"));
+        let llama = parse("llamacpp:prompt_tokens_total 5\n");
+        assert!(
+            report(Some(&llama), Some(&llama)).is_string(),
+            "no prefix-cache counter"
+        );
+    }
+
+    #[test]
+    fn a_load_point_gets_counter_increases_and_gauges_or_unavailable() {
+        let b = parse("llamacpp:prompt_tokens_total 100\nllamacpp:requests_processing 0\n");
+        let a = parse("llamacpp:prompt_tokens_total 340\nllamacpp:requests_processing 2\n");
+        let r = load_point(Some(&b), Some(&a));
+        assert_eq!(r["delta"]["llamacpp:prompt_tokens_total"], 240.0);
+        assert_eq!(r["gauges"]["llamacpp:requests_processing"]["after"], 2.0);
+        assert!(r["delta"].get("vllm:num_requests_running").is_none());
+        assert!(load_point(None, Some(&a))
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"));
+        let other = parse("process_cpu_seconds_total 3\n");
+        assert!(load_point(Some(&other), Some(&other)).is_string());
     }
 }

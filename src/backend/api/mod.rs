@@ -21,14 +21,14 @@ mod context;
 mod eos;
 mod helper;
 mod load;
-mod metrics;
+pub mod metrics;
 mod probe;
 mod stream;
 mod stream_state;
 mod tokenize;
 
 pub use body::{event_token, EventToken};
-pub use load::{LoadRequest, LoadWork};
+pub use load::{LoadDone, LoadRequest, LoadWork};
 
 use super::server::{RpcWorkers, ServerProcess, ServerSpec};
 use super::{check_gguf, Backend, BackendKind, LlamaParams, Measurement, OpenError, RunError};

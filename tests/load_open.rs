@@ -1,0 +1,161 @@
+//! Load points as a deployment is sized with them: a sweep of rates on one server with warm-up,
+//! lateness and plots; an open loop the client cannot keep up with, which must show as latency
+//! counted from the schedule, not as a quietly lower rate; and the search for the highest rate
+//! at which an objective holds.
+
+mod helpers;
+
+use helpers::instant_server::InstantServer;
+use helpers::*;
+use serde_json::Value;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn a_rate_sweep_runs_every_point_on_one_server_with_lateness_and_plots() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--request-rate",
+        "4,8",
+        "--num-requests",
+        "6",
+        "--warmup",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--prompts",
+        "data/short_prompts.txt",
+        "--no-progress",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(out.contains("load sweep: point"), "{out}");
+    let json = json_of(d.path());
+    assert_schema_valid(&json);
+    assert!(json["load"].is_null(), "a sweep has no single load summary");
+    let points = json["load_points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (p, label) in points.iter().zip(["rate=4", "rate=8"]) {
+        assert_eq!(p["label"], label);
+        assert_eq!((p["ok"].as_u64(), p["warmup"].as_u64()), (Some(6), Some(1)));
+        assert!(p["lateness_ms"]["max"].as_f64().is_some(), "{p}");
+        assert!(p["steady"]["to_s"].as_f64().is_some(), "{p}");
+    }
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 12, "warm-ups are not rows");
+    for r in runs {
+        let late = f(&r["send_lateness_ms"]);
+        assert!(f(&r["ttft_ms"]) >= late && late >= 0.0, "{r}");
+    }
+    for part in ["load-ttft", "load-tpot", "load-pareto"] {
+        let svg = files_with(d.path(), "svg");
+        assert!(
+            svg.iter().any(|p| p.to_string_lossy().contains(part)),
+            "{part}: {svg:?}"
+        );
+    }
+}
+
+#[test]
+fn an_open_loop_beyond_the_client_shows_as_lateness_counted_in_ttft() {
+    let _serial = serial();
+    let server = InstantServer::start();
+    let d = tempfile::tempdir().unwrap();
+    // 3000 requests scheduled within 30 ms: far more than one client core sends.
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--api-url",
+        &server.url,
+        "--request-rate",
+        "100000",
+        "--num-requests",
+        "3000",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "1",
+        "--prompts",
+        "data/short_prompts.txt",
+        "--no-progress",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(out.contains("warning: the client sent late"), "{out}");
+    let json = json_of(d.path());
+    let mut rows: Vec<&Value> = json["runs"].as_array().unwrap().iter().collect();
+    assert_eq!(rows.len(), 3000);
+    rows.sort_by_key(|r| r["run_idx"].as_u64());
+    let late: Vec<f64> = rows.iter().map(|r| f(&r["send_lateness_ms"])).collect();
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (first, last) = (mean(&late[..300]), mean(&late[2700..]));
+    assert!(
+        last > first + 20.0,
+        "lateness grows along the schedule: first tenth {first:.2} ms, last {last:.2} ms"
+    );
+    for r in &rows {
+        assert!(f(&r["ttft_ms"]) >= f(&r["send_lateness_ms"]), "{r}");
+    }
+    let load = &json["load"];
+    assert!(f(&load["lateness_ms"]["p99"]) > 20.0, "{load}");
+    assert!(
+        f(&load["ttft_ms"]["p99"]) >= f(&load["lateness_ms"]["p99"]),
+        "{load}"
+    );
+}
+
+#[test]
+fn the_max_goodput_search_brackets_and_bisects_the_rate() {
+    let _serial = serial();
+    let server = InstantServer::start();
+    let d = tempfile::tempdir().unwrap();
+    // The instant server never limits: the rate at which ttft's own sends fall 20 ms behind
+    // does (1000 requests a probe: at any rate beyond the client's, the last ones go out
+    // 1000 / its rate, about 100 ms, late).
+    let o = ttft(&[
+        "--backend",
+        "api",
+        "--api-url",
+        &server.url,
+        "--max-goodput",
+        "ttft_p99=20",
+        "--request-rate",
+        "2000",
+        "--num-requests",
+        "1000",
+        "--warmup",
+        "0",
+        "--max-new-tokens",
+        "1",
+        "--prompts",
+        "data/short_prompts.txt",
+        "--no-progress",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let json = json_of(d.path());
+    let s = &json["load_search"];
+    let probes = s["probes"].as_array().unwrap();
+    let (low, high) = (f(&s["low"]), f(&s["high"]));
+    assert!(low < high && (high - low) / low <= 0.1 + 1e-9, "{s}");
+    assert_eq!(probes.len(), json["load_points"].as_array().unwrap().len());
+    assert!(probes.iter().any(|p| p["phase"] == "bisect"), "{s}");
+    assert!(
+        out.contains("max goodput search (ttft_p99 ≤ 20 ms)") && out.contains("saturation: "),
+        "{out}"
+    );
+    // Each probe is a load point with its own rows.
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1000 * probes.len());
+}

@@ -24,3 +24,17 @@ echo "client throughput: $REQUESTS short streams, closed loop, concurrency $CONC
   --num-requests "$REQUESTS" --max-new-tokens 1 --warmup 0 --prompts data/short_prompts.txt \
   --out "$OUT" --no-progress | sed -n '/^load:/,/^  E2E/p'
 echo "goal: >= 1000 req/s, TTFT p50 < 1 ms"
+
+# The open loop: the highest rate at which ttft's own sends stay within 1 ms of their schedule
+# (lateness p99), found by the saturation search against the same instant server.
+OPEN_REQUESTS=${OPEN_REQUESTS:-2000}
+echo
+echo "open loop: highest rate with send lateness p99 <= 1 ms ($OPEN_REQUESTS requests per probe, instant server)"
+"$TARGET/ttft" --backend api --api-url "http://127.0.0.1:$PORT" --max-goodput late_p99=1 \
+  --request-rate 500 --num-requests "$OPEN_REQUESTS" --max-new-tokens 1 --warmup 0 \
+  --prompts data/short_prompts.txt --out "$OUT" --no-progress | sed -n '/^max goodput search/,/saturation\|holds up to\|fails even/p'
+if command -v aiperf >/dev/null 2>&1; then
+  echo "(aiperf is installed; measure it against the same server for comparison: aiperf profile --url http://127.0.0.1:$PORT ...)"
+else
+  echo "(AIPerf is not installed here: no peer figure; pip install aiperf to compare against the same instant server)"
+fi

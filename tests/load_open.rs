@@ -47,6 +47,9 @@ fn a_rate_sweep_runs_every_point_on_one_server_with_lateness_and_plots() {
         assert_eq!((p["ok"].as_u64(), p["warmup"].as_u64()), (Some(6), Some(1)));
         assert!(p["lateness_ms"]["max"].as_f64().is_some(), "{p}");
         assert!(p["steady"]["to_s"].as_f64().is_some(), "{p}");
+        // The spawned server's /metrics over the point: its prompt tokens counted there too.
+        let prompt = &p["server_metrics"]["delta"]["llamacpp:prompt_tokens_total"];
+        assert!(f(prompt) > 0.0, "{p}");
     }
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 12, "warm-ups are not rows");

@@ -164,7 +164,7 @@ pub fn run_load(
     load: &LoadOptions,
     seed: u64,
     point: &str,
-    sink: &mut dyn FnMut(&RunRecord),
+    sink: &mut (dyn FnMut(&RunRecord) + Send),
 ) -> Result<LoadOutcome, String> {
     let (items, jobs) = items(plan);
     let work = LoadWork {
@@ -238,7 +238,9 @@ struct Sweep<'a> {
 
 impl Sweep<'_> {
     /// One load point: the warm-up, then the timed requests.
-    fn point(&self, mode: LoadMode, sink: &mut dyn FnMut(&RunRecord)) -> LoadReport {
+    /// Rows are written by a thread of their own, fed through a channel: the event loop that
+    /// stamps every stream's tokens never waits on a file.
+    fn point(&self, mode: LoadMode, sink: &mut (dyn FnMut(&RunRecord) + Send)) -> LoadReport {
         let Sweep {
             api,
             plan,
@@ -260,13 +262,23 @@ impl Sweep<'_> {
         let metrics_before = api.metrics_snapshot();
         let mut samples = Vec::new();
         let cpu0 = cpu_seconds();
-        let (secs, max_in_flight) = api.run_load(work, load_plan, &mut |d| {
-            let item = &items[d.r];
-            let with_context = !item.request.context.is_empty();
-            let (sent_s, done_s) = (d.sent_s, d.done_s);
-            let rec = row(item, &tag, d, plan);
-            samples.push(sample_of(&rec, with_context, sent_s, done_s));
-            sink(&rec);
+        let (secs, max_in_flight) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<RunRecord>();
+            let writer = scope.spawn(move || rx.iter().for_each(|rec| sink(&rec)));
+            let ran = api.run_load(work, load_plan, &mut |d| {
+                let item = &items[d.r];
+                let with_context = !item.request.context.is_empty();
+                let (sent_s, done_s) = (d.sent_s, d.done_s);
+                let rec = row(item, &tag, d, plan);
+                samples.push(sample_of(&rec, with_context, sent_s, done_s));
+                // The writer outlives the run; a send fails only if it panicked.
+                let _ = tx.send(rec);
+            });
+            drop(tx);
+            if writer.join().is_err() {
+                eprintln!("ttft: warning: the row writer of {tag} failed: some of its rows may be missing from the CSV and JSON lines");
+            }
+            ran
         });
         let client_cpu = cpu0
             .zip(cpu_seconds())

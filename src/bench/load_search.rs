@@ -22,6 +22,8 @@ pub enum Metric {
     Itl,
     /// End-to-end latency.
     E2e,
+    /// The open loop's send lateness (what limits the client itself: `scripts/bench-client.sh`).
+    Late,
 }
 
 /// One objective: a percentile of a latency at most `ms`.
@@ -48,6 +50,14 @@ impl Objective {
             Metric::Tpot => &r.tpot_ms,
             Metric::Itl => &r.itl_ms,
             Metric::E2e => &r.e2e_ms,
+            Metric::Late => {
+                let l = r.lateness_ms.as_ref()?;
+                return match self.percentile {
+                    50 => l.p50,
+                    99 => l.p99,
+                    _ => None,
+                };
+            }
         };
         match self.percentile {
             50 => d.p50,
@@ -60,7 +70,7 @@ impl Objective {
 /// Parse `ttft_p99=500,tpot_p99=50` (milliseconds).
 pub fn parse_objectives(s: &str) -> Result<Vec<Objective>, String> {
     let bad = |what: &str| {
-        format!("--max-goodput {s}: {what} (expected e.g. ttft_p99=500,tpot_p99=50: ttft, tpot, itl or e2e; p50, p90 or p99; milliseconds)")
+        format!("--max-goodput {s}: {what} (expected e.g. ttft_p99=500,tpot_p99=50: ttft, tpot, itl, e2e or late (send lateness); p50, p90 or p99; milliseconds)")
     };
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -75,6 +85,7 @@ pub fn parse_objectives(s: &str) -> Result<Vec<Objective>, String> {
             "tpot" => Metric::Tpot,
             "itl" => Metric::Itl,
             "e2e" => Metric::E2e,
+            "late" => Metric::Late,
             _ => return Err(bad(&format!("unknown latency {m:?}"))),
         };
         let percentile = match p {

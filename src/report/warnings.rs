@@ -83,9 +83,14 @@ fn first_token_warning(a: &FirstTokenAgreement) -> String {
     )
 }
 
-/// Outliers and cold first runs, per case only: a set row would compare different prompts.
+/// Outliers and cold first runs, per case only: a set row would compare different prompts. Not
+/// for load runs: a prompt's requests there overlap with others and queue, so their spread is
+/// the load's, which the load summary reports (and a cold start is what `--warmup` sends).
 fn case_warnings(report: &Report) -> Vec<String> {
     let mut w = Vec::new();
+    if !report.load.is_empty() {
+        return w;
+    }
     for s in report.summaries() {
         if !s.is_case() {
             continue;

@@ -185,102 +185,129 @@ pub fn search(
     probe: &mut dyn FnMut(LoadMode) -> Option<LoadReport>,
 ) -> SearchReport {
     let closed = matches!(start, LoadMode::Closed { .. });
-    let mut rep = SearchReport {
-        objectives: opts.objectives.clone(),
-        searched: if closed {
-            "concurrency"
-        } else {
-            "request_rate"
+    let mut s = Searcher {
+        start,
+        closed,
+        opts,
+        probe,
+        rep: SearchReport {
+            objectives: opts.objectives.clone(),
+            searched: if closed {
+                "concurrency"
+            } else {
+                "request_rate"
+            },
+            probes: Vec::new(),
+            low: None,
+            high: None,
+            tolerance: opts.tolerance,
         },
-        probes: Vec::new(),
-        low: None,
-        high: None,
-        tolerance: opts.tolerance,
     };
-    let mut run = |phase: &'static str, x: f64, rep: &mut SearchReport| -> Option<bool> {
-        if rep.probes.len() >= opts.max_probes {
+    if s.bracket() {
+        s.bisect();
+    }
+    s.rep
+}
+
+/// A search in progress.
+struct Searcher<'a> {
+    start: LoadMode,
+    closed: bool,
+    opts: &'a SearchOptions,
+    probe: &'a mut dyn FnMut(LoadMode) -> Option<LoadReport>,
+    rep: SearchReport,
+}
+
+impl Searcher<'_> {
+    /// Probe load `x`: whether it held (None: the probes are used up, or Ctrl-C).
+    fn run(&mut self, phase: &'static str, x: f64) -> Option<bool> {
+        if self.rep.probes.len() >= self.opts.max_probes {
             return None;
         }
-        let r = probe(at(start, x))?;
-        let values: Vec<Option<f64>> = opts.objectives.iter().map(|o| o.value(&r)).collect();
+        let mode = at(self.start, x);
+        let r = (self.probe)(mode)?;
+        let values: Vec<Option<f64>> = self.opts.objectives.iter().map(|o| o.value(&r)).collect();
         let failed = r.requests - r.ok;
         let holds = failed == 0
             && r.ok > 0
-            && opts
+            && self
+                .opts
                 .objectives
                 .iter()
                 .zip(&values)
                 .all(|(o, v)| v.is_some_and(|v| v <= o.ms));
-        rep.probes.push(Probe {
+        self.rep.probes.push(Probe {
             phase,
-            load: offered(at(start, x)),
+            load: offered(mode),
             holds,
             values,
             failed,
         });
         Some(holds)
-    };
-    // Bracket: grow from the start while it holds, or shrink while it fails.
-    let mut x = offered(start);
-    match run("grow", x, &mut rep) {
-        None => return rep,
-        Some(true) => {
-            rep.low = Some(x);
-            loop {
+    }
+
+    /// Grow from the start while it holds, or shrink while it fails: whether a bracket (a load
+    /// that holds and one that fails) was found.
+    fn bracket(&mut self) -> bool {
+        let mut x = offered(self.start);
+        match self.run("grow", x) {
+            None => false,
+            Some(true) => loop {
+                self.rep.low = Some(x);
                 x *= 2.0;
-                match run("grow", x, &mut rep) {
-                    None => return rep,
-                    Some(true) => rep.low = Some(x),
+                match self.run("grow", x) {
+                    None => return false,
+                    Some(true) => {}
                     Some(false) => {
-                        rep.high = Some(x);
-                        break;
+                        self.rep.high = Some(x);
+                        return true;
                     }
                 }
-            }
-        }
-        Some(false) => {
-            rep.high = Some(x);
-            for _ in 0..MAX_HALVINGS {
-                x /= 2.0;
-                if closed && x < 1.0 {
-                    return rep;
-                }
-                match run("shrink", x, &mut rep) {
-                    None => return rep,
-                    Some(false) => rep.high = Some(x),
-                    Some(true) => {
-                        rep.low = Some(x);
-                        break;
+            },
+            Some(false) => {
+                self.rep.high = Some(x);
+                for _ in 0..MAX_HALVINGS {
+                    x /= 2.0;
+                    if self.closed && x < 1.0 {
+                        return false;
+                    }
+                    match self.run("shrink", x) {
+                        None => return false,
+                        Some(false) => self.rep.high = Some(x),
+                        Some(true) => {
+                            self.rep.low = Some(x);
+                            return true;
+                        }
                     }
                 }
-            }
-            if rep.low.is_none() {
-                return rep;
+                false
             }
         }
     }
-    // Bisect.
-    while let (Some(lo), Some(hi)) = (rep.low, rep.high) {
-        let narrow = if closed {
-            hi - lo <= 1.0
-        } else {
-            (hi - lo) / lo <= opts.tolerance
-        };
-        if narrow {
-            break;
-        }
-        let mid = if closed {
-            ((lo + hi) / 2.0).floor()
-        } else {
-            (lo + hi) / 2.0
-        };
-        match run("bisect", mid, &mut rep) {
-            None => break,
-            Some(true) => rep.low = Some(mid),
-            Some(false) => rep.high = Some(mid),
+
+    /// Halve the bracket until it is within the tolerance (one client for the closed loop).
+    fn bisect(&mut self) {
+        while let (Some(lo), Some(hi)) = (self.rep.low, self.rep.high) {
+            let narrow = if self.closed {
+                hi - lo <= 1.0
+            } else {
+                (hi - lo) / lo <= self.opts.tolerance
+            };
+            if narrow {
+                return;
+            }
+            let mid = if self.closed {
+                ((lo + hi) / 2.0).floor()
+            } else {
+                (lo + hi) / 2.0
+            };
+            match self.run("bisect", mid) {
+                None => return,
+                Some(true) => self.rep.low = Some(mid),
+                Some(false) => self.rep.high = Some(mid),
+            }
         }
     }
-    rep
 }
 
 /// The search as text: every probe, the bracket and the answer.
@@ -340,176 +367,5 @@ pub fn render(r: &SearchReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bench::load::Slo;
-    use crate::bench::load_report::{summarise, LoadSample, RunFacts};
-
-    /// A load point whose TTFT is 100 ms per unit of load (and `failed` failures).
-    fn point(mode: LoadMode, failed: usize) -> LoadReport {
-        let t = offered(mode) * 100.0;
-        let mut samples = vec![
-            LoadSample {
-                ttft_ms: Some(t),
-                e2e_ms: Some(t),
-                done_s: 1.0,
-                ..Default::default()
-            };
-            4
-        ];
-        samples.extend(vec![LoadSample::default(); failed]);
-        let facts = RunFacts {
-            mode,
-            label: String::new(),
-            duration_s: 1.0,
-            max_in_flight: 1,
-            server_slots: None,
-            slo: Slo::default(),
-            client_cpu: None,
-            warmup: 0,
-        };
-        summarise(&samples, &facts)
-    }
-
-    fn opts(s: &str) -> SearchOptions {
-        SearchOptions {
-            objectives: parse_objectives(s).unwrap(),
-            tolerance: 0.1,
-            max_probes: 12,
-        }
-    }
-
-    fn loads(r: &SearchReport) -> Vec<(&str, f64, bool)> {
-        r.probes
-            .iter()
-            .map(|p| (p.phase, p.load, p.holds))
-            .collect()
-    }
-
-    #[test]
-    fn the_rate_doubles_to_a_bracket_then_bisects_to_the_tolerance() {
-        let start = LoadMode::Open {
-            rate: 1.0,
-            burstiness: 1.0,
-        };
-        let r = search(start, &opts("ttft_p99=330"), &mut |m| Some(point(m, 0)));
-        assert_eq!(
-            loads(&r),
-            [
-                ("grow", 1.0, true),
-                ("grow", 2.0, true),
-                ("grow", 4.0, false),
-                ("bisect", 3.0, true),
-                ("bisect", 3.5, false),
-                ("bisect", 3.25, true),
-            ]
-        );
-        assert_eq!((r.low, r.high), (Some(3.25), Some(3.5)));
-        let text = render(&r);
-        assert!(
-            text.contains("saturation: 3.250 req/s (holds at 3.250, fails at 3.500"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_start_that_fails_halves_until_one_holds() {
-        let start = LoadMode::Open {
-            rate: 8.0,
-            burstiness: 1.0,
-        };
-        let r = search(start, &opts("ttft_p50=150"), &mut |m| Some(point(m, 0)));
-        assert_eq!(
-            &loads(&r)[..3],
-            [
-                ("grow", 8.0, false),
-                ("shrink", 4.0, false),
-                ("shrink", 2.0, false)
-            ]
-        );
-        assert_eq!(loads(&r)[3], ("shrink", 1.0, true));
-        let (lo, hi) = (r.low.unwrap(), r.high.unwrap());
-        assert!(lo <= 1.5 && hi > 1.5 && (hi - lo) / lo <= 0.1, "{lo} {hi}");
-    }
-
-    #[test]
-    fn a_start_that_never_holds_gives_up_after_six_halvings() {
-        let start = LoadMode::Open {
-            rate: 64.0,
-            burstiness: 1.0,
-        };
-        let r = search(start, &opts("ttft_p99=0.001"), &mut |m| Some(point(m, 0)));
-        assert_eq!(r.probes.len(), 1 + MAX_HALVINGS);
-        assert_eq!((r.low, r.high), (None, Some(1.0)));
-        assert!(
-            render(&r).contains("fails even at 1.000 req/s"),
-            "{}",
-            render(&r)
-        );
-    }
-
-    #[test]
-    fn concurrency_is_searched_in_whole_clients() {
-        let start = LoadMode::Closed { concurrency: 1 };
-        let r = search(start, &opts("ttft_p99=550"), &mut |m| Some(point(m, 0)));
-        assert_eq!(
-            loads(&r),
-            [
-                ("grow", 1.0, true),
-                ("grow", 2.0, true),
-                ("grow", 4.0, true),
-                ("grow", 8.0, false),
-                ("bisect", 6.0, false),
-                ("bisect", 5.0, true),
-            ]
-        );
-        assert_eq!(
-            (r.low, r.high, r.searched),
-            (Some(5.0), Some(6.0), "concurrency")
-        );
-    }
-
-    #[test]
-    fn failed_requests_fail_a_probe_and_an_interrupt_ends_the_search() {
-        let start = LoadMode::Open {
-            rate: 1.0,
-            burstiness: 1.0,
-        };
-        let r = search(start, &opts("ttft_p99=10000"), &mut |m| Some(point(m, 1)));
-        assert_eq!(loads(&r)[0], ("grow", 1.0, false));
-        assert_eq!(r.probes[0].failed, 1);
-        let mut n = 0;
-        let r = search(start, &opts("ttft_p99=10000"), &mut |m| {
-            n += 1;
-            (n <= 2).then(|| point(m, 0))
-        });
-        assert_eq!((r.probes.len(), r.low, r.high), (2, Some(2.0), None));
-        assert!(render(&r).contains("holds up to 2.000 req/s"));
-    }
-
-    #[test]
-    fn objectives_parse_or_name_what_is_wrong() {
-        let o = parse_objectives("ttft_p99=500, tpot_p50=40ms").unwrap();
-        assert_eq!(
-            o[1],
-            Objective {
-                metric: Metric::Tpot,
-                percentile: 50,
-                ms: 40.0
-            }
-        );
-        for (bad, why) in [
-            ("ttft=500", "names no percentile"),
-            ("lat_p99=5", "unknown latency"),
-            ("ttft_p95=5", "unknown percentile"),
-            ("ttft_p99=-1", "not a positive number"),
-            ("", "no objective"),
-        ] {
-            let e = parse_objectives(bad).unwrap_err();
-            assert!(
-                e.contains(why) && e.starts_with("--max-goodput"),
-                "{bad}: {e}"
-            );
-        }
-    }
-}
+#[path = "load_search_tests.rs"]
+mod tests;

@@ -1,0 +1,172 @@
+//! The saturation search's steps, driven by made-up load points (no server).
+use super::*;
+use crate::bench::load::Slo;
+use crate::bench::load_report::{summarise, LoadSample, RunFacts};
+
+/// A load point whose TTFT is 100 ms per unit of load (and `failed` failures).
+fn point(mode: LoadMode, failed: usize) -> LoadReport {
+    let t = offered(mode) * 100.0;
+    let mut samples = vec![
+        LoadSample {
+            ttft_ms: Some(t),
+            e2e_ms: Some(t),
+            done_s: 1.0,
+            ..Default::default()
+        };
+        4
+    ];
+    samples.extend(vec![LoadSample::default(); failed]);
+    let facts = RunFacts {
+        mode,
+        label: String::new(),
+        duration_s: 1.0,
+        max_in_flight: 1,
+        server_slots: None,
+        slo: Slo::default(),
+        client_cpu: None,
+        warmup: 0,
+    };
+    summarise(&samples, &facts)
+}
+
+fn opts(s: &str) -> SearchOptions {
+    SearchOptions {
+        objectives: parse_objectives(s).unwrap(),
+        tolerance: 0.1,
+        max_probes: 12,
+    }
+}
+
+fn loads(r: &SearchReport) -> Vec<(&str, f64, bool)> {
+    r.probes
+        .iter()
+        .map(|p| (p.phase, p.load, p.holds))
+        .collect()
+}
+
+#[test]
+fn the_rate_doubles_to_a_bracket_then_bisects_to_the_tolerance() {
+    let start = LoadMode::Open {
+        rate: 1.0,
+        burstiness: 1.0,
+    };
+    let r = search(start, &opts("ttft_p99=330"), &mut |m| Some(point(m, 0)));
+    assert_eq!(
+        loads(&r),
+        [
+            ("grow", 1.0, true),
+            ("grow", 2.0, true),
+            ("grow", 4.0, false),
+            ("bisect", 3.0, true),
+            ("bisect", 3.5, false),
+            ("bisect", 3.25, true),
+        ]
+    );
+    assert_eq!((r.low, r.high), (Some(3.25), Some(3.5)));
+    let text = render(&r);
+    assert!(
+        text.contains("saturation: 3.250 req/s (holds at 3.250, fails at 3.500"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_start_that_fails_halves_until_one_holds() {
+    let start = LoadMode::Open {
+        rate: 8.0,
+        burstiness: 1.0,
+    };
+    let r = search(start, &opts("ttft_p50=150"), &mut |m| Some(point(m, 0)));
+    assert_eq!(
+        &loads(&r)[..3],
+        [
+            ("grow", 8.0, false),
+            ("shrink", 4.0, false),
+            ("shrink", 2.0, false)
+        ]
+    );
+    assert_eq!(loads(&r)[3], ("shrink", 1.0, true));
+    let (lo, hi) = (r.low.unwrap(), r.high.unwrap());
+    assert!(lo <= 1.5 && hi > 1.5 && (hi - lo) / lo <= 0.1, "{lo} {hi}");
+}
+
+#[test]
+fn a_start_that_never_holds_gives_up_after_six_halvings() {
+    let start = LoadMode::Open {
+        rate: 64.0,
+        burstiness: 1.0,
+    };
+    let r = search(start, &opts("ttft_p99=0.001"), &mut |m| Some(point(m, 0)));
+    assert_eq!(r.probes.len(), 1 + MAX_HALVINGS);
+    assert_eq!((r.low, r.high), (None, Some(1.0)));
+    assert!(
+        render(&r).contains("fails even at 1.000 req/s"),
+        "{}",
+        render(&r)
+    );
+}
+
+#[test]
+fn concurrency_is_searched_in_whole_clients() {
+    let start = LoadMode::Closed { concurrency: 1 };
+    let r = search(start, &opts("ttft_p99=550"), &mut |m| Some(point(m, 0)));
+    assert_eq!(
+        loads(&r),
+        [
+            ("grow", 1.0, true),
+            ("grow", 2.0, true),
+            ("grow", 4.0, true),
+            ("grow", 8.0, false),
+            ("bisect", 6.0, false),
+            ("bisect", 5.0, true),
+        ]
+    );
+    assert_eq!(
+        (r.low, r.high, r.searched),
+        (Some(5.0), Some(6.0), "concurrency")
+    );
+}
+
+#[test]
+fn failed_requests_fail_a_probe_and_an_interrupt_ends_the_search() {
+    let start = LoadMode::Open {
+        rate: 1.0,
+        burstiness: 1.0,
+    };
+    let r = search(start, &opts("ttft_p99=10000"), &mut |m| Some(point(m, 1)));
+    assert_eq!(loads(&r)[0], ("grow", 1.0, false));
+    assert_eq!(r.probes[0].failed, 1);
+    let mut n = 0;
+    let r = search(start, &opts("ttft_p99=10000"), &mut |m| {
+        n += 1;
+        (n <= 2).then(|| point(m, 0))
+    });
+    assert_eq!((r.probes.len(), r.low, r.high), (2, Some(2.0), None));
+    assert!(render(&r).contains("holds up to 2.000 req/s"));
+}
+
+#[test]
+fn objectives_parse_or_name_what_is_wrong() {
+    let o = parse_objectives("ttft_p99=500, tpot_p50=40ms").unwrap();
+    assert_eq!(
+        o[1],
+        Objective {
+            metric: Metric::Tpot,
+            percentile: 50,
+            ms: 40.0
+        }
+    );
+    for (bad, why) in [
+        ("ttft=500", "names no percentile"),
+        ("lat_p99=5", "unknown latency"),
+        ("ttft_p95=5", "unknown percentile"),
+        ("ttft_p99=-1", "not a positive number"),
+        ("", "no objective"),
+    ] {
+        let e = parse_objectives(bad).unwrap_err();
+        assert!(
+            e.contains(why) && e.starts_with("--max-goodput"),
+            "{bad}: {e}"
+        );
+    }
+}

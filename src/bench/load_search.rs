@@ -153,6 +153,8 @@ pub struct SearchReport {
     pub high: Option<f64>,
     /// The tolerance asked for.
     pub tolerance: f64,
+    /// Why the search stopped without a bracket, when it knows.
+    pub note: Option<String>,
 }
 
 /// A start that fails is halved at most this often (1/64 of it) before the search gives up.
@@ -201,6 +203,7 @@ pub fn search(
             low: None,
             high: None,
             tolerance: opts.tolerance,
+            note: None,
         },
     };
     if s.bracket() {
@@ -273,6 +276,14 @@ impl Searcher<'_> {
                     }
                     match self.run("shrink", x) {
                         None => return false,
+                        Some(false) if !self.improved() => {
+                            self.rep.high = Some(x);
+                            self.rep.note = Some(format!(
+                                "halving the load did not lower {}: the objectives fail unloaded, not because of the load (a lower rate would only take longer)",
+                                self.names()
+                            ));
+                            return false;
+                        }
                         Some(false) => self.rep.high = Some(x),
                         Some(true) => {
                             self.rep.low = Some(x);
@@ -283,6 +294,28 @@ impl Searcher<'_> {
                 false
             }
         }
+    }
+
+    /// Whether the last probe's values came down by at least 10 % from the one before it on some
+    /// objective (when the load halves and nothing improves, the load is not what fails them).
+    fn improved(&self) -> bool {
+        let p = &self.rep.probes;
+        let [.., before, last] = &p[..] else {
+            return true;
+        };
+        before
+            .values
+            .iter()
+            .zip(&last.values)
+            .any(|(b, l)| match (b, l) {
+                (Some(b), Some(l)) => *l < 0.9 * b,
+                _ => true,
+            })
+    }
+
+    fn names(&self) -> String {
+        let n: Vec<String> = self.opts.objectives.iter().map(Objective::name).collect();
+        n.join(", ")
     }
 
     /// Halve the bracket until it is within the tolerance (one client for the closed loop).
@@ -363,6 +396,9 @@ pub fn render(r: &SearchReport) -> String {
         (Some(lo), None) => format!("  holds up to {} {unit}: no probe failed within the probes; raise the start or --num-requests\n", f(Some(lo))),
         (None, hi) => format!("  fails even at {} {unit}: lower the start\n", f(hi)),
     });
+    if let Some(n) = &r.note {
+        s.push_str(&format!("  {n}\n"));
+    }
     s
 }
 

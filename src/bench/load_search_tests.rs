@@ -91,6 +91,37 @@ fn a_start_that_fails_halves_until_one_holds() {
 }
 
 #[test]
+fn an_objective_that_fails_unloaded_stops_the_halving() {
+    // TTFT that does not depend on the load: 500 ms whatever the rate.
+    let flat = |m: LoadMode| {
+        let mut r = point(
+            LoadMode::Open {
+                rate: 5.0,
+                burstiness: 1.0,
+            },
+            0,
+        );
+        r.mode = m;
+        r
+    };
+    let start = LoadMode::Open {
+        rate: 8.0,
+        burstiness: 1.0,
+    };
+    let r = search(start, &opts("ttft_p99=100"), &mut |m| Some(flat(m)));
+    assert_eq!(
+        r.probes.len(),
+        2,
+        "one halving shows the load is not the cause"
+    );
+    assert!(
+        r.note.as_deref().unwrap().contains("fail unloaded"),
+        "{r:?}"
+    );
+    assert!(render(&r).contains("did not lower ttft_p99"));
+}
+
+#[test]
 fn a_start_that_never_holds_gives_up_after_six_halvings() {
     let start = LoadMode::Open {
         rate: 64.0,

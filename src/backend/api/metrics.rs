@@ -208,7 +208,7 @@ mod tests {
         vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 32.0\n\
         vllm:prefix_cache_hits_total{engine=\"1\",model_name=\"m\"} 16\n\
         vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"a b}\"} 100\n\
-        vllm:num_requests_running{model_name=\"m\"} 1\n\
+        process_cpu_seconds_total 1\n\
         sglang:cache_hit_rate 0.25 1700000000\n";
 
     #[test]
@@ -216,7 +216,7 @@ mod tests {
         let m = parse(VLLM);
         assert_eq!(m["vllm:prefix_cache_hits_total"], 48.0);
         assert_eq!(m["sglang:cache_hit_rate"], 0.25);
-        assert!(!m.contains_key("vllm:num_requests_running"));
+        assert!(!m.contains_key("process_cpu_seconds_total"));
         // A `}` inside a quoted label value does not end the label block.
         assert_eq!(m["vllm:prefix_cache_queries_total"], 100.0);
     }

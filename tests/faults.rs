@@ -390,15 +390,20 @@ fn start_and_wait_runs(n: usize) -> (std::process::Child, tempfile::TempDir, u32
     }
     // Keep draining stderr in the background so ttft never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let server = children_of(child.id())
+    let server = spawned_server(child.id());
+    (child, d, server)
+}
+
+/// The llama-server that ttft (`pid`) spawned.
+fn spawned_server(pid: u32) -> u32 {
+    children_of(pid)
         .into_iter()
         .find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/cmdline"))
                 .unwrap_or_default()
                 .contains("llama-server")
         })
-        .expect("spawned llama-server");
-    (child, d, server)
+        .expect("spawned llama-server")
 }
 
 fn wait_gone(pid: u32) -> bool {
@@ -507,14 +512,7 @@ fn sigint_during_an_open_loop_stops_sending_at_once_and_keeps_the_summary() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let server = children_of(child.id())
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .unwrap_or_default()
-                .contains("llama-server")
-        })
-        .expect("spawned llama-server");
+    let server = spawned_server(child.id());
     let signalled = Instant::now();
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };

@@ -66,31 +66,43 @@ fn a_rate_sweep_runs_every_point_on_one_server_with_lateness_and_plots() {
     }
 }
 
+/// ttft against the instant server: one-token answers to the short prompts, no warm-up.
+fn on_instant(
+    server: &InstantServer,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let o = out.display().to_string();
+    let mut args = vec![
+        "--backend",
+        "api",
+        "--api-url",
+        &server.url,
+        "--warmup",
+        "0",
+    ];
+    args.extend([
+        "--max-new-tokens",
+        "1",
+        "--prompts",
+        "data/short_prompts.txt",
+    ]);
+    args.extend(["--no-progress", "--out", &o]);
+    args.extend_from_slice(extra);
+    ttft(&args)
+}
+
 #[test]
 fn an_open_loop_beyond_the_client_shows_as_lateness_counted_in_ttft() {
     let _serial = serial();
     let server = InstantServer::start();
     let d = tempfile::tempdir().unwrap();
     // 3000 requests scheduled within 30 ms: far more than one client core sends.
-    let o = ttft(&[
-        "--backend",
-        "api",
-        "--api-url",
-        &server.url,
-        "--request-rate",
-        "100000",
-        "--num-requests",
-        "3000",
-        "--warmup",
-        "0",
-        "--max-new-tokens",
-        "1",
-        "--prompts",
-        "data/short_prompts.txt",
-        "--no-progress",
-        "--out",
-        d.path().to_str().unwrap(),
-    ]);
+    let o = on_instant(
+        &server,
+        d.path(),
+        &["--request-rate", "100000", "--num-requests", "3000"],
+    );
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     assert!(out.contains("warning: the client sent late"), "{out}");
@@ -124,27 +136,18 @@ fn the_max_goodput_search_brackets_and_bisects_the_rate() {
     // The instant server never limits: the rate at which ttft's own sends fall 20 ms behind
     // does (1000 requests a probe: at any rate beyond the client's, the last ones go out
     // 1000 / its rate, about 100 ms, late).
-    let o = ttft(&[
-        "--backend",
-        "api",
-        "--api-url",
-        &server.url,
-        "--max-goodput",
-        "ttft_p99=20",
-        "--request-rate",
-        "2000",
-        "--num-requests",
-        "1000",
-        "--warmup",
-        "0",
-        "--max-new-tokens",
-        "1",
-        "--prompts",
-        "data/short_prompts.txt",
-        "--no-progress",
-        "--out",
-        d.path().to_str().unwrap(),
-    ]);
+    let o = on_instant(
+        &server,
+        d.path(),
+        &[
+            "--max-goodput",
+            "ttft_p99=20",
+            "--request-rate",
+            "2000",
+            "--num-requests",
+            "1000",
+        ],
+    );
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     let json = json_of(d.path());

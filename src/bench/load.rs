@@ -26,6 +26,16 @@ pub enum LoadMode {
     },
 }
 
+impl LoadMode {
+    /// The load offered: the request rate, or the number of clients.
+    pub fn offered(self) -> f64 {
+        match self {
+            LoadMode::Open { rate, .. } => rate,
+            LoadMode::Closed { concurrency } => f64::from(concurrency),
+        }
+    }
+}
+
 /// What a load run issues.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {

@@ -173,13 +173,6 @@ fn at(start: LoadMode, x: f64) -> LoadMode {
     }
 }
 
-fn offered(m: LoadMode) -> f64 {
-    match m {
-        LoadMode::Open { rate, .. } => rate,
-        LoadMode::Closed { concurrency } => f64::from(concurrency),
-    }
-}
-
 /// Search from `start`, running each probe with `probe` (None when it could not run: Ctrl-C).
 pub fn search(
     start: LoadMode,
@@ -241,7 +234,7 @@ impl Searcher<'_> {
                 .all(|(o, v)| v.is_some_and(|v| v <= o.ms));
         self.rep.probes.push(Probe {
             phase,
-            load: offered(mode),
+            load: mode.offered(),
             holds,
             values,
             failed,
@@ -252,7 +245,7 @@ impl Searcher<'_> {
     /// Grow from the start while it holds, or shrink while it fails: whether a bracket (a load
     /// that holds and one that fails) was found.
     fn bracket(&mut self) -> bool {
-        let mut x = offered(self.start);
+        let mut x = self.start.offered();
         match self.run("grow", x) {
             None => false,
             Some(true) => loop {

@@ -5,7 +5,7 @@ use crate::bench::load_report::{summarise, LoadSample, RunFacts};
 
 /// A load point whose TTFT is 100 ms per unit of load (and `failed` failures).
 fn point(mode: LoadMode, failed: usize) -> LoadReport {
-    let t = offered(mode) * 100.0;
+    let t = mode.offered() * 100.0;
     let mut samples = vec![
         LoadSample {
             ttft_ms: Some(t),

@@ -50,13 +50,6 @@ fn xy_chart(title: &str, xlabel: &str, ylabel: &str, lines: &[Line]) -> String {
     s
 }
 
-fn offered(r: &LoadReport) -> f64 {
-    match r.mode {
-        LoadMode::Open { rate, .. } => rate,
-        LoadMode::Closed { concurrency } => f64::from(concurrency),
-    }
-}
-
 /// Percentile lines of one latency over the points that have it.
 fn percentiles(points: &[LoadReport], pick: fn(&LoadReport) -> [Option<f64>; 2]) -> Vec<Line> {
     ["p50", "p99"]
@@ -68,7 +61,7 @@ fn percentiles(points: &[LoadReport], pick: fn(&LoadReport) -> [Option<f64>; 2])
             color,
             pts: points
                 .iter()
-                .filter_map(|r| pick(r)[i].map(|y| (offered(r), y)))
+                .filter_map(|r| pick(r)[i].map(|y| (r.mode.offered(), y)))
                 .collect(),
         })
         .collect()

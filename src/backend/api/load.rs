@@ -45,12 +45,6 @@ pub struct LoadWork {
 }
 
 impl LoadWork {
-    /// One job per request.
-    pub fn single(requests: Vec<LoadRequest>) -> Self {
-        let jobs = (0..requests.len()).map(|i| i..i + 1).collect();
-        Self { requests, jobs }
-    }
-
     /// Whether any request needs a primed slot.
     pub fn has_context(&self) -> bool {
         self.requests.iter().any(|r| !r.context.is_empty())
@@ -229,11 +223,13 @@ impl Run<'_, '_> {
             Some(s) if !req.context.is_empty() => self.backend.prime_slot(&req.context, s).await,
             _ => Ok(()),
         };
-        let sent = Instant::now();
-        let sent_s = (sent - self.start).as_secs_f64();
+        let sent_s = self.secs();
         self.open.borrow_mut().insert(i, (r, sent_s));
         let n = self.open.borrow().len();
         self.max_in_flight.set(self.max_in_flight.get().max(n));
+        // Stamped last, right before the request's own clock starts: the bookkeeping above is
+        // neither lateness nor TTFT.
+        let sent = Instant::now();
         let mut result = match primed {
             Ok(()) => self.backend.timed_load_request(req, slot).await,
             Err(e) => Err(e),

@@ -50,6 +50,7 @@ fn main() {
             .and_then(|l| l.split('\'').nth(1))
             .unwrap_or("none");
         println!("cargo:rustc-env=TTFT_LIBTORCH_CUDA={cuda}");
+        onednn_shim(&lib);
     }
 
     let mut cuda_release = String::from("none");
@@ -87,4 +88,25 @@ fn main() {
             .unwrap_or_else(|| "unknown".into());
     }
     println!("cargo:rustc-env=TTFT_CUDA_TOOLKIT={cuda_release}");
+}
+
+/// The C++ shim that reaches libtorch's prepacked oneDNN linear (`src/models/shim/onednn.cpp`),
+/// compiled against the same libtorch headers and C++ ABI as torch-sys' own wrapper.
+fn onednn_shim(lib: &str) {
+    let root = std::path::Path::new(lib).join("..");
+    let src = "src/models/shim/onednn.cpp";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file(src)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("ttft_onednn");
 }

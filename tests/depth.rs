@@ -96,6 +96,7 @@ fn hf_reuses_the_prefilled_cache_and_is_faster_than_cold() {
         revision: None,
         device: "cpu".into(),
         dtype: "f32".into(),
+        kernels: "auto".into(),
         threads: llama_params().threads,
         chat: false,
     })

@@ -22,6 +22,7 @@ fn hf_settings_chat(chat: bool) -> HfSettings {
         revision: None,
         device: "cpu".into(),
         dtype: "f32".into(),
+        kernels: "auto".into(),
         threads: llama_params().threads,
         chat,
     }

@@ -17,6 +17,7 @@ pub fn hf_settings(s: &Settings, point: &SettingsPoint) -> crate::backend::hf::H
         revision: s.hf_revision.clone(),
         device: s.device.clone(),
         dtype: point.dtype.clone(),
+        kernels: point.hf_kernels.clone(),
         // libtorch gets the same thread count as llama.cpp.
         threads: point.llama.threads,
         chat: s.chat,
@@ -120,6 +121,9 @@ impl<B: Backend> Backend for WithGgufShape<B> {
         let n_params = crate::bench::runner::BackendFacts::of(&v).n_params;
         if let (Some(n), true) = (n_params, v.is_object()) {
             v["model_shape"] = serde_json::json!(crate::backend::gguf::model_shape(&self.gguf, n));
+        }
+        if v.is_object() {
+            v["weight_bytes"] = serde_json::json!(crate::backend::gguf::weight_bytes(&self.gguf));
         }
         v
     }

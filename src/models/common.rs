@@ -2,13 +2,13 @@
 //! Phi-3): they differ only in the switches of [`LlamaLike`], which each architecture file sets
 //! from its own config.json struct, commenting every quirk where it turns it on.
 
-use super::layers::{Act, Attention, Block, Decoder, Linear, Mlp, Norm};
+use super::layers::{Act, Attention, Block, Decoder, Dense, Linear, Mlp, Norm};
 use super::rope::{rope_spec, Rope};
 use super::weights::Weights;
 use super::ModelError;
 use serde_json::Value;
 use std::collections::HashMap;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Per-layer attention kind (transformers' `config.layer_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,8 +148,10 @@ pub fn layer_norm(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Norm, Mod
 pub fn rms(w: &Weights, name: &str, d: i64, eps: f64, one_plus: bool) -> Result<Norm, ModelError> {
     let key = format!("{name}.weight");
     Ok(if one_plus {
+        // `self.weight.float()`: the weight as the model's dtype holds it (rounded to bf16 in a
+        // bf16 model), widened to f32 only for the multiply.
         Norm::RmsOnePlus {
-            w1: w.get_f32(&key, &[d])? + 1.0,
+            w1: w.get(&key, &[d])?.to_kind(Kind::Float) + 1.0,
             eps,
         }
     } else {
@@ -177,7 +179,7 @@ pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelEr
         pos_embed: None,
         blocks,
         final_norm: rms(w, "model.norm", c.hidden, c.eps, c.norm_one_plus)?,
-        lm_head,
+        lm_head: Dense::out_in(lm_head),
         final_softcap: c.final_softcap,
         ropes,
         kind: w.kind(),

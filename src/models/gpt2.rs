@@ -8,10 +8,10 @@ use serde_json::Value;
 
 /// GPT-2's Conv1D stores its weight as [in, out] (`x @ W + b`): already the [`Dense`] layout.
 fn conv1d(w: &Weights, name: &str, inp: i64, out: i64) -> Result<Dense, ModelError> {
-    Ok(Dense {
-        wt: w.get(&format!("{name}.weight"), &[inp, out])?.contiguous(),
-        b: Some(w.get(&format!("{name}.bias"), &[out])?),
-    })
+    Ok(Dense::in_out(
+        w.get(&format!("{name}.weight"), &[inp, out])?.contiguous(),
+        Some(w.get(&format!("{name}.bias"), &[out])?),
+    ))
 }
 
 /// GPT-2's config.json, resolved with `GPT2Config`'s defaults.
@@ -119,7 +119,7 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
         pos_embed: Some(w.get(&format!("{p}wpe.weight"), &[c.n_pos, c.hidden])?),
         blocks,
         final_norm: layer_norm(w, &format!("{p}ln_f"), c.hidden, c.eps)?,
-        lm_head,
+        lm_head: Dense::out_in(lm_head),
         final_softcap: None,
         ropes: Vec::new(),
         kind: w.kind(),

@@ -1,7 +1,7 @@
 //! GPT-NeoX / Pythia (`model_type: gpt_neox`), mirroring transformers' `modeling_gpt_neox.py`.
 
 use super::common::{act, layer_norm, linear, opt_bool, opt_f64, req_i64};
-use super::layers::{Act, Attention, Block, Decoder, Linear, Mlp};
+use super::layers::{Act, Attention, Block, Decoder, Dense, Linear, Mlp};
 use super::rope::{rope_spec, Rope};
 use super::weights::Weights;
 use super::ModelError;
@@ -89,7 +89,7 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
         pos_embed: None,
         blocks,
         final_norm: layer_norm(w, "gpt_neox.final_layer_norm", c.hidden, c.eps)?,
-        lm_head,
+        lm_head: Dense::out_in(lm_head),
         final_softcap: None,
         ropes: vec![rope],
         kind: w.kind(),

@@ -3,6 +3,7 @@
 //! `weights`. transformers is the numerical oracle (tests/hf_parity.rs).
 
 pub mod common;
+pub mod dense;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;
@@ -11,7 +12,9 @@ pub mod gpt_neox;
 pub mod layers;
 pub mod limits;
 pub mod llama;
+pub mod onednn;
 pub mod phi3;
+pub mod probe;
 pub mod qwen2;
 pub mod qwen3;
 pub mod rope;

@@ -95,12 +95,6 @@ impl Weights {
         Ok(t.f_to_device(self.device)?.f_to_kind(self.kind)?)
     }
 
-    /// Like `get` but in f32 (norm weights that transformers applies in f32).
-    pub fn get_f32(&self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let t = self.raw(name, shape)?;
-        Ok(t.f_to_device(self.device)?.f_to_kind(Kind::Float)?)
-    }
-
     /// Total number of elements in the checkpoint.
     pub fn numel(&self) -> i64 {
         self.tensors.values().map(|t| t.numel() as i64).sum()

@@ -21,6 +21,8 @@ pub struct SettingsPoint {
     pub hf_model: String,
     /// hf: dtype.
     pub dtype: String,
+    /// hf: GEMM kernels (auto, mkl, onednn).
+    pub hf_kernels: String,
     /// Values of the axes that have more than one value (`threads=1`, `dtype=bf16`, …).
     pub varying: BTreeMap<String, String>,
 }
@@ -49,7 +51,11 @@ const AXES: &[(&str, Scope, &str)] = &[
     ("cache_type_k", Scope::Llama, "--cache-type-k"),
     ("cache_type_v", Scope::Llama, "--cache-type-v"),
     ("dtype", Scope::Hf, "--dtype"),
+    ("hf_kernels", Scope::Hf, "--hf-kernels"),
 ];
+
+/// How many axes there are (every list in [`Grid`]).
+const AXIS_COUNT: usize = AXES.len();
 
 fn scope(axis: &str) -> Scope {
     AXES.iter()
@@ -92,11 +98,13 @@ pub struct Grid {
     pub cache_type_v: Vec<String>,
     /// hf dtypes.
     pub dtype: Vec<String>,
+    /// hf GEMM kernels.
+    pub hf_kernels: Vec<String>,
 }
 
 impl Grid {
     /// (axis, number of values) for every axis, in the order `points` varies them.
-    fn lengths(&self) -> [(&'static str, usize); 11] {
+    fn lengths(&self) -> [(&'static str, usize); AXIS_COUNT] {
         [
             ("gguf", self.gguf.len()),
             ("hf_model", self.hf_model.len()),
@@ -109,6 +117,7 @@ impl Grid {
             ("cache_type_k", self.cache_type_k.len()),
             ("cache_type_v", self.cache_type_v.len()),
             ("dtype", self.dtype.len()),
+            ("hf_kernels", self.hf_kernels.len()),
         ]
     }
 
@@ -149,7 +158,7 @@ impl Grid {
         let total: usize = dims.iter().product();
         for index in 0..total {
             let mut rest = index;
-            let mut pick = [0usize; 11];
+            let mut pick = [0usize; AXIS_COUNT];
             for (d, n) in dims.iter().enumerate().rev() {
                 pick[d] = rest % n;
                 rest /= n;
@@ -159,7 +168,7 @@ impl Grid {
         out
     }
 
-    fn point(&self, index: usize, pick: &[usize; 11], varying: &[&str]) -> SettingsPoint {
+    fn point(&self, index: usize, pick: &[usize; AXIS_COUNT], varying: &[&str]) -> SettingsPoint {
         let ctx_size = self.ctx_size[pick[3]];
         let llama = LlamaParams {
             gguf: self.gguf[pick[0]].clone(),
@@ -172,7 +181,7 @@ impl Grid {
             cache_type_k: self.cache_type_k[pick[8]].clone(),
             cache_type_v: self.cache_type_v[pick[9]].clone(),
         };
-        let values: [String; 11] = [
+        let values: [String; AXIS_COUNT] = [
             self.gguf[pick[0]].display().to_string(),
             self.hf_model[pick[1]].clone(),
             llama.threads.to_string(),
@@ -184,6 +193,7 @@ impl Grid {
             llama.cache_type_k.clone(),
             llama.cache_type_v.clone(),
             self.dtype[pick[10]].clone(),
+            self.hf_kernels[pick[11]].clone(),
         ];
         let names = self.lengths().map(|(a, _)| a);
         let varying = names
@@ -197,6 +207,7 @@ impl Grid {
             llama,
             hf_model: self.hf_model[pick[1]].clone(),
             dtype: self.dtype[pick[10]].clone(),
+            hf_kernels: self.hf_kernels[pick[11]].clone(),
             varying,
         }
     }
@@ -257,6 +268,7 @@ mod tests {
             cache_type_k: vec!["f16".into()],
             cache_type_v: vec!["f16".into()],
             dtype: vec!["f32".into(), "bf16".into()],
+            hf_kernels: vec!["auto".into()],
         }
     }
 

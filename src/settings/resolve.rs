@@ -290,6 +290,7 @@ fn grid(args: &RunArgs, cfg: &LoadedConfig) -> Result<Grid, SettingsError> {
         cache_type_k: kv(&args.cache_type_k, "cache-type-k")?,
         cache_type_v: kv(&args.cache_type_v, "cache-type-v")?,
         dtype: list(&args.dtype, f.dtype.clone(), "f32".to_string()),
+        hf_kernels: list(&args.hf_kernels, f.hf_kernels.clone(), "auto".to_string()),
     })
 }
 

@@ -1,0 +1,185 @@
+//! oneDNN linears with weights packed once at load (`--hf-kernels`).
+//!
+//! On the CPU, `matmul`/`linear` go to MKL's sgemm, whose small-M path is what short-prompt
+//! prefill spends its time in (5 GB/s of weight streaming on the machine in
+//! `shared/notes/ground-truth.md`). libtorch also carries oneDNN's linear with a weight reordered
+//! once into its blocked layout — the ops Inductor emits with `freezing=True`
+//! (`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`). tch's generated API has
+//! neither, so `shim/onednn.cpp` (compiled by build.rs against the wheel's headers) calls them
+//! through the dispatcher; this module is the safe side of that boundary.
+
+use std::ffi::{c_char, c_int, CStr};
+use tch::{Device, Kind, TchError, Tensor};
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn ttft_onednn_available() -> c_int;
+    fn ttft_onednn_native(kind: c_int) -> c_int;
+    fn ttft_onednn_pack(
+        w: *const C_tensor,
+        batch: i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut C_tensor;
+    fn ttft_onednn_linear(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        b: *const C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut C_tensor;
+}
+
+/// Which GEMM library the hf backend's projections use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// `matmul` on an [in, out] weight: MKL on the CPU, cuBLAS on CUDA, MPS on Apple.
+    Mkl,
+    /// oneDNN's linear on weights packed at load (CPU only).
+    Onednn,
+}
+
+impl Kernels {
+    /// The name reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Mkl => "mkl",
+            Kernels::Onednn => "onednn",
+        }
+    }
+
+    /// `--hf-kernels auto|mkl|onednn` for a model in `kind` on `device`. `auto` takes oneDNN on a
+    /// CPU whose libtorch has it and where it has native kernels for the dtype (f32 always; bf16
+    /// and f16 only with the CPU's instructions for them), MKL otherwise (and on GPUs, where
+    /// `mkl` means the device's own GEMM library).
+    pub fn resolve(flag: &str, device: Device, kind: Kind) -> Result<Kernels, String> {
+        let on_cpu = device == Device::Cpu;
+        match flag {
+            "mkl" => Ok(Kernels::Mkl),
+            "onednn" if !on_cpu => Err(format!(
+                "--hf-kernels onednn: oneDNN runs on the CPU only, not on --device {device:?}; use --hf-kernels mkl or auto"
+            )),
+            "onednn" if !available() => Err(
+                "--hf-kernels onednn: this libtorch was built without oneDNN; use --hf-kernels mkl"
+                    .into(),
+            ),
+            "onednn" => Ok(Kernels::Onednn),
+            "auto" if on_cpu && available() && native(kind) => Ok(Kernels::Onednn),
+            "auto" => Ok(Kernels::Mkl),
+            other => Err(format!(
+                "--hf-kernels {other}: expected auto, mkl or onednn"
+            )),
+        }
+    }
+}
+
+/// Whether this libtorch has oneDNN.
+pub fn available() -> bool {
+    // SAFETY: no arguments; the shim catches every C++ exception.
+    unsafe { ttft_onednn_available() != 0 }
+}
+
+/// Whether oneDNN has native kernels for `kind` on this CPU (f32 always).
+pub fn native(kind: Kind) -> bool {
+    let code = match kind {
+        Kind::Float => return true,
+        Kind::Half => 5,
+        Kind::BFloat16 => 15,
+        _ => return false,
+    };
+    // SAFETY: a plain integer; the shim catches every C++ exception.
+    unsafe { ttft_onednn_native(code) != 0 }
+}
+
+/// Turn the shim's result (a new tensor, or null with a message) into a `Result`.
+fn owned(p: *mut C_tensor, err: &[c_char]) -> Result<Tensor, TchError> {
+    if p.is_null() {
+        // SAFETY: the shim always NUL-terminates `err` within its length.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) };
+        return Err(TchError::Torch(msg.to_string_lossy().into_owned()));
+    }
+    // SAFETY: a non-null result is a heap tensor made for us alone; `Tensor` now owns it.
+    Ok(unsafe { Tensor::from_ptr(p) })
+}
+
+/// Pack a dense [out, in] weight for [`linear`]; `batch` is oneDNN's hint of the row count
+/// (0: none).
+pub fn pack(w: &Tensor, batch: i64) -> Result<Tensor, TchError> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `w` outlives the call; `err` is writable for its length.
+    let p = unsafe { ttft_onednn_pack(w.as_ptr(), batch, err.as_mut_ptr(), err.len()) };
+    owned(p, &err)
+}
+
+/// `x [rows, in] · Wᵀ + b` with a weight from [`pack`].
+pub fn linear(x: &Tensor, packed: &Tensor, b: Option<&Tensor>) -> Result<Tensor, TchError> {
+    let mut err = [0 as c_char; 512];
+    let b = b.map_or(std::ptr::null(), |b| b.as_ptr());
+    // SAFETY: every tensor outlives the call; a null bias is the shim's "no bias".
+    let p =
+        unsafe { ttft_onednn_linear(x.as_ptr(), packed.as_ptr(), b, err.as_mut_ptr(), err.len()) };
+    owned(p, &err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed path computes the same product as libtorch's own `linear`, with and without
+    /// a bias, for the shapes of a short prompt and a decode step.
+    #[test]
+    fn packed_linear_matches_linear() {
+        if !available() {
+            return;
+        }
+        tch::manual_seed(0);
+        let w = Tensor::randn([96, 64], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([96], (Kind::Float, Device::Cpu));
+        let p = pack(&w, 0).unwrap();
+        for rows in [1, 5, 37] {
+            let x = Tensor::randn([rows, 64], (Kind::Float, Device::Cpu));
+            let want = x.linear(&w, Some(&b));
+            let got = linear(&x, &p, Some(&b)).unwrap();
+            assert_eq!(got.size(), vec![rows, 96]);
+            let diff = (got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "rows {rows}: max |diff| {diff}");
+            let no_bias = linear(&x, &p, None).unwrap();
+            let diff = (no_bias - x.linear::<Tensor>(&w, None))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-4, "rows {rows} without bias: {diff}");
+        }
+    }
+
+    /// A libtorch error comes back as an error naming the problem, not a crash.
+    #[test]
+    fn a_shape_mismatch_is_an_error() {
+        if !available() {
+            return;
+        }
+        let w = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+        let p = pack(&w, 0).unwrap();
+        let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
+        let e = linear(&x, &p, None).unwrap_err().to_string();
+        assert!(!e.is_empty(), "{e}");
+    }
+
+    #[test]
+    fn flag_values_resolve() {
+        assert_eq!(
+            Kernels::resolve("mkl", Device::Cpu, Kind::Float),
+            Ok(Kernels::Mkl)
+        );
+        assert!(Kernels::resolve("fast", Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .contains("expected auto, mkl or onednn"));
+        assert!(Kernels::resolve("onednn", Device::Cuda(0), Kind::Float)
+            .unwrap_err()
+            .contains("CPU only"));
+        assert_eq!(
+            Kernels::resolve("auto", Device::Cuda(0), Kind::Float),
+            Ok(Kernels::Mkl)
+        );
+    }
+}

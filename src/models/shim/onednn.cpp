@@ -1,0 +1,95 @@
+// The oneDNN linear with weights prepacked once at load, reached from Rust.
+//
+// libtorch registers `mkldnn::_reorder_linear_weight` and `mkldnn::_linear_pointwise` (what
+// Inductor's `freezing=True` emits on CPU), but tch's generated API has neither, so they are
+// called here through the dispatcher, boxed (no C++ signature to keep in step with torch).
+// Tensors cross the boundary as tch's handles (`torch::Tensor*`, torch-sys' `C_tensor`): a
+// result is a new heap tensor that the Rust side owns; an error is a null result with the
+// exception's first line copied into `err`.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <ATen/Context.h>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+void fail(const std::exception &e, char *err, size_t len) {
+  if (len == 0) return;
+  std::string msg = e.what();
+  auto nl = msg.find('\n');
+  if (nl != std::string::npos) msg.resize(nl);
+  std::strncpy(err, msg.c_str(), len - 1);
+  err[len - 1] = '\0';
+}
+
+c10::OperatorHandle op(const char *name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+at::Tensor *one_tensor(torch::jit::Stack &s) {
+  return new at::Tensor(s.at(0).toTensor());
+}
+
+}  // namespace
+
+extern "C" {
+
+// Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
+int ttft_onednn_available() { return at::hasMKLDNN() ? 1 : 0; }
+
+// Whether oneDNN has native kernels for `kind` on this CPU: 15 = bf16 (AVX512_BF16 / AMX, or
+// arm's bf16 dot products), 5 = f16 (AVX512_FP16 / AMX-FP16). f32 (6) is always native.
+int ttft_onednn_native(int kind) {
+  try {
+    const char *name = kind == 15 ? "mkldnn::_is_mkldnn_bf16_supported"
+                     : kind == 5  ? "mkldnn::_is_mkldnn_fp16_supported"
+                                  : nullptr;
+    if (name == nullptr) return kind == 6 ? 1 : 0;
+    torch::jit::Stack s;
+    op(name).callBoxed(&s);
+    return s.at(0).toBool() ? 1 : 0;
+  } catch (const std::exception &) {
+    return 0;
+  }
+}
+
+// w [out, in] (dense, contiguous) → the oneDNN blocked layout for an M of about `batch` rows
+// (0: let oneDNN choose).
+at::Tensor *ttft_onednn_pack(const at::Tensor *w, int64_t batch, char *err, size_t len) {
+  try {
+    torch::jit::Stack s;
+    s.emplace_back(*w);
+    if (batch > 0) s.emplace_back(batch); else s.emplace_back();
+    op("mkldnn::_reorder_linear_weight").callBoxed(&s);
+    return one_tensor(s);
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
+// y = x·Wᵀ + b with a packed W; x [rows, in] dense, b [out] or null.
+at::Tensor *ttft_onednn_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
+                               char *err, size_t len) {
+  try {
+    torch::jit::Stack s;
+    s.emplace_back(*x);
+    s.emplace_back(*w);
+    if (b != nullptr) s.emplace_back(*b); else s.emplace_back();
+    s.emplace_back(std::string("none"));
+    s.emplace_back(c10::List<std::optional<at::Scalar>>());
+    s.emplace_back();
+    // Looked up once: the dispatcher's table lookup would otherwise run on every projection.
+    static const c10::OperatorHandle linear = op("mkldnn::_linear_pointwise");
+    linear.callBoxed(&s);
+    return one_tensor(s);
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
+}  // extern "C"

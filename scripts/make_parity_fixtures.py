@@ -11,6 +11,9 @@ transformer architectures. For every fixture it writes
     OUTDIR/<name>/generation_config.json (if transformers writes one)
     OUTDIR/<name>/reference.safetensors  input_ids i64[12], logits f32[12,V],
                                          greedy i64[8], greedy_logits f32[8,V]
+    OUTDIR/<name>/reference_bf16.safetensors  the same from transformers in bfloat16: logits
+                                         f32[12,V], greedy i64[8], greedy_margins f32[8],
+                                         greedy_logits f32[8,V], bf16_vs_f32 f32[1]
     OUTDIR/<name>/oracle.json            provenance + quirks exercised
 
 and finally OUTDIR/manifest.json (written last; it marks a complete run).
@@ -340,6 +343,27 @@ def greedy_recompute(model, input_ids):
     return toks, torch.stack(rows)
 
 
+def bf16_reference(ckpt, input_ids, logits_f32):
+    """transformers in bfloat16 on the same checkpoint: every position's logits (as f32), the
+    greedy continuation with the cache and its margins, and how far bf16 logits are from the f32
+    ones (`bf16_vs_f32`): the rounding error bf16 itself costs, which bounds how far another bf16
+    implementation may be from this one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager", dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = m(input_ids=input_ids.unsqueeze(0), use_cache=False).logits[0].float().contiguous()
+        greedy, margins, greedy_logits = greedy_with_cache(m, input_ids)
+    return {
+        "logits": logits,
+        "greedy": torch.tensor(greedy, dtype=torch.int64),
+        "greedy_margins": torch.tensor(margins, dtype=torch.float32),
+        "greedy_logits": greedy_logits,
+        "bf16_vs_f32": (logits - logits_f32).abs().max().reshape(1),
+    }
+
+
 def build_one(outdir, name, cls_name, cfg_kwargs, quirks, input_ids):
     import torch
     import transformers
@@ -387,6 +411,8 @@ def build_one(outdir, name, cls_name, cfg_kwargs, quirks, input_ids):
         },
         str(tmp / "reference.safetensors"),
     )
+    bf16 = bf16_reference(tmp, input_ids, logits)
+    save_file(bf16, str(tmp / "reference_bf16.safetensors"))
     oracle = {
         "model_type": loaded.config.model_type,
         "transformers_version": transformers.__version__,
@@ -396,6 +422,7 @@ def build_one(outdir, name, cls_name, cfg_kwargs, quirks, input_ids):
         "seed": 0,
         "one_d_param_noise": ONE_D_NOISE,
         "greedy_min_top2_margin": round(min(margins), 6),
+        "bf16_vs_f32_max_abs_logit": round(float(bf16["bf16_vs_f32"]), 6),
     }
     (tmp / "oracle.json").write_text(json.dumps(oracle, indent=2) + "\n")
 

@@ -39,6 +39,10 @@ pub fn export(
         "{}",
         report::table::render(report, s.output.breakdown, s.output.per_prompt)
     );
+    match &report.roofline {
+        Ok(r) => println!("{}", r.lines().join("\n")),
+        Err(why) => println!("roofline: {why}"),
+    }
     // The fit means something for a length sweep; for a few prompt files it is noise.
     if matches!(s.prompts, crate::settings::PromptSource::Synthetic { .. }) {
         print!("{}", report::table::render_fits(report));

@@ -7,6 +7,7 @@ mod export;
 pub mod factory;
 mod measure;
 mod prepare;
+pub mod roofline;
 
 use crate::bench::interrupt;
 use crate::cli::{Cli, Command};
@@ -21,6 +22,7 @@ pub fn run() -> Result<i32> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Compare(c)) => return compare::run(&c),
+        Some(Command::Roofline(r)) => return roofline::run(&r),
         Some(Command::Run(a)) => *a,
         None => cli.run,
     };
@@ -56,6 +58,7 @@ fn assemble(s: &Settings, prepared: prepare::Prepared, m: &measure::Measured) ->
         load: m.load.clone(),
         load_search: m.load_search.clone(),
         peak_tflops: crate::report::gpu::backend_peaks(s),
+        roofline: prepared.roofline,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Prepared {
     pub contexts: Vec<DepthContext>,
     /// `--turns`: the checked conversation turns (their prompt set is in `sets`).
     pub turns: Option<TurnPlan>,
+    /// This machine's roofline (cached, or probed now: before anything is timed).
+    pub roofline: Result<crate::report::roofline::Roofline, String>,
 }
 
 /// A checkpoint's position limit, with where it was read (for the message).
@@ -191,6 +193,7 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         cache_bust,
         contexts,
         turns,
+        roofline: super::roofline::cpu(point.llama.threads, false, &|m| eprintln!("ttft: {m}")),
     };
     for p in &s.points {
         if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {

@@ -19,6 +19,9 @@ pub struct GgufInfo {
     pub file_bytes: u64,
     /// Layers, widths and vocabulary from the metadata, when the header has them.
     pub dims: Option<GgufDims>,
+    /// Tensor bytes a prefill reads once: every tensor but the token embedding table when an
+    /// `output.weight` LM head exists (then the table is only looked up, row by row).
+    pub weight_bytes: u64,
 }
 
 /// The metadata the prefill-FLOPs formula needs (`{arch}.block_count` etc.).
@@ -34,6 +37,11 @@ pub struct GgufDims {
     pub vocab: u32,
     /// No `output.weight` tensor: llama.cpp uses the token embeddings as the LM head.
     pub tied: bool,
+}
+
+/// The bytes a prefill of `path` reads (see [`GgufInfo::weight_bytes`]).
+pub fn weight_bytes(path: &Path) -> Option<u64> {
+    inspect(path).ok().map(|i| i.weight_bytes)
 }
 
 /// The model shape of `path` for prefill FLOPs, with llama.cpp's parameter count.
@@ -82,6 +90,19 @@ unsafe fn dims(ctx: *const llama_cpp_sys_2::gguf_context, arch: &str) -> Option<
     })
 }
 
+/// See [`GgufInfo::weight_bytes`].
+///
+/// # Safety
+/// `ctx` must be a valid gguf_context with `n` tensors.
+unsafe fn read_bytes(ctx: *const llama_cpp_sys_2::gguf_context, n: i64) -> u64 {
+    let name = |i| CStr::from_ptr(llama_cpp_sys_2::gguf_get_tensor_name(ctx, i)).to_bytes();
+    let untied = (0..n).any(|i| name(i) == b"output.weight");
+    (0..n)
+        .filter(|&i| !(untied && name(i) == b"token_embd.weight"))
+        .map(|i| llama_cpp_sys_2::gguf_get_tensor_size(ctx, i) as u64)
+        .sum()
+}
+
 /// Parse the header of `path` and check the file is long enough for its tensors.
 pub fn inspect(path: &Path) -> Result<GgufInfo, OpenError> {
     super::inproc::quiet_llama_logs();
@@ -121,6 +142,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, OpenError> {
             .max()
             .unwrap_or(0);
         let dims = architecture.as_deref().and_then(|a| dims(ctx, a));
+        let weight_bytes = read_bytes(ctx, n_tensors);
         llama_cpp_sys_2::gguf_free(ctx);
         GgufInfo {
             architecture,
@@ -128,6 +150,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, OpenError> {
             required_bytes: data + end,
             file_bytes,
             dims,
+            weight_bytes,
         }
     };
     if info.file_bytes < info.required_bytes {

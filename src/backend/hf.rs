@@ -14,7 +14,7 @@ use super::{
     RunError,
 };
 use crate::bench::chat::ChatTemplate;
-use crate::models::{self, layers::Decoder, layers::KvCache};
+use crate::models::{self, layers::Decoder, layers::KvCache, onednn::Kernels};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -31,6 +31,8 @@ pub struct HfSettings {
     pub device: String,
     /// "f32", "f16" or "bf16".
     pub dtype: String,
+    /// `--hf-kernels`: "auto", "mkl" or "onednn".
+    pub kernels: String,
     /// libtorch intra-op threads (the same number llama.cpp gets).
     pub threads: u32,
     /// `--chat`: prompts are one user message put through the checkpoint's chat template.
@@ -274,6 +276,7 @@ pub struct HfBackend {
 pub fn preflight(s: &HfSettings) -> Result<(PathBuf, Device, Kind), OpenError> {
     let device = parse_device(&s.device)?;
     let kind = parse_dtype(&s.dtype)?;
+    Kernels::resolve(&s.kernels, device, kind).map_err(OpenError::Model)?;
     let dir = resolve_model(&s.model, s.revision.as_deref())?;
     let cfg = models::read_config(&dir).map_err(|e| OpenError::Model(e.to_string()))?;
     let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
@@ -302,8 +305,14 @@ impl HfBackend {
             .map_err(|e| OpenError::Model(format!("{}: {e}", tok_path.display())))?;
         let cfg = models::read_config(&dir).map_err(|e| OpenError::Model(e.to_string()))?;
         let t0 = Instant::now();
-        let loaded =
+        let kernels = Kernels::resolve(&s.kernels, device, kind).map_err(OpenError::Model)?;
+        let mut loaded =
             models::load(&dir, device, kind).map_err(|e| OpenError::Model(e.to_string()))?;
+        // Packing is part of loading: it happens once, before anything is timed.
+        loaded
+            .decoder
+            .use_kernels(kernels)
+            .map_err(|e| OpenError::Model(format!("--hf-kernels {}: {e}", kernels.name())))?;
         // The weights' copies to the device are asynchronous: load ends when they are there.
         sync_device(device);
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -313,6 +322,10 @@ impl HfBackend {
             "n_params": loaded.n_params,
             "model_shape": loaded.shape,
             "dtype": s.dtype,
+            "hf_kernels": kernels.name(),
+            "weight_bytes": loaded.decoder.weight_bytes(),
+            // The dtype the weights are read in, by its short name (the roofline's peak).
+            "weight_dtype": match kind { Kind::BFloat16 => "bf16", Kind::Half => "f16", _ => "f32" },
             "device": s.device,
             "threads": tch::get_num_threads(),
             "libtorch_version": libtorch_version(),

@@ -383,6 +383,7 @@ impl Backend for InprocBackend {
             "n_vocab": self.model.n_vocab(),
             "ignore_eos": {"requested": self.ignore_eos, "masked_eog_ids": self.banned},
             "model_size_bytes": self.model.size(),
+            "weight_bytes": super::gguf::weight_bytes(&self.params.gguf),
         })
     }
 

@@ -49,6 +49,11 @@ pub struct BackendFacts {
     pub server_pid: Option<u32>,
     /// Layers, widths, vocabulary and non-embedding parameters, for prefill FLOPs.
     pub model_shape: Option<crate::report::flops::ModelShape>,
+    /// Bytes of weights one prefill reads (the roofline's memory side); only for weights this
+    /// machine runs (hf, inproc, a spawned server).
+    pub weight_bytes: Option<f64>,
+    /// hf's dtype (`f32`, `bf16`, `f16`); None for GGUF weights (bound by the best peak).
+    pub weight_dtype: Option<String>,
 }
 
 impl BackendFacts {
@@ -72,6 +77,8 @@ impl BackendFacts {
             model_shape: info
                 .get("model_shape")
                 .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            weight_bytes: f("weight_bytes"),
+            weight_dtype: s("weight_dtype"),
         }
     }
 }

@@ -56,6 +56,24 @@ pub enum Command {
     /// Mann-Whitney rank test. Exits 1 when a case got slower beyond the threshold (p < alpha)
     /// or its success rate fell.
     Compare(CompareArgs),
+    /// Print this machine's roofline: memory read bandwidth and f32/bf16/f16 GEMM peaks with the
+    /// kernels the hf backend uses, measured in about a second and cached per machine, threads
+    /// and libtorch (every report shows it and each backend's prefill as a fraction of it).
+    Roofline(RooflineArgs),
+}
+
+/// Flags of `ttft roofline`.
+#[derive(Debug, Args, Clone)]
+pub struct RooflineArgs {
+    /// Threads (default: every core; match the benchmark's --threads).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Measure again instead of reading the cache.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Print the measurement as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `ttft compare`.

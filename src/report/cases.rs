@@ -81,6 +81,10 @@ pub struct CaseSummary {
     pub prefill_tflops_median: Option<f64>,
     /// That as a fraction of the GPU's dense peak for the dtype, when the backend ran on a known GPU.
     pub prefill_peak_fraction: Option<f64>,
+    /// The prefill's roofline fraction (median over runs): this machine's least possible prefill
+    /// time for the backend's weight bytes and FLOPs ([`crate::report::roofline`]) over the
+    /// achieved one (server prompt time for a spawned server); 1 = at the limit.
+    pub roofline_fraction: Option<f64>,
 }
 
 impl CaseSummary {
@@ -245,6 +249,14 @@ impl Report {
             })
             .collect();
         let tflops_median = stats::median(&tflops);
+        let roofline: Vec<f64> = ok
+            .iter()
+            .filter_map(|m| {
+                let t = m.prefill_ms.or(m.server_prompt_ms)?;
+                let bound = self.roofline_bound_ms(key.1, &key.2, f64::from(m.prompt_tokens?))?;
+                (t > 0.0).then(|| bound / t)
+            })
+            .collect();
         let tpot: Vec<f64> = ok.iter().filter_map(|m| m.decode_ms_per_token).collect();
         let tokens: Vec<f64> = ok
             .iter()
@@ -281,6 +293,7 @@ impl Report {
             prefill_peak_fraction: tflops_median
                 .zip(self.peak_tflops.get(&key.1))
                 .map(|(a, p)| a / p),
+            roofline_fraction: stats::median(&roofline),
         }
     }
 }
@@ -347,5 +360,6 @@ fn combine(key: &SetKey, prompts: &[CaseSummary], groups: &[Vec<f64>]) -> CaseSu
         generated_tokens_mean: avg(prompts, |p| p.generated_tokens_mean),
         prefill_tflops_median: avg(prompts, |p| p.prefill_tflops_median),
         prefill_peak_fraction: avg(prompts, |p| p.prefill_peak_fraction),
+        roofline_fraction: avg(prompts, |p| p.roofline_fraction),
     }
 }

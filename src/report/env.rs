@@ -72,7 +72,8 @@ pub fn features() -> Vec<&'static str> {
     f
 }
 
-fn cpu_model() -> String {
+/// The CPU model name (`/proc/cpuinfo`), or the architecture where there is none.
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

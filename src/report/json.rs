@@ -9,13 +9,18 @@ pub const SCHEMA_VERSION: u32 = 3;
 
 /// Render the full report. `settings` is what was asked for (after config and flags).
 pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: &str) -> Vec<u8> {
+    let mut environment = json!(env);
+    environment["roofline"] = match &report.roofline {
+        Ok(r) => json!(r),
+        Err(why) => json!({ "unavailable": why }),
+    };
     let doc = json!({
         "schema_version": SCHEMA_VERSION,
         "tool": "ttft",
         "started_at": started_at,
         "finished_at": chrono::Local::now().to_rfc3339(),
         "settings": settings,
-        "environment": env,
+        "environment": environment,
         "sets": report.sets,
         "backends": report.backends,
         "token_disagreements": report.token_disagreements.iter().map(|(set, idx, counts)| json!({

@@ -16,6 +16,7 @@ pub mod outputs;
 pub mod plot;
 pub mod plot_load;
 pub mod relative;
+pub mod roofline;
 pub mod table;
 pub mod turns;
 pub mod warnings;
@@ -141,6 +142,8 @@ pub struct Report {
     pub load_search: Option<crate::bench::load_search::SearchReport>,
     /// Peak dense TFLOP/s of the GPU each backend ran on (only for backends on a known GPU).
     pub peak_tflops: BTreeMap<BackendKind, f64>,
+    /// This machine's measured roofline, or why there is none.
+    pub roofline: Result<roofline::Roofline, String>,
 }
 
 impl Report {
@@ -208,6 +211,21 @@ impl Report {
                 }
             })
             .collect()
+    }
+
+    /// The least time a prefill of `n` tokens can take on `kind`'s weights here, ms: the
+    /// roofline's bound for its weight bytes and dtype (None without a roofline or the facts).
+    fn roofline_bound_ms(&self, kind: BackendKind, point: &str, n: f64) -> Option<f64> {
+        let roof = self.roofline.as_ref().ok()?;
+        // Each settings point opened its own backend: its dtype decides the weight bytes.
+        let facts = &self
+            .backends
+            .iter()
+            .find(|b| b.name == kind && b.point == point)
+            .or_else(|| self.backends.iter().find(|b| b.name == kind))?
+            .facts;
+        let flops = facts.model_shape?.prefill_flops(n);
+        Some(roof.bound_ms(facts.weight_bytes?, flops, facts.weight_dtype.as_deref()))
     }
 
     /// The shape of the model a backend ran (from its facts: config.json, the GGUF header).

@@ -49,6 +49,13 @@ pub fn columns(s: &CaseSummary, breakdown: bool) -> Vec<(&'static str, String, b
             true,
         ),
         ("API overhead (ms)", msf(s.api_overhead_median_ms), true),
+        (
+            "Roofline",
+            s.roofline_fraction
+                .map(|f| format!("{f:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            true,
+        ),
     ];
     if breakdown {
         c.extend([

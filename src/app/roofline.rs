@@ -1,0 +1,114 @@
+//! The machine's roofline for reports and `ttft roofline`: measured by the probe in
+//! `crate::models::probe` once per (device, threads, libtorch) and cached in
+//! `$TTFT_CACHE_DIR` (default `$XDG_CACHE_HOME/ttft`, else `~/.cache/ttft`) as `roofline.json`.
+//! Without the torch feature there is nothing to probe with, and reports say so.
+
+use crate::report::roofline::Roofline;
+use std::path::PathBuf;
+
+/// The cache file.
+pub fn cache_path() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = env("TTFT_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("ttft")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/ttft")))?;
+    Some(dir.join("roofline.json"))
+}
+
+fn cached() -> Vec<Roofline> {
+    cache_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Keep `r` in the cache (replacing an entry for the same device, threads and libtorch);
+/// written to a temporary file and renamed, so a concurrent reader never sees half a file.
+fn store(r: &Roofline) -> std::io::Result<PathBuf> {
+    let path = cache_path().ok_or_else(|| std::io::Error::other("no HOME for the cache"))?;
+    let mut all = cached();
+    all.retain(|c| !same_key(c, r));
+    all.push(r.clone());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_string_pretty(&all)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn same_key(a: &Roofline, b: &Roofline) -> bool {
+    a.device == b.device && a.threads == b.threads && a.libtorch == b.libtorch
+}
+
+/// The CPU's roofline at `threads`: from the cache, else measured now (`refresh`: always).
+/// `say` is told when a probe runs, since it takes about a second. Err says why there is none.
+pub fn cpu(threads: u32, refresh: bool, say: &dyn Fn(&str)) -> Result<Roofline, String> {
+    imp::cpu(threads, refresh, say)
+}
+
+#[cfg(feature = "torch")]
+mod imp {
+    use super::*;
+
+    pub fn cpu(threads: u32, refresh: bool, say: &dyn Fn(&str)) -> Result<Roofline, String> {
+        let device = format!("cpu: {}", crate::report::env::cpu_model());
+        let libtorch = crate::backend::hf::libtorch_version().unwrap_or_else(|| "unknown".into());
+        let hit = cached()
+            .into_iter()
+            .find(|c| c.device == device && c.threads == threads && c.libtorch == libtorch);
+        if let (Some(hit), false) = (hit, refresh) {
+            return Ok(hit);
+        }
+        say(&format!(
+            "measuring this machine's roofline ({threads} threads, about a second; cached for later runs)"
+        ));
+        let r = crate::models::probe::measure(tch::Device::Cpu, threads, &device)
+            .map_err(|e| format!("roofline probe: {e}"))?;
+        if r.steady {
+            if let Err(e) = store(&r) {
+                say(&format!("roofline: not cached ({e})"));
+            }
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+mod imp {
+    use super::*;
+
+    pub fn cpu(_threads: u32, _refresh: bool, _say: &dyn Fn(&str)) -> Result<Roofline, String> {
+        Err("not measured: this build has no libtorch (the torch feature) to probe with".into())
+    }
+}
+
+/// `ttft roofline`: print the CPU's roofline (measured now with `--refresh`).
+pub fn run(a: &crate::cli::RooflineArgs) -> anyhow::Result<i32> {
+    let threads = a
+        .threads
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let r = cpu(threads, a.refresh, &|m| eprintln!("ttft: {m}")).map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for l in r.lines() {
+            println!("{l}");
+        }
+        if let Some(p) = cache_path() {
+            let state = if r.steady {
+                ""
+            } else {
+                " (this unsteady probe was not cached)"
+            };
+            println!("  cache: {}{state}", p.display());
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,149 @@
+//! The roofline of this machine, and how close each backend's prefill comes to it.
+//!
+//! A prefill over `n` tokens has to read every weight once and do its FLOPs, so it cannot take
+//! less than `max(weight bytes / read bandwidth, FLOPs / GEMM peak)`. The bandwidth and peaks are
+//! measured here (`crate::app::roofline`, cached per machine and libtorch), not taken from a spec
+//! sheet; a backend's *roofline fraction* is that bound over its achieved prefill time (1 = at
+//! the machine's limit). The weight bytes are the backend's own: the checkpoint in its dtype for
+//! hf, the GGUF's tensor bytes for llama.cpp (quantized weights are what make it cheap to read).
+
+use serde::{Deserialize, Serialize};
+
+/// What the probe measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Roofline {
+    /// Where: the CPU model (or GPU name) the probe ran on.
+    pub device: String,
+    /// Threads the probe used (the run's threads).
+    pub threads: u32,
+    /// libtorch version whose kernels were measured.
+    pub libtorch: String,
+    /// Memory read bandwidth, GB/s (a sum over a buffer far larger than the caches).
+    pub read_gbs: f64,
+    /// f32 GEMM peak, GFLOP/s: the best of the kernels ttft can use (MKL, oneDNN packed).
+    pub f32_gflops: f64,
+    /// Per kernel, what it reached in f32 (`mkl`, `onednn`).
+    pub f32_by_kernel: std::collections::BTreeMap<String, f64>,
+    /// bf16 GEMM peak, GFLOP/s (None when the probe could not run bf16).
+    pub bf16_gflops: Option<f64>,
+    /// f16 GEMM peak, GFLOP/s (None when the probe could not run f16).
+    pub f16_gflops: Option<f64>,
+    /// The GEMM the peaks were measured with: [rows × in] · [in × out].
+    pub gemm_shape: [i64; 3],
+    /// How long the probe took, ms.
+    pub probe_ms: f64,
+    /// Whether the probe's two rounds agreed within 15 % (a busy machine disagrees; such a
+    /// probe is reported but not cached).
+    pub steady: bool,
+    /// When it was measured (UTC, RFC 3339).
+    pub measured_at: String,
+}
+
+impl Roofline {
+    /// The compute peak that bounds a model whose weights are in `dtype`: its own peak for f32,
+    /// bf16 and f16 (falling back to f32 where the 16-bit probe did not run), the best measured
+    /// peak for anything else (quantized GGUF weights: llama.cpp's integer dot products are not
+    /// probed, so the fastest GEMM this machine showed is the bound).
+    pub fn peak_gflops(&self, dtype: Option<&str>) -> f64 {
+        let best = [self.bf16_gflops, self.f16_gflops]
+            .into_iter()
+            .flatten()
+            .fold(self.f32_gflops, f64::max);
+        match dtype {
+            Some("f32") => self.f32_gflops,
+            Some("bf16") => self.bf16_gflops.unwrap_or(self.f32_gflops),
+            Some("f16") => self.f16_gflops.unwrap_or(self.f32_gflops),
+            _ => best,
+        }
+    }
+
+    /// The least time, ms, a prefill of `flops` over `weight_bytes` can take here.
+    pub fn bound_ms(&self, weight_bytes: f64, flops: f64, dtype: Option<&str>) -> f64 {
+        let read = weight_bytes / (self.read_gbs * 1e9);
+        let compute = flops / (self.peak_gflops(dtype) * 1e9);
+        read.max(compute) * 1e3
+    }
+
+    /// The lines of the report's roofline block.
+    pub fn lines(&self) -> Vec<String> {
+        let kernels: Vec<String> = self
+            .f32_by_kernel
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect();
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let [m, k, n] = self.gemm_shape;
+        let unsteady = if self.steady {
+            ""
+        } else {
+            " — UNSTEADY: the probe's two rounds disagreed (busy machine?); rerun `ttft roofline --refresh` when quiet"
+        };
+        vec![
+            format!(
+                "roofline ({}, {} threads, libtorch {}, measured {}){unsteady}:",
+                self.device, self.threads, self.libtorch, self.measured_at
+            ),
+            format!(
+                "  memory read {:.1} GB/s; GEMM [{m}x{k}]·[{k}x{n}] GFLOP/s: f32 {:.0} ({}), bf16 {}, f16 {}",
+                self.read_gbs,
+                self.f32_gflops,
+                kernels.join(", "),
+                opt(self.bf16_gflops),
+                opt(self.f16_gflops)
+            ),
+            "  a prefill's bound = max(weight bytes / bandwidth, FLOPs / peak); roofline fraction = bound / prefill time".into(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roof() -> Roofline {
+        Roofline {
+            device: "cpu".into(),
+            threads: 2,
+            libtorch: "2.13.0".into(),
+            read_gbs: 30.0,
+            f32_gflops: 200.0,
+            f32_by_kernel: [("mkl".to_string(), 160.0), ("onednn".to_string(), 200.0)].into(),
+            bf16_gflops: Some(400.0),
+            f16_gflops: None,
+            gemm_shape: [512, 2048, 2048],
+            probe_ms: 900.0,
+            steady: true,
+            measured_at: "2026-12-02T00:00:00Z".into(),
+        }
+    }
+
+    /// A short prompt is bound by reading the weights, a long one by arithmetic.
+    #[test]
+    fn the_bound_is_the_slower_of_reading_and_computing() {
+        let r = roof();
+        // 540 MB at 30 GB/s = 18 ms; 1 GFLOP at 200 GFLOP/s = 5 ms.
+        assert!((r.bound_ms(540e6, 1e9, Some("f32")) - 18.0).abs() < 1e-9);
+        // 100 GFLOP: 500 ms in f32, 250 ms in bf16 (weights read in 9 ms).
+        assert!((r.bound_ms(270e6, 100e9, Some("f32")) - 500.0).abs() < 1e-9);
+        assert!((r.bound_ms(270e6, 100e9, Some("bf16")) - 250.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quantized_weights_are_bound_by_the_best_peak_and_f16_falls_back_to_f32() {
+        let r = roof();
+        assert_eq!(r.peak_gflops(None), 400.0);
+        assert_eq!(r.peak_gflops(Some("q4_1")), 400.0);
+        assert_eq!(r.peak_gflops(Some("f16")), 200.0);
+        assert_eq!(r.peak_gflops(Some("f32")), 200.0);
+    }
+
+    #[test]
+    fn the_block_names_what_was_measured() {
+        let text = roof().lines().join("\n");
+        assert!(text.contains("memory read 30.0 GB/s"), "{text}");
+        assert!(
+            text.contains("f32 200 (mkl 160, onednn 200), bf16 400, f16 -"),
+            "{text}"
+        );
+    }
+}

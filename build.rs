@@ -95,18 +95,24 @@ fn main() {
 fn onednn_shim(lib: &str) {
     let root = std::path::Path::new(lib).join("..");
     let src = "src/models/shim/onednn.cpp";
+    let kernel = "src/models/shim/panel.cpp";
     println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-changed={kernel}");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .file(src)
+        .file(kernel)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag_if_supported("-Wno-unused-parameter")
+        // at::parallel_for is a header template: without OpenMP here it runs the shim's loops on
+        // one thread (libtorch's own libgomp, which torch-sys links, runs them when it is on).
+        .flag_if_supported("-fopenmp")
         .warnings(false)
         .compile("ttft_onednn");
 }

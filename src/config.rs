@@ -21,7 +21,7 @@ pub struct FileConfig {
     pub device: Option<String>,
     /// dtype for hf: f32, f16, bf16.
     pub dtype: Option<String>,
-    /// GEMM kernels for hf: auto, mkl, onednn.
+    /// GEMM kernels for hf: auto, mkl, onednn, avx512.
     pub hf_kernels: Option<String>,
     /// GGUF model for `inproc` and the spawned server.
     pub gguf: Option<PathBuf>,

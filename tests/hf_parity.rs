@@ -116,7 +116,22 @@ fn every_architecture_matches_transformers_in_f32() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The same bound with oneDNN's packed linears (`--hf-kernels onednn`, the CPU default).
+/// The same bound with ttft's AVX-512 kernel (`--hf-kernels avx512`, the f32 default on CPUs
+/// that have it). On a CPU without AVX-512F there is nothing to check: `auto` never picks it.
+#[test]
+fn every_architecture_matches_transformers_in_f32_with_avx512() {
+    if !onednn::panel_supported() {
+        eprintln!("this CPU has no AVX-512F: the avx512 kernel is not used here");
+        return;
+    }
+    let failures: Vec<String> = fixtures()
+        .iter()
+        .filter_map(|n| check(n, Kernels::Avx512).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same bound with oneDNN's packed linears (`--hf-kernels onednn`).
 #[test]
 fn every_architecture_matches_transformers_in_f32_with_onednn() {
     assert!(onednn::available(), "this libtorch has no oneDNN");

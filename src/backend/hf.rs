@@ -31,7 +31,7 @@ pub struct HfSettings {
     pub device: String,
     /// "f32", "f16" or "bf16".
     pub dtype: String,
-    /// `--hf-kernels`: "auto", "mkl" or "onednn".
+    /// `--hf-kernels`: "auto", "mkl", "onednn" or "avx512".
     pub kernels: String,
     /// libtorch intra-op threads (the same number llama.cpp gets).
     pub threads: u32,

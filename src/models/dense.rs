@@ -45,6 +45,14 @@ enum Weight {
         /// Output features.
         out: i64,
     },
+    /// Panels of 32 output columns, [ceil(out/32), in, 32] ([`onednn::pack_panels`]) for ttft's
+    /// AVX-512 f32 kernel: the weight streams at the memory's read rate when rows are few.
+    Panels {
+        /// The panels, zero-padded past `out`.
+        w: Tensor,
+        /// Output features.
+        out: i64,
+    },
 }
 
 impl From<Linear> for Dense {
@@ -81,16 +89,24 @@ impl Dense {
                     None => y,
                 }
             }
-            Weight::Packed { w, out } => {
-                let mut shape = x.size();
-                let inp = *shape.last().expect("non-scalar input");
-                let rows = x.reshape([-1, inp]);
-                let y = onednn::linear(&rows, w, self.b.as_ref())
-                    .unwrap_or_else(|e| panic!("oneDNN linear [{inp} -> {out}]: {e}"));
-                *shape.last_mut().expect("non-scalar input") = *out;
-                y.reshape(shape)
-            }
+            Weight::Packed { w, out } => self.rows(x, *out, |rows| {
+                onednn::linear(rows, w, self.b.as_ref())
+                    .unwrap_or_else(|e| panic!("oneDNN linear [-> {out}]: {e}"))
+            }),
+            Weight::Panels { w, out } => self.rows(x, *out, |rows| {
+                onednn::panel_linear(&rows.contiguous(), w, self.b.as_ref(), *out)
+                    .unwrap_or_else(|e| panic!("panel linear [-> {out}]: {e}"))
+            }),
         }
+    }
+
+    /// Run a 2-D kernel on x [..., in] as [rows, in] and give the result x's leading shape.
+    fn rows(&self, x: &Tensor, out: i64, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        let mut shape = x.size();
+        let inp = *shape.last().expect("non-scalar input");
+        let y = f(&x.reshape([-1, inp]));
+        *shape.last_mut().expect("non-scalar input") = out;
+        y.reshape(shape)
     }
 
     /// The weight [out, in] in dense form, whatever the layout (a view where it can be).
@@ -98,7 +114,7 @@ impl Dense {
         match &self.w {
             Weight::OutIn(w) => Some(w.shallow_clone()),
             Weight::InOut(wt) => Some(wt.tr().contiguous()),
-            Weight::Packed { .. } => None,
+            Weight::Packed { .. } | Weight::Panels { .. } => None,
         }
     }
 
@@ -118,6 +134,15 @@ impl Dense {
                     };
                 }
             }
+            Kernels::Avx512 => {
+                if let Some(w) = self.out_in_weight() {
+                    let out = w.size()[0];
+                    self.w = Weight::Panels {
+                        w: onednn::pack_panels(&w)?,
+                        out,
+                    };
+                }
+            }
         }
         Ok(())
     }
@@ -129,6 +154,8 @@ impl Dense {
             Weight::OutIn(w) | Weight::InOut(w) => of(w),
             // A oneDNN tensor reports its logical shape and dtype: the same bytes unpadded.
             Weight::Packed { w, .. } => of(w),
+            // The zero columns that pad the last panel are streamed too.
+            Weight::Panels { w, .. } => of(w),
         };
         w + self.b.as_ref().map_or(0.0, of)
     }

@@ -53,6 +53,13 @@ fn gemm_gflops(
                 onednn::linear(&x, &p, None).expect("ran once")
             })
         }
+        onednn::Kernels::Avx512 => {
+            let p = onednn::pack_panels(&w).ok()?;
+            let _ = onednn::panel_linear(&x, &p, None, n).ok()?;
+            best_s(3, device, || {
+                onednn::panel_linear(&x, &p, None, n).expect("ran once")
+            })
+        }
     };
     Some(flops / secs / 1e9)
 }
@@ -110,6 +117,11 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
     if cpu_onednn {
         if let Some(g) = gemm_gflops(device, Kind::Float, onednn::Kernels::Onednn, shape) {
             f32_by_kernel.insert("onednn".to_string(), g);
+        }
+    }
+    if device == Device::Cpu && onednn::panel_supported() {
+        if let Some(g) = gemm_gflops(device, Kind::Float, onednn::Kernels::Avx512, shape) {
+            f32_by_kernel.insert("avx512".to_string(), g);
         }
     }
     // A 16-bit peak only where the kernels are native: emulated bf16/f16 is not a roofline.

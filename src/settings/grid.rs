@@ -21,7 +21,7 @@ pub struct SettingsPoint {
     pub hf_model: String,
     /// hf: dtype.
     pub dtype: String,
-    /// hf: GEMM kernels (auto, mkl, onednn).
+    /// hf: GEMM kernels (auto, mkl, onednn, avx512).
     pub hf_kernels: String,
     /// Values of the axes that have more than one value (`threads=1`, `dtype=bf16`, …).
     pub varying: BTreeMap<String, String>,

@@ -10,6 +10,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -36,6 +38,41 @@ at::Tensor *one_tensor(torch::jit::Stack &s) {
 }  // namespace
 
 extern "C" {
+
+// panel.cpp: the AVX-512 small-M kernel (no libtorch inside it).
+int ttft_panel_supported();
+void ttft_panel_rows(const float *x, int64_t rows, int64_t in, const float *packed, int64_t p0,
+                     int64_t p1, const float *bias, float *y, int64_t out);
+
+// y = x·Wᵀ + b with W in panel.cpp's layout [panels][in][32]; x [rows, in] f32 contiguous,
+// b [out] or null. The panels are split across libtorch's intra-op threads (its OpenMP pool,
+// the threads every other op of the forward pass uses).
+at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
+                              int64_t out, char *err, size_t len) {
+  try {
+    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F; use --hf-kernels onednn or mkl");
+    TORCH_CHECK(x->dim() == 2 && x->scalar_type() == at::kFloat && x->is_contiguous(),
+                "panel linear: x must be a contiguous 2-D f32 tensor");
+    TORCH_CHECK(w->dim() == 3 && w->size(2) == 32 && w->size(1) == x->size(1) &&
+                    w->size(0) * 32 >= out && w->is_contiguous(),
+                "panel linear: weight ", w->sizes(), " does not fit x ", x->sizes());
+    TORCH_CHECK(b == nullptr || (b->numel() == out && b->is_contiguous() &&
+                                 b->scalar_type() == at::kFloat),
+                "panel linear: bias must be f32 [", out, "]");
+    const int64_t rows = x->size(0), in = x->size(1), panels = w->size(0);
+    at::Tensor y = at::empty({rows, out}, x->options());
+    const float *xp = x->data_ptr<float>(), *wp = w->data_ptr<float>();
+    const float *bp = b != nullptr ? b->data_ptr<float>() : nullptr;
+    float *yp = y.data_ptr<float>();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
+    });
+    return new at::Tensor(std::move(y));
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
 
 // Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
 int ttft_onednn_available() { return at::hasMKLDNN() ? 1 : 0; }

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# hf prefill vs PyTorch transformers eager prefill, f32 and bf16, both of ttft's kernel paths,
+# hf prefill vs PyTorch transformers eager prefill, f32 and bf16, every kernel path of ttft's,
 # with each prefill's roofline fraction (a benchmark, not a test: it prints, asserts nothing).
 #
 # Same checkpoint (the exported SmolLM2 by default), CPU, same thread count, same prompts and
 # token ids. ttft's hf prefill (forward over the prompt, logits of the last position) is timed by
-# ttft itself, as a settings grid `--hf-kernels mkl,onednn --dtype f32,bf16` in one run;
+# ttft itself, as a settings grid `--hf-kernels auto,onednn,mkl --dtype f32,bf16` in one run (auto
+# is what a plain run takes: ttft's AVX-512 kernel for f32 where the CPU has it, else oneDNN);
 # transformers (attn_implementation="eager") is timed here the way generate() runs a prefill:
 # model(ids, past_key_values=DynamicCache(), logits_to_keep=1). The two are interleaved: ROUNDS
 # rounds of (ttft grid, transformers f32 and bf16), medians over every round's runs, so a drift
 # of the machine hits both sides alike.
-# Ratio = hf prefill / transformers eager prefill in the same dtype (issue goals: f32 onednn
-# <= 0.35 on the short prompts, <= 0.8 on the long ones). GFLOP/s counts the same useful work for
+# Ratio = hf prefill / transformers eager prefill in the same dtype (issue goals: f32 <= 0.35 on
+# the short prompts, <= 0.8 on the long ones). GFLOP/s counts the same useful work for
 # both: 2 * tokens * non-embedding weights + causal attention + the LM head for one position.
 # Roofline = ttft's bound for the prefill (max(weight bytes / bandwidth, FLOPs / peak), from
 # `ttft roofline`) over the achieved prefill time.
@@ -49,7 +50,7 @@ def ttft_round(i):
     d = os.path.join(out, f"round{i}")
     os.makedirs(d)
     subprocess.run([binary, "--backend", "hf", "--hf-model", model_dir, "--device", "cpu",
-                    "--threads", str(threads), "--dtype", ",".join(dtypes), "--hf-kernels", "mkl,onednn",
+                    "--threads", str(threads), "--dtype", ",".join(dtypes), "--hf-kernels", "auto,onednn,mkl",
                     "--prompts", "short=data/short_prompts.txt", "--prompts", "long=data/long_prompts.txt",
                     "--runs", str(runs), "--warmup", "2", "--max-new-tokens", "1", "--out", d,
                     "--no-progress"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,36 +111,39 @@ def point(dt, k):
     return " ".join(parts)
 
 rl = report["environment"]["roofline"]
+resolved = {b["point"]: b["info"].get("hf_kernels") for b in report["backends"] if b.get("info")}
 print(f"model {model_dir} ({cfg.model_type}), CPU, {threads} threads, torch {torch.__version__}, "
       f"{rounds} interleaved rounds x {runs} runs; roofline: read {rl.get('read_gbs', 0):.1f} GB/s, "
       f"f32 {rl.get('f32_gflops', 0):.0f} GFLOP/s, bf16 {rl.get('bf16_gflops') or 0:.0f} GFLOP/s")
+kernels = ("auto", "onednn", "mkl")
 ratios = {}
+med = lambda dt, k, p, i: statistics.median(ours[(point(dt, k), p, i)])
 for dt in dtypes:
-    print(f"\n{dt}: {'prompt':>8} {'tokens':>6} {'onednn ms':>10} {'mkl ms':>8} {'tf eager':>9} "
-          f"{'onednn/tf':>9} {'mkl/tf':>7} {'onednn GF/s':>11} {'tf GF/s':>8} {'roofline':>8}")
+    auto = resolved.get(point(dt, "auto"), "?")
+    print(f"\n{dt} (auto = {auto}): {'prompt':>8} {'tokens':>6} {'auto ms':>8} {'onednn':>8} {'mkl':>8} "
+          f"{'tf eager':>9} {'auto/tf':>7} {'onednn/tf':>9} {'mkl/tf':>7} {'auto GF/s':>9} {'tf GF/s':>8} {'roofline':>8}")
     for (ptype, idx), (text, n) in sorted(texts.items(), key=lambda kv: (kv[0][0] != "short", kv[0][1])):
-        one = statistics.median(ours[(point(dt, "onednn"), ptype, idx)])
-        mkl = statistics.median(ours[(point(dt, "mkl"), ptype, idx)])
+        ms = {k: med(dt, k, ptype, idx) for k in kernels}
         tf = statistics.median(theirs[(dt, ptype, idx)])
-        fr = roof.get((point(dt, "onednn"), ptype, idx))
-        ratios.setdefault((dt, ptype), []).append(one / tf)
-        ratios.setdefault((dt, ptype, "mkl"), []).append(mkl / tf)
+        fr = roof.get((point(dt, "auto"), ptype, idx))
+        for k in kernels:
+            ratios.setdefault((dt, ptype, k), []).append(ms[k] / tf)
         f = flops(n)
-        print(f"{'':>4} {ptype + '#' + str(idx):>8} {n:>6} {one:>10.2f} {mkl:>8.2f} {tf:>9.2f} {one / tf:>9.3f} "
-              f"{mkl / tf:>7.3f} {f / one / 1e6:>11.1f} {f / tf / 1e6:>8.1f} "
-              f"{statistics.median(fr) if fr else float('nan'):>8.2f}")
+        print(f"{'':>{len(dt) + len(auto) + 11}} {ptype + '#' + str(idx):>8} {n:>6} {ms['auto']:>8.2f} {ms['onednn']:>8.2f} "
+              f"{ms['mkl']:>8.2f} {tf:>9.2f} {ms['auto'] / tf:>7.3f} {ms['onednn'] / tf:>9.3f} {ms['mkl'] / tf:>7.3f} "
+              f"{f / ms['auto'] / 1e6:>9.1f} {f / tf / 1e6:>8.1f} {statistics.median(fr) if fr else float('nan'):>8.2f}")
 print()
 for dt in dtypes:
     for ptype in ("short", "long"):
-        print(f"median hf/transformers eager, {dt} {ptype}: onednn {statistics.median(ratios[(dt, ptype)]):.3f}, "
-              f"mkl {statistics.median(ratios[(dt, ptype, 'mkl')]):.3f}")
+        print(f"median hf/transformers eager, {dt} {ptype}: "
+              + ", ".join(f"{k} {statistics.median(ratios[(dt, ptype, k)]):.3f}" for k in kernels))
 if "f32" in dtypes and "bf16" in dtypes:
     for ptype in ("short", "long"):
-        sp = [statistics.median(ours[(point("f32", "onednn"), p, i)]) / statistics.median(ours[(point("bf16", "onednn"), p, i)])
-              for (p, i) in texts if p == ptype]
-        print(f"hf bf16 speed-up over f32 (onednn), {ptype}: median {statistics.median(sp):.2f}x")
-    differ = [(p, i, sorted(first[(point("f32", "onednn"), p, i)]), sorted(first[(point("bf16", "onednn"), p, i)]))
-              for (p, i) in sorted(texts) if first[(point("f32", "onednn"), p, i)] != first[(point("bf16", "onednn"), p, i)]]
+        sp = [med("f32", "auto", p, i) / med("bf16", "auto", p, i) for (p, i) in texts if p == ptype]
+        print(f"hf bf16 speed-up over f32 (auto kernels), {ptype}: median {statistics.median(sp):.2f}x")
+    a, b = point("f32", "auto"), point("bf16", "auto")
+    differ = [(p, i, sorted(first[(a, p, i)]), sorted(first[(b, p, i)]))
+              for (p, i) in sorted(texts) if first[(a, p, i)] != first[(b, p, i)]]
     print(f"greedy first token, bf16 vs f32: {len(texts) - len(differ)}/{len(texts)} prompts agree"
-          + "".join(f"; {p}#{i}: f32 {a} bf16 {b}" for p, i, a, b in differ))
+          + "".join(f"; {p}#{i}: f32 {x} bf16 {y}" for p, i, x, y in differ))
 PY

@@ -49,6 +49,20 @@ fn roofline_measures_every_kernel_and_a_steady_probe_is_cached() {
         ));
         assert_eq!(again, first);
         assert!(file.exists());
+        // An entry made before a kernel existed (an older ttft) is measured again, not reused.
+        let mut old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let name = by_kernel.keys().last().unwrap().clone();
+        old[0]["f32_by_kernel"]
+            .as_object_mut()
+            .unwrap()
+            .remove(&name);
+        std::fs::write(&file, old.to_string()).unwrap();
+        let fresh = json_of(&ttft_with_cache(
+            cache.path(),
+            &["roofline", "--threads", "2", "--json"],
+        ));
+        assert!(fresh["f32_by_kernel"].get(&name).is_some(), "{fresh}");
     } else {
         assert!(!file.exists(), "an unsteady probe must not be cached");
     }

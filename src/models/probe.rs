@@ -92,6 +92,19 @@ pub fn measure(device: Device, threads: u32, device_name: &str) -> Result<Roofli
     Ok(r)
 }
 
+/// The f32 kernels this build can run on this CPU, which a probe measures: a cached probe that
+/// lacks one of them (made by an older ttft) is measured again.
+pub fn cpu_kernels() -> Vec<onednn::Kernels> {
+    let mut k = vec![onednn::Kernels::Mkl];
+    if onednn::available() {
+        k.push(onednn::Kernels::Onednn);
+    }
+    if onednn::panel_supported() {
+        k.push(onednn::Kernels::Avx512);
+    }
+    k
+}
+
 /// One round of every measurement.
 fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, TchError> {
     let _g = tch::no_grad_guard();
@@ -111,17 +124,14 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
     };
     let mut f32_by_kernel = BTreeMap::new();
     let cpu_onednn = device == Device::Cpu && onednn::available();
-    if let Some(g) = gemm_gflops(device, Kind::Float, onednn::Kernels::Mkl, shape) {
-        f32_by_kernel.insert("mkl".to_string(), g);
-    }
-    if cpu_onednn {
-        if let Some(g) = gemm_gflops(device, Kind::Float, onednn::Kernels::Onednn, shape) {
-            f32_by_kernel.insert("onednn".to_string(), g);
-        }
-    }
-    if device == Device::Cpu && onednn::panel_supported() {
-        if let Some(g) = gemm_gflops(device, Kind::Float, onednn::Kernels::Avx512, shape) {
-            f32_by_kernel.insert("avx512".to_string(), g);
+    let kernels = if device == Device::Cpu {
+        cpu_kernels()
+    } else {
+        vec![onednn::Kernels::Mkl]
+    };
+    for k in kernels {
+        if let Some(g) = gemm_gflops(device, Kind::Float, k, shape) {
+            f32_by_kernel.insert(k.name().to_string(), g);
         }
     }
     // A 16-bit peak only where the kernels are native: emulated bf16/f16 is not a roofline.

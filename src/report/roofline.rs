@@ -20,9 +20,10 @@ pub struct Roofline {
     pub libtorch: String,
     /// Memory read bandwidth, GB/s (a sum over a buffer far larger than the caches).
     pub read_gbs: f64,
-    /// f32 GEMM peak, GFLOP/s: the best of the kernels ttft can use (MKL, oneDNN packed).
+    /// f32 GEMM peak, GFLOP/s: the best of the kernels ttft can use (MKL, oneDNN packed, its own
+    /// AVX-512 panels).
     pub f32_gflops: f64,
-    /// Per kernel, what it reached in f32 (`mkl`, `onednn`).
+    /// Per kernel, what it reached in f32 (`mkl`, `onednn`, `avx512`).
     pub f32_by_kernel: std::collections::BTreeMap<String, f64>,
     /// bf16 GEMM peak, GFLOP/s (None when the probe could not run bf16).
     pub bf16_gflops: Option<f64>,

@@ -52,7 +52,7 @@ fn roofline_measures_every_kernel_and_a_steady_probe_is_cached() {
         // An entry made before a kernel existed (an older ttft) is measured again, not reused.
         let mut old: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let name = by_kernel.keys().last().unwrap().clone();
+        let name = by_kernel.keys().next_back().unwrap().clone();
         old[0]["f32_by_kernel"]
             .as_object_mut()
             .unwrap()

@@ -95,15 +95,17 @@ fn main() {
 fn onednn_shim(lib: &str) {
     let root = std::path::Path::new(lib).join("..");
     let src = "src/models/shim/onednn.cpp";
-    let kernel = "src/models/shim/panel.cpp";
+    let kernels = ["src/models/shim/panel.cpp", "src/models/shim/attention.cpp"];
     println!("cargo:rerun-if-changed={src}");
-    println!("cargo:rerun-if-changed={kernel}");
+    for k in kernels {
+        println!("cargo:rerun-if-changed={k}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .file(src)
-        .file(kernel)
+        .files(kernels)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -277,6 +277,7 @@ fn attention(
         q_norm: qk_norm(c, w, &format!("{p}.self_attn.q_norm"))?,
         k_norm: qk_norm(c, w, &format!("{p}.self_attn.k_norm"))?,
         rope: Some(rope),
+        fused: false,
     })
 }
 

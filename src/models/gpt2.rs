@@ -144,6 +144,7 @@ fn block(c: &Config, w: &Weights, b: &str, i: i64) -> Result<Block, ModelError> 
             q_norm: None,
             k_norm: None,
             rope: None,
+            fused: false,
         },
         post_attn_norm: None,
         mlp_norm: layer_norm(w, &format!("{b}.ln_2"), hidden, c.eps)?,

@@ -114,6 +114,7 @@ fn block(c: &Config, w: &Weights, p: &str) -> Result<Block, ModelError> {
             q_norm: None,
             k_norm: None,
             rope: Some(0),
+            fused: false,
         },
         post_attn_norm: None,
         mlp_norm: layer_norm(w, &format!("{p}.post_attention_layernorm"), hidden, c.eps)?,

@@ -156,6 +156,9 @@ pub struct Attention {
     pub k_norm: Option<Norm>,
     /// Index into the model's RoPE table; None for learned positions (GPT-2).
     pub rope: Option<usize>,
+    /// Run causal attention through ttft's CPU kernel (`onednn::attention`) where no
+    /// soft-cap or active window asks for more; set by [`Decoder::use_kernels`].
+    pub fused: bool,
 }
 
 /// Key/value tensors of one layer, [1, kv_heads, seq, head_dim].
@@ -215,10 +218,20 @@ impl Attention {
             None => (k, v),
         };
         *cache = Some((k.shallow_clone(), v.shallow_clone()));
-        let k = repeat_kv(&k, h / kv);
-        let v = repeat_kv(&v, h / kv);
         let s = past + t;
         let window_matters = self.window.is_some_and(|w| s > w);
+        if self.fused && b == 1 && self.softcap.is_none() && !window_matters {
+            let out = super::onednn::attention(
+                &q.squeeze_dim(0),
+                &k.squeeze_dim(0),
+                &v.squeeze_dim(0),
+                self.scale,
+            )
+            .unwrap_or_else(|e| panic!("attention: {e}"));
+            return self.o.forward(&out.reshape([b, t, h * d]));
+        }
+        let k = repeat_kv(&k, h / kv);
+        let v = repeat_kv(&v, h / kv);
 
         let out = if let Some(cap) = self.softcap {
             // Gemma 2 eager attention: scores * scale, soft-cap, mask, softmax in f32.
@@ -367,7 +380,13 @@ pub struct Decoder {
 impl Decoder {
     /// Lay every projection and the LM head out for `kernels`, once, at load.
     pub fn use_kernels(&mut self, kernels: super::onednn::Kernels) -> Result<(), tch::TchError> {
+        // ttft's attention goes with ttft's kernel choices; `mkl` stays libtorch's own
+        // everything (SDPA), the reference path.
+        let fused = kernels != super::onednn::Kernels::Mkl
+            && self.embed.device() == tch::Device::Cpu
+            && matches!(self.kind, Kind::Float | Kind::BFloat16);
         for b in &mut self.blocks {
+            b.attn.fused = fused && super::onednn::attention_supported(b.attn.head_dim);
             b.attn.qkv.use_kernels(kernels, 0)?;
             b.attn.o.use_kernels(kernels, 0)?;
             match &mut b.mlp {

@@ -37,6 +37,14 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> *mut C_tensor;
+    fn ttft_attention(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        scale: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut C_tensor;
 }
 
 /// Which GEMM library the hf backend's projections use.
@@ -150,6 +158,30 @@ pub fn linear(x: &Tensor, packed: &Tensor, b: Option<&Tensor>) -> Result<Tensor,
     owned(p, &err)
 }
 
+/// Whether [`attention`] runs for a head dimension of `head_dim` on this CPU.
+pub fn attention_supported(head_dim: i64) -> bool {
+    panel_supported() && head_dim % 16 == 0
+}
+
+/// ttft's causal attention (`shim/attention.cpp`): q [heads, t, d] against the whole cache
+/// k, v [kv_heads, s, d] (the last t keys are the queries' own), in f32; returns [t, heads, d]
+/// in q's dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor, TchError> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: every tensor outlives the call; the shim checks shapes and the CPU.
+    let p = unsafe {
+        ttft_attention(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            scale,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    owned(p, &err)
+}
+
 /// Lay a dense [out, in] f32 weight out for [`panel_linear`]: [ceil(out/32), in, 32], each panel
 /// 32 output columns with its inputs in order, zero columns past `out`.
 pub fn pack_panels(w: &Tensor) -> Result<Tensor, TchError> {
@@ -241,6 +273,59 @@ mod tests {
         }
         let wrong = Tensor::randn([2, 47], (Kind::Float, Device::Cpu));
         assert!(panel_linear(&wrong, &p, None, 70).is_err());
+    }
+
+    /// ttft's attention against softmax(q·kᵀ·scale + causal mask)·v in f64, with GQA, a cache
+    /// before the queries (past > 0), head dims that leave a partial 64-column chunk, query
+    /// counts that leave partial 4-row tiles and 16-row blocks, and bf16 inputs.
+    #[test]
+    fn attention_matches_masked_softmax() {
+        if !attention_supported(16) {
+            return;
+        }
+        tch::manual_seed(0);
+        for (h, kv, d, t, past) in [(6, 2, 64, 37, 0), (4, 4, 80, 5, 11), (3, 1, 16, 1, 40)] {
+            let s = past + t;
+            let q = Tensor::randn([h, t, d], (Kind::Float, Device::Cpu));
+            let k = Tensor::randn([kv, s, d], (Kind::Float, Device::Cpu));
+            let v = Tensor::randn([kv, s, d], (Kind::Float, Device::Cpu));
+            let scale = 1.0 / (d as f64).sqrt();
+            let rep = |x: &Tensor| x.repeat_interleave_self_int(h / kv, 0, None);
+            let (q64, k64, v64) = (
+                q.to_kind(Kind::Double),
+                rep(&k).to_kind(Kind::Double),
+                rep(&v).to_kind(Kind::Double),
+            );
+            let qpos = Tensor::arange_start(past, s, (Kind::Int64, Device::Cpu)).unsqueeze(1);
+            let kpos = Tensor::arange(s, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+            let hidden = kpos.gt_tensor(&qpos);
+            let scores =
+                (q64.matmul(&k64.transpose(1, 2)) * scale).masked_fill(&hidden, f64::NEG_INFINITY);
+            let want = scores
+                .softmax(-1, Kind::Double)
+                .matmul(&v64)
+                .transpose(0, 1);
+            let got = attention(&q, &k, &v, scale).unwrap();
+            assert_eq!(got.size(), vec![t, h, d]);
+            let diff = (got.to_kind(Kind::Double) - &want)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "h {h} kv {kv} d {d} t {t} past {past}: {diff}");
+            let bf = |x: &Tensor| x.to_kind(Kind::BFloat16);
+            let got16 = attention(&bf(&q), &bf(&k), &bf(&v), scale).unwrap();
+            assert_eq!(got16.kind(), Kind::BFloat16);
+            let diff = (got16.to_kind(Kind::Double) - &want)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 0.05, "bf16, d {d}: {diff}");
+        }
+        let q = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu));
+        assert!(
+            attention(&q, &q, &q, 1.0).is_err(),
+            "d = 24 is not a multiple of 16"
+        );
     }
 
     /// A libtorch error comes back as an error naming the problem, not a crash.

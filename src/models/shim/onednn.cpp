@@ -12,9 +12,11 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -68,6 +70,51 @@ at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at
       ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
     });
     return new at::Tensor(std::move(y));
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
+// attention.cpp: causal attention rows of one head (no libtorch inside it).
+void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, const float *v,
+                    int64_t past, int64_t i0, int64_t i1, float scale, float *o, int64_t o_stride,
+                    float *scratch);
+
+// Causal attention of q [heads, t, d] against the cache k, v [kv_heads, s, d] (s >= t: the
+// last t keys are the queries' own; query i sees keys 0..s-t+i), GQA when heads is a multiple of
+// kv_heads. Computed in f32 whatever the dtype; the result is [t, heads, d] in q's dtype, the
+// layout the output projection reads. Work items are (head, 16 query rows), split across
+// libtorch's intra-op threads.
+at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
+                           double scale, char *err, size_t len) {
+  try {
+    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
+    TORCH_CHECK(q->dim() == 3 && k->dim() == 3 && k->sizes() == v->sizes(),
+                "attention: q ", q->sizes(), ", k ", k->sizes(), ", v ", v->sizes());
+    const int64_t h = q->size(0), t = q->size(1), d = q->size(2);
+    const int64_t kv = k->size(0), s = k->size(1);
+    TORCH_CHECK(d % 16 == 0 && k->size(2) == d && h % kv == 0 && s >= t,
+                "attention: q ", q->sizes(), " does not fit k ", k->sizes());
+    const int64_t past = s - t, rep = h / kv, stride = (s + 31) / 32 * 32;
+    const at::Tensor qf = q->to(at::kFloat).contiguous();
+    const at::Tensor vf = v->to(at::kFloat).contiguous();
+    at::Tensor kt = at::zeros({kv, d, stride}, qf.options());
+    kt.narrow(2, 0, s).copy_(k->transpose(1, 2));
+    at::Tensor o = at::empty({t, h, d}, qf.options());
+    const float *qp = qf.data_ptr<float>(), *kp = kt.data_ptr<float>(), *vp = vf.data_ptr<float>();
+    float *op = o.data_ptr<float>();
+    const int64_t blocks = (t + 15) / 16;
+    at::parallel_for(0, h * blocks, 1, [&](int64_t a, int64_t b) {
+      std::vector<float> scratch(4 * stride);
+      for (int64_t task = a; task < b; task++) {
+        const int64_t head = task / blocks, i0 = task % blocks * 16;
+        const int64_t i1 = i0 + 16 < t ? i0 + 16 : t, g = head / rep;
+        ttft_attn_rows(qp + head * t * d, d, kp + g * d * stride, stride, vp + g * s * d, past, i0,
+                       i1, (float)scale, op + head * d, h * d, scratch.data());
+      }
+    });
+    return new at::Tensor(o.to(q->scalar_type()));
   } catch (const std::exception &e) {
     fail(e, err, len);
     return nullptr;

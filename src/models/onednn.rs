@@ -6,7 +6,9 @@
 //! once into its blocked layout — the ops Inductor emits with `freezing=True`
 //! (`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`). tch's generated API has
 //! neither, so `shim/onednn.cpp` (compiled by build.rs against the wheel's headers) calls them
-//! through the dispatcher; this module is the safe side of that boundary.
+//! through the dispatcher; this module is the safe side of that boundary. The same shim carries
+//! ttft's own CPU kernels, which need no libtorch inside them: the AVX-512 f32 linear for few rows
+//! (`shim/panel.cpp`) and causal attention (`shim/attention.cpp`), threaded by libtorch's pool.
 
 use std::ffi::{c_char, c_int, CStr};
 use tch::{Device, Kind, TchError, Tensor};

@@ -95,7 +95,11 @@ fn main() {
 fn onednn_shim(lib: &str) {
     let root = std::path::Path::new(lib).join("..");
     let src = "src/models/shim/onednn.cpp";
-    let kernels = ["src/models/shim/panel.cpp", "src/models/shim/attention.cpp"];
+    let kernels = [
+        "src/models/shim/panel.cpp",
+        "src/models/shim/attention.cpp",
+        "src/models/shim/norm.cpp",
+    ];
     println!("cargo:rerun-if-changed={src}");
     for k in kernels {
         println!("cargo:rerun-if-changed={k}");

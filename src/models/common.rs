@@ -153,11 +153,13 @@ pub fn rms(w: &Weights, name: &str, d: i64, eps: f64, one_plus: bool) -> Result<
         Norm::RmsOnePlus {
             w1: w.get(&key, &[d])?.to_kind(Kind::Float) + 1.0,
             eps,
+            fused: false,
         }
     } else {
         Norm::Rms {
             w: w.get(&key, &[d])?,
             eps,
+            fused: None,
         }
     })
 }

@@ -16,6 +16,8 @@ pub enum Norm {
         w: Tensor,
         /// Epsilon inside the rsqrt.
         eps: f64,
+        /// The weight widened to f32 for ttft's fused kernel, when [`Norm::use_fused`] chose it.
+        fused: Option<Tensor>,
     },
     /// GemmaRMSNorm: normalise in f32 and multiply by `(1 + weight)` in f32, then cast back.
     /// `w1` holds `1 + weight` in f32, precomputed at load.
@@ -24,6 +26,8 @@ pub enum Norm {
         w1: Tensor,
         /// Epsilon inside the rsqrt.
         eps: f64,
+        /// Whether ttft's fused kernel runs it.
+        fused: bool,
     },
     /// nn.LayerNorm with weight and bias.
     Layer {
@@ -40,12 +44,22 @@ impl Norm {
     /// Normalise over the last axis.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self {
-            Norm::Rms { w, eps } => {
+            Norm::Rms {
+                fused: Some(wf),
+                eps,
+                ..
+            } => fused_rms(x, wf, *eps, false),
+            Norm::RmsOnePlus {
+                w1,
+                eps,
+                fused: true,
+            } => fused_rms(x, w1, *eps, true),
+            Norm::Rms { w, eps, .. } => {
                 let xf = x.to_kind(Kind::Float);
                 let var = xf.square().mean_dim(-1, true, Kind::Float);
                 w * (xf * (var + *eps).rsqrt()).to_kind(x.kind())
             }
-            Norm::RmsOnePlus { w1, eps } => {
+            Norm::RmsOnePlus { w1, eps, .. } => {
                 let xf = x.to_kind(Kind::Float);
                 let var = xf.square().mean_dim(-1, true, Kind::Float);
                 (xf * (var + *eps).rsqrt() * w1).to_kind(x.kind())
@@ -56,6 +70,20 @@ impl Norm {
             }
         }
     }
+
+    /// Run RMS norms through ttft's one-pass kernel (`onednn::rms_norm`) or libtorch's ops.
+    /// LayerNorm is one libtorch op already.
+    pub fn use_fused(&mut self, on: bool) {
+        match self {
+            Norm::Rms { w, fused, .. } => *fused = on.then(|| w.to_kind(Kind::Float)),
+            Norm::RmsOnePlus { fused, .. } => *fused = on,
+            Norm::Layer { .. } => {}
+        }
+    }
+}
+
+fn fused_rms(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Tensor {
+    super::onednn::rms_norm(x, w, eps, one_plus).unwrap_or_else(|e| panic!("rms norm: {e}"))
 }
 
 /// Activation functions by their HF names.
@@ -380,13 +408,22 @@ pub struct Decoder {
 impl Decoder {
     /// Lay every projection and the LM head out for `kernels`, once, at load.
     pub fn use_kernels(&mut self, kernels: super::onednn::Kernels) -> Result<(), tch::TchError> {
-        // ttft's attention goes with ttft's kernel choices; `mkl` stays libtorch's own
-        // everything (SDPA), the reference path.
+        // ttft's attention and RMS norms go with ttft's kernel choices; `mkl` stays libtorch's
+        // own everything (SDPA, the norms as ops), the reference path.
         let fused = kernels != super::onednn::Kernels::Mkl
             && self.embed.device() == tch::Device::Cpu
             && matches!(self.kind, Kind::Float | Kind::BFloat16);
+        let norms = fused && super::onednn::panel_supported();
+        self.final_norm.use_fused(norms);
         for b in &mut self.blocks {
             b.attn.fused = fused && super::onednn::attention_supported(b.attn.head_dim);
+            let extra = [&mut b.post_attn_norm, &mut b.post_mlp_norm];
+            let qk = [&mut b.attn.q_norm, &mut b.attn.k_norm];
+            for n in extra.into_iter().chain(qk).flatten() {
+                n.use_fused(norms);
+            }
+            b.attn_norm.use_fused(norms);
+            b.mlp_norm.use_fused(norms);
             b.attn.qkv.use_kernels(kernels, 0)?;
             b.attn.o.use_kernels(kernels, 0)?;
             match &mut b.mlp {

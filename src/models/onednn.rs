@@ -39,6 +39,14 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> *mut C_tensor;
+    fn ttft_rms_norm(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        eps: f64,
+        one_plus: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut C_tensor;
     fn ttft_attention(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -157,6 +165,25 @@ pub fn linear(x: &Tensor, packed: &Tensor, b: Option<&Tensor>) -> Result<Tensor,
     // SAFETY: every tensor outlives the call; a null bias is the shim's "no bias".
     let p =
         unsafe { ttft_onednn_linear(x.as_ptr(), packed.as_ptr(), b, err.as_mut_ptr(), err.len()) };
+    owned(p, &err)
+}
+
+/// ttft's RMSNorm (`shim/norm.cpp`) over the last axis of x (f32 or bf16), with transformers'
+/// roundings: Llama's `w · round(x · r)`, or Gemma's `round(x · r · w1)` when `one_plus` (w1 is
+/// then `1 + w` in f32).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Result<Tensor, TchError> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: both tensors outlive the call; the shim checks dtypes, shapes and the CPU.
+    let p = unsafe {
+        ttft_rms_norm(
+            x.as_ptr(),
+            w.as_ptr(),
+            eps,
+            c_int::from(one_plus),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
     owned(p, &err)
 }
 
@@ -327,6 +354,62 @@ mod tests {
         assert!(
             attention(&q, &q, &q, 1.0).is_err(),
             "d = 24 is not a multiple of 16"
+        );
+    }
+
+    /// ttft's RMSNorm against the op chain transformers runs (widen, mean of squares, rsqrt,
+    /// round to the dtype, weight), Llama's and Gemma's forms, f32 and bf16, widths with a
+    /// partial 16-lane tail, and a non-contiguous input.
+    #[test]
+    fn rms_norm_matches_the_op_chain() {
+        if !panel_supported() {
+            return;
+        }
+        tch::manual_seed(0);
+        for (kind, n) in [
+            (Kind::Float, 576),
+            (Kind::BFloat16, 576),
+            (Kind::BFloat16, 40),
+        ] {
+            let x = (Tensor::randn([3, 7, n], (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind);
+            let w = Tensor::randn([n], (Kind::Float, Device::Cpu)).to_kind(kind);
+            let xf = x.to_kind(Kind::Float);
+            let normed = &xf * (xf.square().mean_dim(-1, true, Kind::Float) + 1e-5).rsqrt();
+            let llama = &w * normed.to_kind(kind);
+            let w1 = w.to_kind(Kind::Float) + 1.0;
+            let gemma = (&normed * &w1).to_kind(kind);
+            for (got, want) in [
+                (rms_norm(&x, &w, 1e-5, false).unwrap(), llama),
+                (rms_norm(&x, &w1, 1e-5, true).unwrap(), gemma),
+            ] {
+                assert_eq!(got.kind(), kind);
+                let (g, w) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+                let rel = ((&g - &w).abs() / (w.abs() + 1e-3)).max().double_value(&[]);
+                // f32: summation order only; bf16: at most one rounding step apart.
+                let bound = if kind == Kind::Float {
+                    1e-5
+                } else {
+                    1.0 / 128.0
+                };
+                assert!(rel <= bound, "{kind:?} n {n}: {rel}");
+                if kind == Kind::BFloat16 {
+                    let same = g.eq_tensor(&w).to_kind(Kind::Float).mean(Kind::Float);
+                    assert!(
+                        same.double_value(&[]) > 0.99,
+                        "n {n}: bf16 mostly identical"
+                    );
+                }
+            }
+        }
+        let x = Tensor::randn([4, 64], (Kind::Float, Device::Cpu));
+        let t = x.tr();
+        let w = Tensor::ones([4], (Kind::Float, Device::Cpu));
+        let want = rms_norm(&t.contiguous(), &w, 1e-6, false).unwrap();
+        let got = rms_norm(&t, &w, 1e-6, false).unwrap();
+        assert!(got.allclose(&want, 0.0, 0.0, false));
+        assert!(
+            rms_norm(&x, &w, 1e-6, false).is_err(),
+            "weight [4] for rows of 64"
         );
     }
 

@@ -12,6 +12,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <cstring>
 #include <exception>
@@ -115,6 +116,38 @@ at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::T
       }
     });
     return new at::Tensor(o.to(q->scalar_type()));
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
+// norm.cpp: RMSNorm rows (no libtorch inside it).
+void ttft_rms_rows(const void *x, int bf16, int64_t n, int64_t r0, int64_t r1, const float *w,
+                   float eps, int one_plus, void *y);
+
+// RMSNorm over the last axis of x (f32 or bf16) with transformers' roundings (norm.cpp); w [n]
+// in any float dtype (widened to f32 exactly). Rows are split across libtorch's threads.
+at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, int one_plus,
+                          char *err, size_t len) {
+  try {
+    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
+    const bool bf16 = x->scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 || x->scalar_type() == at::kFloat, "rms norm: x must be f32 or bf16");
+    const int64_t n = x->size(-1);
+    TORCH_CHECK(w->numel() == n, "rms norm: weight ", w->sizes(), " does not fit x ", x->sizes());
+    const at::Tensor xc = x->contiguous();
+    const at::Tensor wf = w->to(at::kFloat).contiguous();
+    at::Tensor y = at::empty_like(xc);
+    const int64_t rows = n == 0 ? 0 : xc.numel() / n;
+    const void *xp = xc.data_ptr();
+    void *yp = y.data_ptr();
+    const float *wp = wf.data_ptr<float>();
+    const int64_t grain = 16384 / (n > 0 ? n : 1) + 1;
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      ttft_rms_rows(xp, bf16 ? 1 : 0, n, r0, r1, wp, (float)eps, one_plus, yp);
+    });
+    return new at::Tensor(std::move(y));
   } catch (const std::exception &e) {
     fail(e, err, len);
     return nullptr;

@@ -99,9 +99,10 @@ fn onednn_shim(lib: &str) {
         "src/models/shim/panel.cpp",
         "src/models/shim/attention.cpp",
         "src/models/shim/norm.cpp",
+        "src/models/shim/act.cpp",
     ];
     println!("cargo:rerun-if-changed={src}");
-    for k in kernels {
+    for k in kernels.iter().chain(&["src/models/shim/simd.h"]) {
         println!("cargo:rerun-if-changed={k}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");

@@ -349,6 +349,7 @@ fn mlp(c: &LlamaLike, w: &Weights, p: &str) -> Result<Mlp, ModelError> {
         )?
         .into(),
         act: c.act,
+        fused: false,
     })
 }
 

@@ -132,6 +132,9 @@ pub enum Mlp {
         down: Dense,
         /// Activation on the gate.
         act: Act,
+        /// SiLU through ttft's one-pass kernel (`onednn::silu_mul`); set by
+        /// [`Decoder::use_kernels`].
+        fused: bool,
     },
     /// `proj(act(fc(x)))` (GPT-2, GPT-NeoX).
     Plain {
@@ -148,7 +151,19 @@ impl Mlp {
     /// Apply to x [..., hidden].
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self {
-            Mlp::Gated { gate_up, down, act } => {
+            Mlp::Gated {
+                gate_up,
+                down,
+                fused: true,
+                ..
+            } => {
+                let gu = gate_up.forward(x);
+                let h = super::onednn::silu_mul(&gu).unwrap_or_else(|e| panic!("silu·up: {e}"));
+                down.forward(&h)
+            }
+            Mlp::Gated {
+                gate_up, down, act, ..
+            } => {
                 let gu = gate_up.forward(x);
                 let parts = gu.chunk(2, -1);
                 down.forward(&(act.forward(&parts[0]) * &parts[1]))
@@ -427,7 +442,13 @@ impl Decoder {
             b.attn.qkv.use_kernels(kernels, 0)?;
             b.attn.o.use_kernels(kernels, 0)?;
             match &mut b.mlp {
-                Mlp::Gated { gate_up, down, .. } => {
+                Mlp::Gated {
+                    gate_up,
+                    down,
+                    act,
+                    fused: on,
+                } => {
+                    *on = norms && *act == Act::Silu;
                     gate_up.use_kernels(kernels, 0)?;
                     down.use_kernels(kernels, 0)?;
                 }

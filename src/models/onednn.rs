@@ -47,6 +47,7 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> *mut C_tensor;
+    fn ttft_silu_mul(gu: *const C_tensor, err: *mut c_char, len: usize) -> *mut C_tensor;
     fn ttft_attention(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -184,6 +185,15 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Result<Tens
             err.len(),
         )
     };
+    owned(p, &err)
+}
+
+/// ttft's `silu(gate) · up` (`shim/act.cpp`) of the fused gate/up output [..., 2 · inter]
+/// (f32 or bf16), with transformers' roundings; returns [..., inter].
+pub fn silu_mul(gu: &Tensor) -> Result<Tensor, TchError> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: the tensor outlives the call; the shim checks dtype, shape and the CPU.
+    let p = unsafe { ttft_silu_mul(gu.as_ptr(), err.as_mut_ptr(), err.len()) };
     owned(p, &err)
 }
 
@@ -411,6 +421,48 @@ mod tests {
             rms_norm(&x, &w, 1e-6, false).is_err(),
             "weight [4] for rows of 64"
         );
+    }
+
+    /// ttft's silu·up against `silu(gate) * up` as libtorch computes it, f32 and bf16, with a
+    /// width that leaves a partial 16-lane tail and gates far out on both sides.
+    #[test]
+    fn silu_mul_matches_libtorch() {
+        if !panel_supported() {
+            return;
+        }
+        tch::manual_seed(0);
+        for (kind, inter) in [
+            (Kind::Float, 1536),
+            (Kind::BFloat16, 1536),
+            (Kind::BFloat16, 40),
+        ] {
+            let gu =
+                (Tensor::randn([2, 5, 2 * inter], (Kind::Float, Device::Cpu)) * 6.0).to_kind(kind);
+            let parts = gu.chunk(2, -1);
+            let want = (parts[0].silu() * &parts[1]).to_kind(Kind::Double);
+            let got = silu_mul(&gu).unwrap();
+            assert_eq!((got.kind(), got.size()), (kind, vec![2, 5, inter]));
+            let g = got.to_kind(Kind::Double);
+            let rel = ((&g - &want).abs() / (want.abs() + 1e-3))
+                .max()
+                .double_value(&[]);
+            // bf16: silu's rounding and the product's may each land one step (2^-7) away.
+            let bound = if kind == Kind::Float {
+                1e-5
+            } else {
+                1.0 / 64.0
+            };
+            assert!(rel <= bound, "{kind:?} {inter}: {rel}");
+            if kind == Kind::BFloat16 {
+                let same = g.eq_tensor(&want).to_kind(Kind::Float).mean(Kind::Float);
+                assert!(
+                    same.double_value(&[]) > 0.99,
+                    "bf16 {inter}: mostly identical"
+                );
+            }
+        }
+        let odd = Tensor::randn([3, 7], (Kind::Float, Device::Cpu));
+        assert!(silu_mul(&odd).is_err());
     }
 
     /// A libtorch error comes back as an error naming the problem, not a crash.

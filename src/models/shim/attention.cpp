@@ -20,31 +20,12 @@
 #pragma GCC target("avx512f")
 #include <immintrin.h>
 
+#include "simd.h"
+
 namespace {
 
 constexpr int kRows = 4;  // query rows per register tile
 
-// e^x for x <= 0 (scores minus their row maximum): 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2,
-// p a degree-6 Taylor polynomial (relative error below 2e-7 on that interval).
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
 
 // Scores of `rows` query rows against keys [0, keys): s[r][j] = scale · q[r]·k[j], with
 // kt [d][stride] (keys contiguous, zero past the cache's length).
@@ -74,11 +55,11 @@ void scores(const float *q, int rows, int64_t d, const float *kt, int64_t stride
 float softmax_row(float *s, int64_t n, int64_t padded) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < n; j += 16)
-    m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(n - j), s + j));
+    m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail(n - j), s + j));
   const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < padded; j += 16) {
-    const __mmask16 k = j < n ? tail_mask(n - j) : 0;
+    const __mmask16 k = j < n ? tail(n - j) : 0;
     const __m512 e = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), mx)));
     _mm512_storeu_ps(s + j, e);
     sum = _mm512_add_ps(sum, e);

@@ -20,57 +20,7 @@
 #pragma GCC target("avx512f")
 #include <immintrin.h>
 
-namespace {
-
-inline __mmask16 tail(int64_t left) {
-  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
-// Elements [j, j + n) of a row, n <= 16, widened to f32 (zeros past n). AVX-512F has no masked
-// 16-bit loads, so a partial bf16 chunk goes through a small buffer.
-inline __m512 load(const void *x, bool bf16, int64_t j, int64_t n) {
-  if (!bf16) return _mm512_maskz_loadu_ps(tail(n), (const float *)x + j);
-  const uint16_t *p = (const uint16_t *)x + j;
-  uint16_t buf[16] = {0};
-  if (n < 16) {
-    for (int64_t i = 0; i < n; i++) buf[i] = p[i];
-    p = buf;
-  }
-  const __m256i h = _mm256_loadu_si256((const __m256i *)p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// f32 -> bf16 bits, round to nearest even; NaN stays a quiet NaN.
-inline __m512i to_bf16_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  r = _mm512_srli_epi32(r, 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
-}
-
-inline __m512 round_bf16(__m512 v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(to_bf16_bits(v), 16));
-}
-
-inline void store(void *y, bool bf16, int64_t j, int64_t n, __m512 v) {
-  if (!bf16) {
-    _mm512_mask_storeu_ps((float *)y + j, tail(n), v);
-    return;
-  }
-  const __m256i h = _mm512_cvtepi32_epi16(to_bf16_bits(v));
-  uint16_t *p = (uint16_t *)y + j;
-  if (n >= 16) {
-    _mm256_storeu_si256((__m256i *)p, h);
-    return;
-  }
-  uint16_t buf[16];
-  _mm256_storeu_si256((__m256i *)buf, h);
-  for (int64_t i = 0; i < n; i++) p[i] = buf[i];
-}
-
-}  // namespace
+#include "simd.h"
 
 extern "C" {
 

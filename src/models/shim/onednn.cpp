@@ -154,6 +154,35 @@ at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, 
   }
 }
 
+// act.cpp: silu(gate) · up rows (no libtorch inside it).
+void ttft_silu_mul_rows(const void *gu, int bf16, int64_t inter, int64_t r0, int64_t r1, void *y);
+
+// silu(gate) · up of the fused gate/up output gu [..., 2 · inter] (f32 or bf16; per row the gate
+// half, then the up half) with transformers' roundings (act.cpp); returns [..., inter].
+at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
+  try {
+    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
+    const bool bf16 = gu->scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 || gu->scalar_type() == at::kFloat, "silu·up: f32 or bf16 only");
+    TORCH_CHECK(gu->dim() >= 1 && gu->size(-1) % 2 == 0, "silu·up: odd width ", gu->sizes());
+    const at::Tensor x = gu->contiguous();
+    const int64_t inter = x.size(-1) / 2, rows = inter == 0 ? 0 : x.numel() / (2 * inter);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = inter;
+    at::Tensor y = at::empty(shape, x.options());
+    const void *xp = x.data_ptr();
+    void *yp = y.data_ptr();
+    const int64_t grain = 16384 / (inter > 0 ? inter : 1) + 1;
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      ttft_silu_mul_rows(xp, bf16 ? 1 : 0, inter, r0, r1, yp);
+    });
+    return new at::Tensor(std::move(y));
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
 // Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
 int ttft_onednn_available() { return at::hasMKLDNN() ? 1 : 0; }
 

@@ -1,0 +1,76 @@
+// AVX-512F helpers shared by ttft's CPU kernels (attention.cpp, norm.cpp, act.cpp): e^x, and
+// rows of f32 or bf16 widened to f32 and narrowed back with torch's rounding. Included only
+// inside each file's `#pragma GCC target("avx512f")` region, after <immintrin.h>.
+#pragma once
+
+#include <cstdint>
+
+namespace {
+
+// e^x for x <= 0 (attention scores minus their row maximum, silu's e^-|g|): 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2,
+// p a degree-6 Taylor polynomial (relative error below 2e-7 on that interval).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 tail(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
+// Elements [j, j + n) of a row, n <= 16, widened to f32 (zeros past n). AVX-512F has no masked
+// 16-bit loads, so a partial bf16 chunk goes through a small buffer.
+inline __m512 load(const void *x, bool bf16, int64_t j, int64_t n) {
+  if (!bf16) return _mm512_maskz_loadu_ps(tail(n), (const float *)x + j);
+  const uint16_t *p = (const uint16_t *)x + j;
+  uint16_t buf[16] = {0};
+  if (n < 16) {
+    for (int64_t i = 0; i < n; i++) buf[i] = p[i];
+    p = buf;
+  }
+  const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// f32 -> bf16 bits, round to nearest even; NaN stays a quiet NaN.
+inline __m512i to_bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  r = _mm512_srli_epi32(r, 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+}
+
+inline __m512 round_bf16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(to_bf16_bits(v), 16));
+}
+
+inline void store(void *y, bool bf16, int64_t j, int64_t n, __m512 v) {
+  if (!bf16) {
+    _mm512_mask_storeu_ps((float *)y + j, tail(n), v);
+    return;
+  }
+  const __m256i h = _mm512_cvtepi32_epi16(to_bf16_bits(v));
+  uint16_t *p = (uint16_t *)y + j;
+  if (n >= 16) {
+    _mm256_storeu_si256((__m256i *)p, h);
+    return;
+  }
+  uint16_t buf[16];
+  _mm256_storeu_si256((__m256i *)buf, h);
+  for (int64_t i = 0; i < n; i++) p[i] = buf[i];
+}
+
+}  // namespace

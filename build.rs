@@ -97,6 +97,7 @@ fn onednn_shim(lib: &str) {
     let src = "src/models/shim/onednn.cpp";
     let kernels = [
         "src/models/shim/panel.cpp",
+        "src/models/shim/panel_bf16.cpp",
         "src/models/shim/attention.cpp",
         "src/models/shim/norm.cpp",
         "src/models/shim/act.cpp",

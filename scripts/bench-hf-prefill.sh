@@ -5,7 +5,7 @@
 # Same checkpoint (the exported SmolLM2 by default), CPU, same thread count, same prompts and
 # token ids. ttft's hf prefill (forward over the prompt, logits of the last position) is timed by
 # ttft itself, as a settings grid `--hf-kernels auto,onednn,mkl --dtype f32,bf16` in one run (auto
-# is what a plain run takes: ttft's AVX-512 kernel for f32 where the CPU has it, else oneDNN);
+# is what a plain run takes: ttft's AVX-512 kernels where the CPU runs them, else oneDNN);
 # transformers (attn_implementation="eager") is timed here the way generate() runs a prefill:
 # model(ids, past_key_values=DynamicCache(), logits_to_keep=1). The two are interleaved: ROUNDS
 # rounds of (ttft grid, transformers f32 and bf16), medians over every round's runs, so a drift

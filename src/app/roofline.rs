@@ -64,6 +64,7 @@ mod imp {
             c.device == device
                 && c.threads == threads
                 && c.libtorch == libtorch
+                && c.version == crate::report::roofline::PROBE_VERSION
                 && kernels
                     .iter()
                     .all(|k| c.f32_by_kernel.contains_key(k.name()))

@@ -28,10 +28,11 @@ pub struct RunArgs {
     /// hf: f32, f16 or bf16 [config: dtype, default f32].
     #[arg(long, value_delimiter = ',', value_name = "DTYPE,...")]
     pub dtype: Vec<String>,
-    /// hf: the projections' GEMMs: avx512 (ttft's f32 kernel, weights in panels; CPUs with
-    /// AVX-512F), onednn (weights packed once at load; CPU), mkl (libtorch's matmul: MKL on the
-    /// CPU, the GPU's BLAS elsewhere) or auto (f32: avx512 where the CPU has it, else onednn;
-    /// bf16/f16: onednn where the CPU has native kernels) [config: hf_kernels, default auto].
+    /// hf: the projections' GEMMs: avx512 (ttft's kernels, weights in panels; f32 on CPUs with
+    /// AVX-512F, bf16 with AVX512_BF16), onednn (weights packed once at load; CPU), mkl
+    /// (libtorch's matmul: MKL on the CPU, the GPU's BLAS elsewhere) or auto (avx512 where the CPU
+    /// runs it for the dtype, else onednn where the CPU has native kernels, else mkl)
+    /// [config: hf_kernels, default auto].
     /// A list compares them in one run.
     #[arg(long, value_delimiter = ',', value_name = "auto|mkl|onednn|avx512,...")]
     pub hf_kernels: Vec<String>,

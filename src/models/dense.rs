@@ -46,7 +46,8 @@ enum Weight {
         out: i64,
     },
     /// Panels of 32 output columns, [ceil(out/32), in, 32] ([`onednn::pack_panels`]) for ttft's
-    /// AVX-512 f32 kernel: the weight streams at the memory's read rate when rows are few.
+    /// AVX-512 kernels (bf16: [ceil(out/32), ceil(in/2), 32, 2], input pairs side by side): the
+    /// weight streams at the memory's read rate when rows are few.
     Panels {
         /// The panels, zero-padded past `out`.
         w: Tensor,

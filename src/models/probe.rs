@@ -135,13 +135,18 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
         }
     }
     // A 16-bit peak only where the kernels are native: emulated bf16/f16 is not a roofline.
+    // On the CPU the best of oneDNN's native kernels and ttft's panels for the dtype.
     let half = |kind: Kind| {
         if device != Device::Cpu {
             return gemm_gflops(device, kind, onednn::Kernels::Mkl, shape);
         }
-        (cpu_onednn && onednn::native(kind))
+        let one = (cpu_onednn && onednn::native(kind))
             .then(|| gemm_gflops(device, kind, onednn::Kernels::Onednn, shape))
-            .flatten()
+            .flatten();
+        let own = onednn::panel_supported_for(kind)
+            .then(|| gemm_gflops(device, kind, onednn::Kernels::Avx512, shape))
+            .flatten();
+        [one, own].into_iter().flatten().reduce(f64::max)
     };
     let (bf16_gflops, f16_gflops) = (half(Kind::BFloat16), half(Kind::Half));
     Ok(Roofline {
@@ -156,6 +161,7 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
         gemm_shape: shape,
         probe_ms: t0.elapsed().as_secs_f64() * 1e3,
         steady: true,
+        version: crate::report::roofline::PROBE_VERSION,
         measured_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     })
 }

@@ -38,7 +38,16 @@ pub struct Roofline {
     pub steady: bool,
     /// When it was measured (UTC, RFC 3339).
     pub measured_at: String,
+    /// What the probe measures ([`PROBE_VERSION`] when made); a cached probe of another
+    /// version is measured again (0: made before versions were recorded).
+    #[serde(default)]
+    pub version: u32,
 }
+
+/// The probe's version: raised whenever it measures something new (a kernel, a dtype), so
+/// caches made by an older ttft are not taken for this one's. 2: bf16 peaks include ttft's
+/// AVX512_BF16 panels.
+pub const PROBE_VERSION: u32 = 2;
 
 impl Roofline {
     /// The compute peak that bounds a model whose weights are in `dtype`: its own peak for f32,
@@ -115,6 +124,7 @@ mod tests {
             probe_ms: 900.0,
             steady: true,
             measured_at: "2026-12-02T00:00:00Z".into(),
+            version: PROBE_VERSION,
         }
     }
 

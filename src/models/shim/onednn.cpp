@@ -46,30 +46,48 @@ extern "C" {
 int ttft_panel_supported();
 void ttft_panel_rows(const float *x, int64_t rows, int64_t in, const float *packed, int64_t p0,
                      int64_t p1, const float *bias, float *y, int64_t out);
+// panel_bf16.cpp: the same for bf16 (AVX512_BF16 pairs).
+int ttft_panel_bf16_supported();
+void ttft_panel_rows_bf16(const uint16_t *x, int64_t rows, int64_t in, const uint16_t *packed,
+                          int64_t p0, int64_t p1, const float *bias, uint16_t *y, int64_t out);
 
-// y = x·Wᵀ + b with W in panel.cpp's layout [panels][in][32]; x [rows, in] f32 contiguous,
-// b [out] or null. The panels are split across libtorch's intra-op threads (its OpenMP pool,
+// y = x·Wᵀ + b with W in panel.cpp's layout [panels][in][32] (f32) or panel_bf16.cpp's
+// [panels][ceil(in / 2)][32][2] (bf16); x [rows, in] contiguous in W's dtype, b [out] or null. The panels are split across libtorch's intra-op threads (its OpenMP pool,
 // the threads every other op of the forward pass uses).
 at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
                               int64_t out, char *err, size_t len) {
   try {
-    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F; use --hf-kernels onednn or mkl");
-    TORCH_CHECK(x->dim() == 2 && x->scalar_type() == at::kFloat && x->is_contiguous(),
-                "panel linear: x must be a contiguous 2-D f32 tensor");
-    TORCH_CHECK(w->dim() == 3 && w->size(2) == 32 && w->size(1) == x->size(1) &&
-                    w->size(0) * 32 >= out && w->is_contiguous(),
-                "panel linear: weight ", w->sizes(), " does not fit x ", x->sizes());
-    TORCH_CHECK(b == nullptr || (b->numel() == out && b->is_contiguous() &&
-                                 b->scalar_type() == at::kFloat),
-                "panel linear: bias must be f32 [", out, "]");
+    const bool bf16 = x->scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 ? ttft_panel_bf16_supported() : ttft_panel_supported(),
+                "this CPU has no AVX-512F", bf16 ? " with AVX512_BF16" : "",
+                "; use --hf-kernels onednn or mkl");
+    TORCH_CHECK(x->dim() == 2 && (bf16 || x->scalar_type() == at::kFloat) &&
+                    x->is_contiguous() && w->scalar_type() == x->scalar_type(),
+                "panel linear: x must be a contiguous 2-D f32 or bf16 tensor, as the weight");
     const int64_t rows = x->size(0), in = x->size(1), panels = w->size(0);
+    const bool fits = bf16 ? w->dim() == 4 && w->size(1) == (in + 1) / 2 && w->size(2) == 32 &&
+                                 w->size(3) == 2
+                           : w->dim() == 3 && w->size(1) == in && w->size(2) == 32;
+    TORCH_CHECK(fits && panels * 32 >= out && w->is_contiguous(), "panel linear: weight ",
+                w->sizes(), " does not fit x ", x->sizes());
+    TORCH_CHECK(b == nullptr || b->numel() == out, "panel linear: bias must be [", out, "]");
+    // The bias is added in f32 before the one rounding (bf16's is widened exactly).
+    const at::Tensor bf = b != nullptr ? b->to(at::kFloat).contiguous() : at::Tensor();
+    const float *bp = b != nullptr ? bf.data_ptr<float>() : nullptr;
     at::Tensor y = at::empty({rows, out}, x->options());
-    const float *xp = x->data_ptr<float>(), *wp = w->data_ptr<float>();
-    const float *bp = b != nullptr ? b->data_ptr<float>() : nullptr;
-    float *yp = y.data_ptr<float>();
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
-    });
+    if (bf16) {
+      const auto *xp = (const uint16_t *)x->data_ptr(), *wp = (const uint16_t *)w->data_ptr();
+      auto *yp = (uint16_t *)y.data_ptr();
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        ttft_panel_rows_bf16(xp, rows, in, wp, p0, p1, bp, yp, out);
+      });
+    } else {
+      const float *xp = x->data_ptr<float>(), *wp = w->data_ptr<float>();
+      float *yp = y.data_ptr<float>();
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
+      });
+    }
     return new at::Tensor(std::move(y));
   } catch (const std::exception &e) {
     fail(e, err, len);

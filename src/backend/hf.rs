@@ -323,6 +323,9 @@ impl HfBackend {
             "model_shape": loaded.shape,
             "dtype": s.dtype,
             "hf_kernels": kernels.name(),
+            // What runs the rest of a layer: ttft's CPU kernels (attention, RMSNorm, silu·up)
+            // or libtorch's ops (SDPA and op chains).
+            "layer_kernels": loaded.decoder.layer_kernels(),
             "weight_bytes": loaded.decoder.weight_bytes(),
             // The dtype the weights are read in, by its short name (the roofline's peak).
             "weight_dtype": match kind { Kind::BFloat16 => "bf16", Kind::Half => "f16", _ => "f32" },

@@ -463,6 +463,20 @@ impl Decoder {
         self.lm_head.use_kernels(kernels, 1)
     }
 
+    /// Which kernels run attention, norms and activations after [`Decoder::use_kernels`]:
+    /// "ttft" (its CPU kernels, in every layer that allows them) or "libtorch".
+    pub fn layer_kernels(&self) -> &'static str {
+        let norm = matches!(
+            self.final_norm,
+            Norm::Rms { fused: Some(_), .. } | Norm::RmsOnePlus { fused: true, .. }
+        );
+        if norm || self.blocks.iter().any(|b| b.attn.fused) {
+            "ttft"
+        } else {
+            "libtorch"
+        }
+    }
+
     /// Bytes a prefill must read at least once: every projection and the LM head (the
     /// embedding lookup reads only the prompt's rows; norms are negligible and left out).
     pub fn weight_bytes(&self) -> f64 {

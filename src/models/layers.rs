@@ -4,87 +4,9 @@
 //! needs it, which also names the transformers function it mirrors.
 
 pub use super::dense::{Dense, Linear};
+pub use super::norm::Norm;
 use super::rope::{self, Rope};
 use tch::{Kind, Tensor};
-
-/// Normalisation layers.
-#[derive(Debug)]
-pub enum Norm {
-    /// LlamaRMSNorm: normalise in f32, cast back, then multiply by the weight.
-    Rms {
-        /// Weight [d].
-        w: Tensor,
-        /// Epsilon inside the rsqrt.
-        eps: f64,
-        /// The weight widened to f32 for ttft's fused kernel, when [`Norm::use_fused`] chose it.
-        fused: Option<Tensor>,
-    },
-    /// GemmaRMSNorm: normalise in f32 and multiply by `(1 + weight)` in f32, then cast back.
-    /// `w1` holds `1 + weight` in f32, precomputed at load.
-    RmsOnePlus {
-        /// `1 + weight`, f32.
-        w1: Tensor,
-        /// Epsilon inside the rsqrt.
-        eps: f64,
-        /// Whether ttft's fused kernel runs it.
-        fused: bool,
-    },
-    /// nn.LayerNorm with weight and bias.
-    Layer {
-        /// Weight [d].
-        w: Tensor,
-        /// Bias [d].
-        b: Tensor,
-        /// Epsilon.
-        eps: f64,
-    },
-}
-
-impl Norm {
-    /// Normalise over the last axis.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        match self {
-            Norm::Rms {
-                fused: Some(wf),
-                eps,
-                ..
-            } => fused_rms(x, wf, *eps, false),
-            Norm::RmsOnePlus {
-                w1,
-                eps,
-                fused: true,
-            } => fused_rms(x, w1, *eps, true),
-            Norm::Rms { w, eps, .. } => {
-                let xf = x.to_kind(Kind::Float);
-                let var = xf.square().mean_dim(-1, true, Kind::Float);
-                w * (xf * (var + *eps).rsqrt()).to_kind(x.kind())
-            }
-            Norm::RmsOnePlus { w1, eps, .. } => {
-                let xf = x.to_kind(Kind::Float);
-                let var = xf.square().mean_dim(-1, true, Kind::Float);
-                (xf * (var + *eps).rsqrt() * w1).to_kind(x.kind())
-            }
-            Norm::Layer { w, b, eps } => {
-                let d = *x.size().last().expect("non-scalar");
-                x.layer_norm([d], Some(w), Some(b), *eps, false)
-            }
-        }
-    }
-
-    /// Run RMS norms through ttft's one-pass kernel (`onednn::rms_norm`) or libtorch's ops.
-    /// LayerNorm is one libtorch op already.
-    pub fn use_fused(&mut self, on: bool) {
-        match self {
-            Norm::Rms { w, fused, .. } => *fused = on.then(|| w.to_kind(Kind::Float)),
-            Norm::RmsOnePlus { fused, .. } => *fused = on,
-            Norm::Layer { .. } => {}
-        }
-    }
-}
-
-fn fused_rms(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Tensor {
-    super::onednn::rms_norm(x, w, eps, one_plus).unwrap_or_else(|e| panic!("rms norm: {e}"))
-}
 
 /// Activation functions by their HF names.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -158,7 +80,7 @@ impl Mlp {
                 ..
             } => {
                 let gu = gate_up.forward(x);
-                let h = super::onednn::silu_mul(&gu).unwrap_or_else(|e| panic!("silu·up: {e}"));
+                let h = super::layer_ops::silu_mul(&gu).unwrap_or_else(|e| panic!("silu·up: {e}"));
                 down.forward(&h)
             }
             Mlp::Gated {
@@ -264,7 +186,7 @@ impl Attention {
         let s = past + t;
         let window_matters = self.window.is_some_and(|w| s > w);
         if self.fused && b == 1 && self.softcap.is_none() && !window_matters {
-            let out = super::onednn::attention(
+            let out = super::layer_ops::attention(
                 &q.squeeze_dim(0),
                 &k.squeeze_dim(0),
                 &v.squeeze_dim(0),
@@ -431,7 +353,7 @@ impl Decoder {
         let norms = fused && super::onednn::panel_supported();
         self.final_norm.use_fused(norms);
         for b in &mut self.blocks {
-            b.attn.fused = fused && super::onednn::attention_supported(b.attn.head_dim);
+            b.attn.fused = fused && super::layer_ops::attention_supported(b.attn.head_dim);
             let extra = [&mut b.post_attn_norm, &mut b.post_mlp_norm];
             let qk = [&mut b.attn.q_norm, &mut b.attn.k_norm];
             for n in extra.into_iter().chain(qk).flatten() {

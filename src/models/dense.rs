@@ -53,6 +53,8 @@ enum Weight {
         w: Tensor,
         /// Output features.
         out: i64,
+        /// The bias widened to f32 at load (the kernels add it in f32 before rounding).
+        b32: Option<Tensor>,
     },
 }
 
@@ -90,24 +92,15 @@ impl Dense {
                     None => y,
                 }
             }
-            Weight::Packed { w, out } => self.rows(x, *out, |rows| {
+            Weight::Packed { w, out } => as_rows(x, *out, |rows| {
                 onednn::linear(rows, w, self.b.as_ref())
                     .unwrap_or_else(|e| panic!("oneDNN linear [-> {out}]: {e}"))
             }),
-            Weight::Panels { w, out } => self.rows(x, *out, |rows| {
-                onednn::panel_linear(&rows.contiguous(), w, self.b.as_ref(), *out)
+            Weight::Panels { w, out, b32 } => as_rows(x, *out, |rows| {
+                onednn::panel_linear(&rows.contiguous(), w, b32.as_ref(), *out)
                     .unwrap_or_else(|e| panic!("panel linear [-> {out}]: {e}"))
             }),
         }
-    }
-
-    /// Run a 2-D kernel on x [..., in] as [rows, in] and give the result x's leading shape.
-    fn rows(&self, x: &Tensor, out: i64, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
-        let mut shape = x.size();
-        let inp = *shape.last().expect("non-scalar input");
-        let y = f(&x.reshape([-1, inp]));
-        *shape.last_mut().expect("non-scalar input") = out;
-        y.reshape(shape)
     }
 
     /// The weight [out, in] in dense form, whatever the layout (a view where it can be).
@@ -141,6 +134,7 @@ impl Dense {
                     self.w = Weight::Panels {
                         w: onednn::pack_panels(&w)?,
                         out,
+                        b32: self.b.as_ref().map(|b| b.to_kind(tch::Kind::Float)),
                     };
                 }
             }
@@ -160,4 +154,13 @@ impl Dense {
         };
         w + self.b.as_ref().map_or(0.0, of)
     }
+}
+
+/// Run a 2-D kernel on x [..., in] as [rows, in] and give the result x's leading shape.
+fn as_rows(x: &Tensor, out: i64, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+    let mut shape = x.size();
+    let inp = *shape.last().expect("non-scalar input");
+    let y = f(&x.reshape([-1, inp]));
+    *shape.last_mut().expect("non-scalar input") = out;
+    y.reshape(shape)
 }

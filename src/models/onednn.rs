@@ -187,7 +187,8 @@ pub fn pack_panels(w: &Tensor) -> Result<Tensor, TchError> {
         .f_contiguous()
 }
 
-/// `x [rows, in] · Wᵀ + b` with a weight from [`pack_panels`]; x contiguous, in W's dtype.
+/// `x [rows, in] · Wᵀ + b` with a weight from [`pack_panels`]; x contiguous, in W's dtype; b f32
+/// (widened at load, so no forward pass converts it).
 pub fn panel_linear(
     x: &Tensor,
     panels: &Tensor,
@@ -259,9 +260,9 @@ mod tests {
         assert!(panel_linear(&wrong, &p, None, 70).is_err());
     }
 
-    /// The bf16 panels against libtorch's bf16 `linear` (f32 sums, one rounding): every tile
-    /// height, a partial last panel, an odd input count (the last pair half zero), with and
-    /// without a bias; at most one bf16 step apart, nearly always identical.
+    /// The bf16 panels against the f32 product of the same bf16 values (f32 sums, one rounding):
+    /// every tile height, a partial last panel, an odd input count (the last pair half zero),
+    /// with and without a bias; at most one bf16 step apart. A bias not widened is refused.
     #[test]
     fn bf16_panel_linear_matches_linear() {
         if !panel_supported_for(Kind::BFloat16) {
@@ -271,16 +272,14 @@ mod tests {
         let bf = (Kind::BFloat16, Device::Cpu);
         for inp in [48, 47] {
             let w = Tensor::randn([70, inp], bf);
-            let b = Tensor::randn([70], bf);
+            // A bf16 bias, widened to f32 as Dense does at load.
+            let b = Tensor::randn([70], bf).to_kind(Kind::Float);
             let p = pack_panels(&w).unwrap();
             assert_eq!(p.size(), vec![3, 24, 32, 2]);
             for rows in (1..=13).chain([25]) {
                 let x = Tensor::randn([rows, inp], bf);
                 for bias in [Some(&b), None] {
-                    let want = x.to_kind(Kind::Float).linear(
-                        &w.to_kind(Kind::Float),
-                        bias.map(|b| b.to_kind(Kind::Float)),
-                    );
+                    let want = x.to_kind(Kind::Float).linear(&w.to_kind(Kind::Float), bias);
                     let got = panel_linear(&x, &p, bias, 70).unwrap();
                     assert_eq!((got.kind(), got.size()), (Kind::BFloat16, vec![rows, 70]));
                     let g = got.to_kind(Kind::Float);
@@ -288,6 +287,8 @@ mod tests {
                     assert!(rel.double_value(&[]) <= 1.0 / 128.0, "in {inp} rows {rows}");
                 }
             }
+            let x = Tensor::randn([2, inp], bf);
+            assert!(panel_linear(&x, &p, Some(&b.to_kind(Kind::BFloat16)), 70).is_err());
         }
     }
 

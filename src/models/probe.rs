@@ -92,9 +92,9 @@ pub fn measure(device: Device, threads: u32, device_name: &str) -> Result<Roofli
     Ok(r)
 }
 
-/// The f32 kernels this build can run on this CPU, which a probe measures: a cached probe that
-/// lacks one of them (made by an older ttft) is measured again.
-pub fn cpu_kernels() -> Vec<onednn::Kernels> {
+/// The f32 kernels this build can run on this CPU, which a probe measures (a new one raises
+/// `PROBE_VERSION`, so older caches are measured again).
+fn cpu_kernels() -> Vec<onednn::Kernels> {
     let mut k = vec![onednn::Kernels::Mkl];
     if onednn::available() {
         k.push(onednn::Kernels::Onednn);

@@ -34,8 +34,23 @@ c10::OperatorHandle op(const char *name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
-at::Tensor *one_tensor(torch::jit::Stack &s) {
-  return new at::Tensor(s.at(0).toTensor());
+// Run `f` (which returns a tensor) for the Rust side: a new heap tensor, or null with the
+// exception's first line in `err`.
+template <typename F>
+at::Tensor *guarded(char *err, size_t len, F f) {
+  try {
+    return new at::Tensor(f());
+  } catch (const std::exception &e) {
+    fail(e, err, len);
+    return nullptr;
+  }
+}
+
+// Rows [0, rows) of `width` elements each, split across libtorch's threads in chunks of at
+// least 16k elements (a smaller tensor runs on the calling thread).
+template <typename F>
+void for_rows(int64_t rows, int64_t width, F f) {
+  at::parallel_for(0, rows, 16384 / (width > 0 ? width : 1) + 1, f);
 }
 
 }  // namespace
@@ -52,11 +67,12 @@ void ttft_panel_rows_bf16(const uint16_t *x, int64_t rows, int64_t in, const uin
                           int64_t p0, int64_t p1, const float *bias, uint16_t *y, int64_t out);
 
 // y = x·Wᵀ + b with W in panel.cpp's layout [panels][in][32] (f32) or panel_bf16.cpp's
-// [panels][ceil(in / 2)][32][2] (bf16); x [rows, in] contiguous in W's dtype, b [out] or null. The panels are split across libtorch's intra-op threads (its OpenMP pool,
-// the threads every other op of the forward pass uses).
+// [panels][ceil(in / 2)][32][2] (bf16); x [rows, in] contiguous in W's dtype, b f32 [out] or
+// null. The panels are split across libtorch's intra-op threads (its OpenMP pool, the threads
+// every other op of the forward pass uses).
 at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
                               int64_t out, char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     const bool bf16 = x->scalar_type() == at::kBFloat16;
     TORCH_CHECK(bf16 ? ttft_panel_bf16_supported() : ttft_panel_supported(),
                 "this CPU has no AVX-512F", bf16 ? " with AVX512_BF16" : "",
@@ -70,10 +86,11 @@ at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at
                            : w->dim() == 3 && w->size(1) == in && w->size(2) == 32;
     TORCH_CHECK(fits && panels * 32 >= out && w->is_contiguous(), "panel linear: weight ",
                 w->sizes(), " does not fit x ", x->sizes());
-    TORCH_CHECK(b == nullptr || b->numel() == out, "panel linear: bias must be [", out, "]");
-    // The bias is added in f32 before the one rounding (bf16's is widened exactly).
-    const at::Tensor bf = b != nullptr ? b->to(at::kFloat).contiguous() : at::Tensor();
-    const float *bp = b != nullptr ? bf.data_ptr<float>() : nullptr;
+    // The bias is f32 (widened at load): it is added before the one rounding.
+    TORCH_CHECK(b == nullptr || (b->numel() == out && b->is_contiguous() &&
+                                 b->scalar_type() == at::kFloat),
+                "panel linear: bias must be f32 [", out, "]");
+    const float *bp = b != nullptr ? b->data_ptr<float>() : nullptr;
     at::Tensor y = at::empty({rows, out}, x->options());
     if (bf16) {
       const auto *xp = (const uint16_t *)x->data_ptr(), *wp = (const uint16_t *)w->data_ptr();
@@ -88,11 +105,8 @@ at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at
         ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
       });
     }
-    return new at::Tensor(std::move(y));
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return y;
+  });
 }
 
 // attention.cpp: causal attention rows of one head (no libtorch inside it).
@@ -107,7 +121,7 @@ void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, 
 // libtorch's intra-op threads.
 at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
                            double scale, char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
     TORCH_CHECK(q->dim() == 3 && k->dim() == 3 && k->sizes() == v->sizes(),
                 "attention: q ", q->sizes(), ", k ", k->sizes(), ", v ", v->sizes());
@@ -133,11 +147,8 @@ at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::T
                        i1, (float)scale, op + head * d, h * d, scratch.data());
       }
     });
-    return new at::Tensor(o.to(q->scalar_type()));
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return o.to(q->scalar_type());
+  });
 }
 
 // norm.cpp: RMSNorm rows (no libtorch inside it).
@@ -148,7 +159,7 @@ void ttft_rms_rows(const void *x, int bf16, int64_t n, int64_t r0, int64_t r1, c
 // in any float dtype (widened to f32 exactly). Rows are split across libtorch's threads.
 at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, int one_plus,
                           char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
     const bool bf16 = x->scalar_type() == at::kBFloat16;
     TORCH_CHECK(bf16 || x->scalar_type() == at::kFloat, "rms norm: x must be f32 or bf16");
@@ -161,15 +172,11 @@ at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, 
     const void *xp = xc.data_ptr();
     void *yp = y.data_ptr();
     const float *wp = wf.data_ptr<float>();
-    const int64_t grain = 16384 / (n > 0 ? n : 1) + 1;
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for_rows(rows, n, [&](int64_t r0, int64_t r1) {
       ttft_rms_rows(xp, bf16 ? 1 : 0, n, r0, r1, wp, (float)eps, one_plus, yp);
     });
-    return new at::Tensor(std::move(y));
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return y;
+  });
 }
 
 // act.cpp: silu(gate) · up rows (no libtorch inside it).
@@ -178,7 +185,7 @@ void ttft_silu_mul_rows(const void *gu, int bf16, int64_t inter, int64_t r0, int
 // silu(gate) · up of the fused gate/up output gu [..., 2 · inter] (f32 or bf16; per row the gate
 // half, then the up half) with transformers' roundings (act.cpp); returns [..., inter].
 at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
     const bool bf16 = gu->scalar_type() == at::kBFloat16;
     TORCH_CHECK(bf16 || gu->scalar_type() == at::kFloat, "silu·up: f32 or bf16 only");
@@ -190,15 +197,11 @@ at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
     at::Tensor y = at::empty(shape, x.options());
     const void *xp = x.data_ptr();
     void *yp = y.data_ptr();
-    const int64_t grain = 16384 / (inter > 0 ? inter : 1) + 1;
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for_rows(rows, 2 * inter, [&](int64_t r0, int64_t r1) {
       ttft_silu_mul_rows(xp, bf16 ? 1 : 0, inter, r0, r1, yp);
     });
-    return new at::Tensor(std::move(y));
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return y;
+  });
 }
 
 // Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
@@ -223,22 +226,19 @@ int ttft_onednn_native(int kind) {
 // w [out, in] (dense, contiguous) → the oneDNN blocked layout for an M of about `batch` rows
 // (0: let oneDNN choose).
 at::Tensor *ttft_onednn_pack(const at::Tensor *w, int64_t batch, char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     torch::jit::Stack s;
     s.emplace_back(*w);
     if (batch > 0) s.emplace_back(batch); else s.emplace_back();
     op("mkldnn::_reorder_linear_weight").callBoxed(&s);
-    return one_tensor(s);
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return s.at(0).toTensor();
+  });
 }
 
 // y = x·Wᵀ + b with a packed W; x [rows, in] dense, b [out] or null.
 at::Tensor *ttft_onednn_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
                                char *err, size_t len) {
-  try {
+  return guarded(err, len, [&]() -> at::Tensor {
     torch::jit::Stack s;
     s.emplace_back(*x);
     s.emplace_back(*w);
@@ -249,11 +249,8 @@ at::Tensor *ttft_onednn_linear(const at::Tensor *x, const at::Tensor *w, const a
     // Looked up once: the dispatcher's table lookup would otherwise run on every projection.
     static const c10::OperatorHandle linear = op("mkldnn::_linear_pointwise");
     linear.callBoxed(&s);
-    return one_tensor(s);
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
-  }
+    return s.at(0).toTensor();
+  });
 }
 
 }  // extern "C"

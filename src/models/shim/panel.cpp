@@ -21,6 +21,8 @@
 #pragma GCC target("avx512f")
 #include <immintrin.h>
 
+#include "simd.h"
+
 namespace {
 
 constexpr int64_t kWidth = 32;
@@ -72,16 +74,7 @@ int ttft_panel_supported() { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
 // [ceil(out / 32)][in][32] with zero columns past `out`.
 void ttft_panel_rows(const float *x, int64_t rows, int64_t in, const float *packed, int64_t p0,
                      int64_t p1, const float *bias, float *y, int64_t out) {
-  for (int64_t p = p0; p < p1; p++) {
-    const float *panel = packed + p * in * kWidth;
-    const int64_t col = p * kWidth;
-    const int cols = (int)(out - col < kWidth ? out - col : kWidth);
-    const float *b = bias != nullptr ? bias + col : nullptr;
-    for (int64_t m = 0; m < rows; m += kMaxRows) {
-      const int64_t n = rows - m < kMaxRows ? rows - m : kMaxRows;
-      kTiles[n](x + m * in, in, panel, b, y + m * out + col, out, cols);
-    }
-  }
+  panel_loop(x, rows, in, packed, in * kWidth, p0, p1, bias, y, out, kTiles, kMaxRows);
 }
 
 }  // extern "C"

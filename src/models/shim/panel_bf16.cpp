@@ -84,16 +84,7 @@ int ttft_panel_bf16_supported() {
 void ttft_panel_rows_bf16(const uint16_t *x, int64_t rows, int64_t in, const uint16_t *packed,
                           int64_t p0, int64_t p1, const float *bias, uint16_t *y, int64_t out) {
   const int64_t pairs = (in + 1) / 2;
-  for (int64_t p = p0; p < p1; p++) {
-    const uint16_t *panel = packed + p * pairs * 2 * kWidth;
-    const int64_t col = p * kWidth;
-    const int cols = (int)(out - col < kWidth ? out - col : kWidth);
-    const float *b = bias != nullptr ? bias + col : nullptr;
-    for (int64_t m = 0; m < rows; m += kMaxRows) {
-      const int64_t n = rows - m < kMaxRows ? rows - m : kMaxRows;
-      kTiles[n](x + m * in, in, panel, b, y + m * out + col, out, cols);
-    }
-  }
+  panel_loop(x, rows, in, packed, pairs * 2 * kWidth, p0, p1, bias, y, out, kTiles, kMaxRows);
 }
 
 }  // extern "C"

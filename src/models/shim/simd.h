@@ -1,5 +1,6 @@
-// AVX-512F helpers shared by ttft's CPU kernels (attention.cpp, norm.cpp, act.cpp): e^x, and
-// rows of f32 or bf16 widened to f32 and narrowed back with torch's rounding. Included only
+// AVX-512F helpers shared by ttft's CPU kernels (panel.cpp, panel_bf16.cpp, attention.cpp,
+// norm.cpp, act.cpp): the panel GEMMs' loop, e^x, and rows of f32 or bf16 widened to f32 and
+// narrowed back with torch's rounding. Included only
 // inside each file's `#pragma GCC target("avx512f")` region, after <immintrin.h>.
 #pragma once
 
@@ -71,6 +72,24 @@ inline void store(void *y, bool bf16, int64_t j, int64_t n, __m512 v) {
   uint16_t buf[16];
   _mm256_storeu_si256((__m256i *)buf, h);
   for (int64_t i = 0; i < n; i++) p[i] = buf[i];
+}
+
+// The loop both panel GEMMs share: panels [p0, p1) of y [rows, out] = x [rows, in] · Wᵀ + bias,
+// each panel (32 output columns, `panel_elems` packed elements) against tiles of up to
+// `max_rows` rows of x; `tiles[n]` runs n rows. T is the element type (float, or bf16 bits).
+template <typename T, typename Tile>
+void panel_loop(const T *x, int64_t rows, int64_t in, const T *packed, int64_t panel_elems,
+                int64_t p0, int64_t p1, const float *bias, T *y, int64_t out, const Tile *tiles,
+                int64_t max_rows) {
+  for (int64_t p = p0; p < p1; p++) {
+    const int64_t col = p * 32;
+    const int cols = (int)(out - col < 32 ? out - col : 32);
+    const float *b = bias != nullptr ? bias + col : nullptr;
+    for (int64_t m = 0; m < rows; m += max_rows) {
+      const int64_t n = rows - m < max_rows ? rows - m : max_rows;
+      tiles[n](x + m * in, in, packed + p * panel_elems, b, y + m * out + col, out, cols);
+    }
+  }
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // ttft's RMSNorm for the CPU, one pass per row, in f32 or bf16 with transformers' roundings.
 //
 // Why: libtorch runs LlamaRMSNorm as seven ops (widen, square, mean, add, rsqrt, multiply,
-// narrow, then the weight's multiply), each a pass over the activations; in bf16 at 500 tokens
-// the pair per layer cost about 1.4 ms of a SmolLM2 layer's 15. Here a row is read twice (sum of
-// squares, then the scaled write) and written once.
+// narrow, then the weight's multiply), each a pass over the activations: 0.12 ms for SmolLM2's
+// [498, 576] in bf16 here, 0.06 ms in one pass. Here a row is read twice (sum of squares, then
+// the scaled write) and written once.
 //
 // Roundings, as transformers does them (modeling_llama.LlamaRMSNorm, modeling_gemma.GemmaRMSNorm):
 // the statistics in f32; Llama: y = w · round(x · r) with the product rounded to the model

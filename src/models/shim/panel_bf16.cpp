@@ -5,7 +5,7 @@
 // transformers' bf16 linear: bf16 products summed in f32, rounded to bf16 once at the end).
 //
 // Why: with 5–12 rows the product streams the weight; oneDNN's bf16 path read SmolLM2's 270 MB
-// at about 11 GB/s here (a 5-token bf16 prefill was no faster than f32 with panel.cpp).
+// at about 13–16 GB/s here (an 8-token bf16 prefill was no faster than f32 with panel.cpp).
 //
 // Tiles and threading as in panel.cpp. Compiled for AVX-512F + AVX512_BF16 and called only when
 // the CPU has both (ttft_panel_bf16_supported).

@@ -22,8 +22,9 @@
 #   5. The default model exported to a Hugging Face checkpoint (models/SmolLM2-135M-Instruct-hf),
 #      so hf, inproc and api run the same weights; with --tests, the transformers parity fixtures
 #      (vendor/parity) the tests compare our architectures against.
-#   6. (--tests) llama-cpp-python[server]==0.3.28 built from that same sdist (same llama.cpp commit,
-#      same ggml CPU flags) into .venv: an independent OpenAI-compatible server (python -m llama_cpp.server).
+#   6. (--tests) llama-cpp-python[server]==0.3.28 from that same sdist into .venv, its libllama.so
+#      linked from step 4's archives (same llama.cpp commit, same ggml CPU flags, compiled once): an
+#      independent OpenAI-compatible server (python -m llama_cpp.server).
 #
 # Options:
 #   --tests         also the parity fixtures (5) and step 6, which only the test suite needs (`cargo test --release`)
@@ -436,19 +437,31 @@ step_parity_fixtures() {
 }
 
 # --- 6. (--tests) llama-cpp-python[server]: a second, independent OpenAI-compatible server ------
-# llama-cpp-python's FastAPI server (`python -m llama_cpp.server`), built from the same sdist as
-# section 4, hence the same llama.cpp commit. Its CMakeLists.txt adds vendor/llama.cpp with
-# BUILD_SHARED_LIBS forced ON (ctypes loads libllama.so) and LLAMA_CURL forced OFF; scikit-build-core
-# appends $CMAKE_ARGS (split on whitespace) to its cmake configure call, so ggml gets the crate's CPU
-# settings: GGML_NATIVE=OFF (ggml then enables SSE4.2/AVX/AVX2/BMI2/FMA/F16C, no AVX-512), OpenMP on,
-# no CUDA. LLAVA_BUILD=OFF skips libmtmd (multimodal; only loaded for the llava/mtmd chat formats).
-# SOURCE_DATE_EPOCH is unset for the build: ggml reads its presence as a cross build and would drop
-# those instruction-set defaults. --no-cache-dir: pip must not reuse a wheel built with other flags.
-# (The build type is scikit-build-core's default, Release; it ignores CMAKE_BUILD_TYPE in CMAKE_ARGS.)
+# llama-cpp-python's FastAPI server (`python -m llama_cpp.server`), from the same sdist as section 4,
+# hence the same llama.cpp commit. Its Python code loads libllama.so and libggml.so with ctypes from
+# llama_cpp/lib. Those are linked here in about a second from the static archives of section 4's
+# CPU build (the crate's flags and ggml settings; compiled -fPIC, so they link into shared
+# libraries), and the package is installed with LLAMA_BUILD=OFF: pip compiled all of llama.cpp a
+# third time before (3-5 minutes on 2 cores), with the same settings but shared-library defines
+# that no compiler cache could match. libggml.so carries ggml-base, ggml-cpu and ggml-rpc (section 4
+# builds the RPC backend; nothing here starts it). With --cuda/--metal section 4's build is a GPU
+# one, so pip builds the CPU libraries itself as before (LCP_BUILD_ARGS): ggml gets GGML_NATIVE=OFF
+# (SSE4.2/AVX/AVX2/BMI2/FMA/F16C, no AVX-512), OpenMP on, no CUDA; SOURCE_DATE_EPOCH is unset, since
+# ggml reads its presence as a cross build and would drop those instruction-set defaults.
+# LLAVA_BUILD=OFF skips libmtmd (multimodal; only loaded for the llava/mtmd chat formats).
+# --no-cache-dir: pip must not reuse a wheel built with other flags.
+LCP_BUILD_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DGGML_CUDA=OFF -DGGML_RPC=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAVA_BUILD=OFF"
 step_llama_cpp_python() {
-  local LCP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=ON -DGGML_CUDA=OFF -DGGML_RPC=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAVA_BUILD=OFF"
   local lcp_reqs="$ROOT/scripts/requirements-llama-cpp-server.txt" lcp_id lcp_stamp lcp_version lcp_log
-  lcp_id=$( { printf '%s\n' "$SDIST_VERSION" "$SDIST_SHA256" "$LCP_CMAKE_ARGS"; cat "$lcp_reqs"; } | sha256sum | cut -c1-16)
+  local cmake_args="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" build="" flags_id pkg
+  if ((CUDA || METAL)); then
+    cmake_args=$LCP_BUILD_ARGS
+  else
+    llama_cmake_flags
+    flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
+    build="$CACHE/llama-build-$flags_id"
+  fi
+  lcp_id=$( { printf '%s\n' "$SDIST_VERSION" "$SDIST_SHA256" "$cmake_args" "$build"; cat "$lcp_reqs"; } | sha256sum | cut -c1-16)
   lcp_stamp="$VENV/.ttft-llama-cpp-python-$lcp_id"
   lcp_version=$("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null || true)
   if [ "$lcp_version" = "$SDIST_VERSION" ] && [ -f "$lcp_stamp" ]; then
@@ -457,15 +470,26 @@ step_llama_cpp_python() {
   fi
   fetch_sdist
   lcp_log="$CACHE/llama-cpp-python-$lcp_id.log"
-  log "building llama-cpp-python[server]==$SDIST_VERSION into .venv with $JOBS jobs (several minutes on 2 cores)"
+  # (The archives stay in the cache; a cleared cache rebuilds them, mostly from ccache.)
+  if [ -n "$build" ] && ! [ -f "$build/src/libllama.a" ]; then build_llama_tools "$build" "$flags_id"; fi
+  if [ -n "$build" ]; then
+    log "installing llama-cpp-python[server]==$SDIST_VERSION into .venv, linked against llama.cpp from $build"
+  else
+    log "building llama-cpp-python[server]==$SDIST_VERSION into .venv with $JOBS jobs (several minutes on 2 cores)"
+  fi
   rm -f "$VENV"/.ttft-llama-cpp-python-*
   # A build with other flags may be installed: remove it so pip builds from the sdist again.
   "$VENV/bin/python" -m pip uninstall -y -q --disable-pip-version-check llama_cpp_python >/dev/null 2>&1 || true
-  env -u SOURCE_DATE_EPOCH CMAKE_ARGS="$LCP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
+  env -u SOURCE_DATE_EPOCH CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
     "$VENV/bin/python" -m pip install -v --disable-pip-version-check --no-cache-dir -c "$lcp_reqs" \
     "llama_cpp_python[server] @ file://$sdist" >"$lcp_log" 2>&1 \
-    || die "llama-cpp-python build failed, see $lcp_log"
-  # The built library must report the version and the crate's CPU features (AVX2 on, AVX-512 off).
+    || die "llama-cpp-python install failed, see $lcp_log"
+  if [ -n "$build" ]; then
+    pkg=$("$VENV/bin/python" -c 'import importlib.util as u; print(u.find_spec("llama_cpp").submodule_search_locations[0])') \
+      || die "llama_cpp is not importable after pip install, see $lcp_log"
+    link_llama_libs "$build" "$pkg/lib" >>"$lcp_log" 2>&1 || die "linking libllama.so from $build failed, see $lcp_log"
+  fi
+  # The library must report the version and the crate's CPU features (AVX2 on, AVX-512 off).
   "$VENV/bin/python" - "$SDIST_VERSION" <<'PYEOF' || die "llama-cpp-python check failed, see $lcp_log"
 import sys, llama_cpp
 info = llama_cpp.llama_print_system_info().decode()
@@ -475,6 +499,19 @@ import llama_cpp.server.app  # the [server] extra imports
 PYEOF
   touch "$lcp_stamp"
   log "installed llama-cpp-python[server] $SDIST_VERSION into .venv (python -m llama_cpp.server)"
+}
+
+# link_llama_libs BUILD DEST: libggml.so (every ggml archive whole, so each symbol exists once) and
+# libllama.so (needing libggml.so from its own directory), as llama-cpp-python's ctypes loads them.
+# --no-undefined: a missing archive is an error here, not when Python loads the library.
+link_llama_libs() {
+  local b=$1 dest=$2 cxx=${CXX:-c++}
+  mkdir -p "$dest"
+  "$cxx" -shared -o "$dest/libggml.so" -Wl,-soname,libggml.so -Wl,--whole-archive \
+    "$b/ggml/src/libggml.a" "$b/ggml/src/libggml-cpu.a" "$b/ggml/src/ggml-rpc/libggml-rpc.a" \
+    "$b/ggml/src/libggml-base.a" -Wl,--no-whole-archive -fopenmp -lpthread -ldl -lm -Wl,--no-undefined
+  "$cxx" -shared -o "$dest/libllama.so" -Wl,-soname,libllama.so -Wl,--whole-archive "$b/src/libllama.a" \
+    -Wl,--no-whole-archive -L"$dest" -lggml -Wl,-rpath,'$ORIGIN' -lpthread -Wl,--no-undefined
 }
 
 # --- main --------------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ fn hf_bad_checkpoints_are_one_line_and_exit_2() {
     let fixture = root().join("vendor/parity/llama");
     let tokenizer = root().join("models/SmolLM2-135M-Instruct-hf/tokenizer.json");
     let out = tempfile::tempdir().unwrap();
+    // As on a fresh machine: no roofline cached, so the first run probes it (silently: it takes
+    // about a second) before the checkpoint is opened and refused.
+    let cache = tempfile::tempdir().unwrap();
     let run = |dir: &Path, extra: &[&str]| {
         let mut args = vec![
             "--backend",
@@ -152,7 +155,7 @@ fn hf_bad_checkpoints_are_one_line_and_exit_2() {
         let o = out.path().display().to_string();
         args.extend(["--hf-model", &d, "--out", &o]);
         args.extend(extra);
-        ttft(&args)
+        ttft_env(&args, &[("TTFT_CACHE_DIR", cache.path().as_os_str())])
     };
 
     let no_config = hf_dir_with(&[("tokenizer.json", &tokenizer)]);
@@ -455,7 +458,10 @@ fn a_prompt_longer_than_the_context_is_named_or_skipped() {
         "--out",
         &o_arg,
     ];
-    let o = ttft(&args);
+    // As on a fresh machine (no roofline cached: the probe runs first), the refusal is still the
+    // only line.
+    let cache = tempfile::tempdir().unwrap();
+    let o = ttft_env(&args, &[("TTFT_CACHE_DIR", cache.path().as_os_str())]);
     assert_eq!(o.status.code(), Some(2));
     let l = one_error_line(&o);
     // long#1 has 498 tokens (long#0, 374 tokens, fits).

@@ -184,7 +184,7 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
     };
     let cache_bust = cache_bust(s, point, &mut toks)?;
     let contexts = depth_contexts(s, point, &mut toks, &sets)?;
-    let prepared = Prepared {
+    let mut prepared = Prepared {
         sets,
         parity,
         llama_counts,
@@ -193,13 +193,16 @@ pub fn prepare(s: &Settings) -> Result<Prepared> {
         cache_bust,
         contexts,
         turns,
-        roofline: super::roofline::cpu(point.llama.threads, false, &|m| eprintln!("ttft: {m}")),
+        roofline: Err("not measured".into()),
     };
     for p in &s.points {
         if let (Some((_, reason, fix)), false) = (prepared.misfits(s, p).first(), s.skip_too_long) {
             bail!("{reason}: {fix}");
         }
     }
+    // Probed after every check that can refuse the run (no second spent on a refused run).
+    prepared.roofline =
+        super::roofline::cpu(point.llama.threads, false, &|m| eprintln!("ttft: {m}"));
     Ok(prepared)
 }
 

@@ -68,11 +68,15 @@ mod imp {
         if let (Some(hit), false) = (hit, refresh) {
             return Ok(hit);
         }
-        say(&format!(
-            "measuring this machine's roofline ({threads} threads, about a second; cached for later runs)"
-        ));
-        let r = crate::models::probe::measure(tch::Device::Cpu, threads, &device)
-            .map_err(|e| format!("roofline probe: {e}"))?;
+        // About a second: said only if it takes longer than two (the rule for every wait before
+        // timing), so a bad input found after it is still the run's only line on stderr.
+        let r = crate::backend::waiting::announced(
+            &format!("this machine's roofline probe ({threads} threads)"),
+            "prepare",
+            "about a second, then cached for later runs",
+            || crate::models::probe::measure(tch::Device::Cpu, threads, &device),
+        )
+        .map_err(|e| format!("roofline probe: {e}"))?;
         if r.steady {
             if let Err(e) = store(&r) {
                 say(&format!("roofline: not cached ({e})"));

@@ -97,8 +97,14 @@ pub fn api_settings(
 
 /// Run the real `ttft` binary in the repository root with `args`.
 pub fn ttft(args: &[&str]) -> Output {
+    ttft_env(args, &[])
+}
+
+/// [`ttft`] with these environment variables set.
+pub fn ttft_env(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ttft"))
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(root())
         .output()
         .expect("run ttft")

@@ -23,6 +23,7 @@ mod helper;
 mod load;
 pub mod metrics;
 mod probe;
+pub mod slots;
 mod stream;
 mod stream_state;
 mod tokenize;

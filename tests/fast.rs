@@ -69,7 +69,7 @@ fn report(plan: &Plan, parts: Vec<(Vec<RunRecord>, runner::BackendReport)>) -> R
         runs,
         parity: Default::default(),
         load: Vec::new(),
-        load_search: None,
+        load_searches: Vec::new(),
         peak_tflops: Default::default(),
         roofline: Err("not measured in this test".into()),
     }

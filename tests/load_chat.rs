@@ -168,7 +168,7 @@ fn concurrency_4_keeps_4_requests_in_flight_on_4_server_slots() {
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     assert!(
-        out.contains("load: closed loop, concurrency 4; 12/12 requests ok"),
+        out.contains("closed loop, concurrency 4; 12/12 requests ok"),
         "{out}"
     );
     let json = json_of(d.path());

@@ -43,6 +43,9 @@ fn every_client_finds_exactly_the_shared_context_cached() {
             "256",
             "--num-requests",
             "8",
+            // One prompt set: one load point (each set is a workload of its own).
+            "--prompts",
+            "data/short_prompts.txt",
         ],
     );
     let out = stdout(&o);

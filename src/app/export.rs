@@ -53,9 +53,13 @@ pub fn export(
         print!("{}", crate::bench::load::render(l));
     }
     print!("{}", crate::bench::load::render_sweep(&report.load));
-    if let Some(sr) = &report.load_search {
+    for sr in &report.load_searches {
         print!("{}", crate::bench::load_search::render(sr));
     }
+    print!(
+        "{}",
+        crate::bench::load_repeat::render(&report.load, &report.load_searches)
+    );
     for w in &warnings {
         eprintln!("ttft: warning: {w}");
     }

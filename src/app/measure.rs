@@ -27,8 +27,8 @@ pub struct Measured {
     pub backends: Vec<BackendReport>,
     /// The load points' summaries.
     pub load: Vec<LoadReport>,
-    /// `--max-goodput`: the search over them.
-    pub load_search: Option<crate::bench::load_search::SearchReport>,
+    /// `--max-goodput`: the searches over them (one per prompt set and repetition).
+    pub load_searches: Vec<crate::bench::load_search::SearchReport>,
     /// A backend could not start (exit 2, its rows are still written).
     pub open_failed: bool,
     /// Writing a row failed (reported, the run goes on: the JSON still gets every row).
@@ -113,8 +113,8 @@ pub fn measure(
                     Ok(b) => {
                         crate::bench::load_run::run_load(&b, &plan, load, s.seed, &label, &mut sink)
                             .map(|o| {
-                                out.load = o.points;
-                                out.load_search = o.search;
+                                out.load.extend(o.points);
+                                out.load_searches.extend(o.searches);
                                 o.backend
                             })
                     }

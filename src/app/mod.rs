@@ -56,7 +56,7 @@ fn assemble(s: &Settings, prepared: prepare::Prepared, m: &measure::Measured) ->
         runs: m.runs.clone(),
         parity: prepared.parity,
         load: m.load.clone(),
-        load_search: m.load_search.clone(),
+        load_searches: m.load_searches.clone(),
         peak_tflops: crate::report::gpu::backend_peaks(s),
         roofline: prepared.roofline,
     }

@@ -133,9 +133,8 @@ pub fn arrivals(n: usize, rate: f64, burstiness: f64, seed: u64) -> Vec<f64> {
         .collect()
 }
 
-pub use super::load_report::{
-    render, render_sweep, summarise, ContextProof, Dist, LoadReport, LoadSample, RunFacts,
-};
+pub use super::load_report::{summarise, ContextProof, Dist, LoadReport, LoadSample, RunFacts};
+pub use super::load_text::{render, render_sweep};
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! What one load point measured: latency percentiles, throughput over the whole run and over the
 //! steady window (while the target load was in force), goodput against the objectives, how late
 //! the open loop's sends went out and how busy the client was, and the cache proof of requests
-//! with a context. Also the text summary, and a table when a sweep ran several points.
+//! with a context. Their text is in `load_text`.
 
 use super::load::{LoadMode, Slo};
 use super::stats;
@@ -58,6 +58,12 @@ pub struct LoadSample {
 /// What the load loop knows about a point besides its samples.
 #[derive(Debug, Clone)]
 pub struct RunFacts {
+    /// The settings point's label (empty when there is one point).
+    pub settings: String,
+    /// The prompt set (or dataset, or conversations) the point's requests came from.
+    pub set: String,
+    /// `--repeat`: which repetition of the point (1-based).
+    pub repeat: u32,
     /// How requests were issued.
     pub mode: LoadMode,
     /// The point's tag in row labels (`rate=2`, `concurrency=4`).
@@ -122,6 +128,13 @@ pub const CLIENT_CPU_LIMIT: f64 = 0.9;
 /// The outcome of one load point.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// The settings point's label (empty when there is one point).
+    pub settings: String,
+    /// The prompt set its requests came from: each set is its own workload, so latencies of
+    /// different sets are never pooled into one percentile.
+    pub set: String,
+    /// `--repeat`: which repetition of the point (1-based).
+    pub repeat: u32,
     /// The point's tag (`rate=2`, `concurrency=4`).
     pub label: String,
     /// How requests were issued.
@@ -171,6 +184,8 @@ pub struct LoadReport {
     /// The server's `/metrics` over the point (counter increases, gauges before and after), or
     /// why they are unavailable.
     pub server_metrics: serde_json::Value,
+    /// llama-server's `/slots` before and after the point, or why it is unavailable.
+    pub server_slots_state: serde_json::Value,
 }
 
 fn good(slo: &Slo, s: &LoadSample) -> bool {
@@ -236,6 +251,9 @@ pub fn summarise(samples: &[LoadSample], facts: &RunFacts) -> LoadReport {
     let last_send = samples.iter().map(|s| s.sent_s).reduce(f64::max);
     let late = lateness(samples);
     LoadReport {
+        settings: facts.settings.clone(),
+        set: facts.set.clone(),
+        repeat: facts.repeat,
         label: facts.label.clone(),
         mode: facts.mode,
         requests: samples.len(),
@@ -267,132 +285,8 @@ pub fn summarise(samples: &[LoadSample], facts: &RunFacts) -> LoadReport {
         lateness_ms: late,
         client_cpu: facts.client_cpu,
         server_metrics: serde_json::Value::Null,
+        server_slots_state: serde_json::Value::Null,
     }
-}
-
-fn f2(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
-}
-
-fn mode_text(mode: LoadMode) -> String {
-    match mode {
-        LoadMode::Closed { concurrency } => format!("closed loop, concurrency {concurrency}"),
-        LoadMode::Open { rate, burstiness } => {
-            format!("open loop, {rate} req/s, burstiness {burstiness}")
-        }
-    }
-}
-
-/// The load summary of one point as text.
-pub fn render(r: &LoadReport) -> String {
-    let row = |name: &str, d: &Dist| {
-        format!(
-            "  {name:<6} mean {:>9}  p50 {:>9}  p90 {:>9}  p99 {:>9} ms\n",
-            f2(d.mean),
-            f2(d.p50),
-            f2(d.p90),
-            f2(d.p99)
-        )
-    };
-    let mut s = format!(
-        "load: {}; {}/{} requests ok in {:.2} s; max in flight {}{}{}\n",
-        mode_text(r.mode),
-        r.ok,
-        r.requests,
-        r.duration_s,
-        r.max_in_flight,
-        r.server_slots
-            .map(|n| format!(", server slots {n}"))
-            .unwrap_or_default(),
-        if r.warmup > 0 {
-            format!("; warm-up: {} untimed request(s) before it", r.warmup)
-        } else {
-            String::new()
-        }
-    );
-    s.push_str(&format!(
-        "  throughput {:.2} req/s, {:.1} output tokens/s, goodput {:.2} req/s (SLO {})\n",
-        r.request_throughput,
-        r.output_tokens_per_s,
-        r.goodput,
-        serde_json::to_string(&r.slo).unwrap_or_default()
-    ));
-    if let Some(w) = &r.steady {
-        s.push_str(&format!(
-            "  steady {:.2}–{:.2} s (until the last send): {:.2} req/s, {:.1} output tokens/s, goodput {:.2} req/s; first answer after {} s, drain {} s\n",
-            w.from_s, w.to_s, w.request_throughput, w.output_tokens_per_s, w.goodput,
-            f2(r.ramp_up_s), f2(r.drain_s)
-        ));
-    }
-    if let Some(l) = &r.lateness_ms {
-        s.push_str(&format!(
-            "  send lateness p50 {} p99 {} max {} ms (TTFT and E2E count from the scheduled send)\n",
-            f2(l.p50), f2(l.p99), f2(l.max)
-        ));
-    }
-    if let Some(c) = r.client_cpu {
-        s.push_str(&format!("  client CPU {:.1}% of one core\n", c * 100.0));
-    }
-    if let Some(c) = r.context {
-        s.push_str(&format!(
-            "  context: {}/{} requests proved their cached context (cache_n); each client re-primes its own slot, untimed, before each request (filled before the clock; the duration includes the re-priming)\n",
-            c.held, c.requests
-        ));
-    }
-    s.push_str(&row("TTFT", &r.ttft_ms));
-    s.push_str(&row("TPOT", &r.tpot_ms));
-    s.push_str(&row("ITL", &r.itl_ms));
-    s.push_str(&row("E2E", &r.e2e_ms));
-    if let Some(m) = metrics_line(&r.server_metrics) {
-        s.push_str(&m);
-    }
-    for w in &r.warnings {
-        s.push_str(&format!("  warning: {w}\n"));
-    }
-    s
-}
-
-/// The server's counters over the point, in one line (all of them are in the JSON).
-fn metrics_line(m: &serde_json::Value) -> Option<String> {
-    if let Some(why) = m.as_str() {
-        return Some(format!("  server metrics: {why}\n"));
-    }
-    let delta = m.get("delta")?.as_object()?;
-    let parts: Vec<String> = delta
-        .iter()
-        .filter_map(|(k, v)| Some(format!("{k} +{}", (v.as_f64()? * 1e3).round() / 1e3)))
-        .collect();
-    Some(format!(
-        "  server metrics over the point: {}\n",
-        parts.join(", ")
-    ))
-}
-
-/// A sweep's points side by side (nothing for a single point).
-pub fn render_sweep(points: &[LoadReport]) -> String {
-    if points.len() < 2 {
-        return String::new();
-    }
-    let mut s = String::from(
-        "load sweep: point             ok/sent  req/s  steady req/s  goodput  TTFT p50  TTFT p99  TPOT p50  TPOT p99  late p99 ms\n",
-    );
-    for r in points {
-        s.push_str(&format!(
-            "            {:<17} {:>3}/{:<3} {:>6.2} {:>13} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
-            r.label,
-            r.ok,
-            r.requests,
-            r.request_throughput,
-            r.steady.as_ref().map_or("-".into(), |w| format!("{:.2}", w.request_throughput)),
-            r.goodput,
-            f2(r.ttft_ms.p50),
-            f2(r.ttft_ms.p99),
-            f2(r.tpot_ms.p50),
-            f2(r.tpot_ms.p99),
-            f2(r.lateness_ms.as_ref().and_then(|l| l.p99)),
-        ));
-    }
-    s
 }
 
 #[cfg(test)]
@@ -402,6 +296,9 @@ mod tests {
 
     fn facts(slo: Slo) -> RunFacts {
         RunFacts {
+            settings: String::new(),
+            set: "short".into(),
+            repeat: 1,
             mode: LoadMode::Closed { concurrency: 2 },
             label: "concurrency=2".into(),
             duration_s: 2.0,
@@ -482,6 +379,7 @@ mod tests {
         assert_eq!(r.lateness_ms.as_ref().unwrap().max, Some(4.0));
         assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
         assert!(r.warnings[0].contains("lateness p99 4.00 ms"));
-        assert!(render(&r).contains("warning: the client used 95% of its core"));
+        assert!(super::super::load_text::render(&r)
+            .contains("warning: the client used 95% of its core"));
     }
 }

@@ -10,9 +10,10 @@ use super::load_search::{self, SearchReport};
 use super::record::{ignore_eos_flags, row_flags, PromptId, RunContext, RunRecord};
 use super::runner::{self, BackendReport, Plan};
 use super::turns::turns_label;
-use crate::backend::api::{ApiBackend, LoadDone, LoadRequest, LoadWork};
+use crate::backend::api::{slots, ApiBackend, LoadDone, LoadRequest, LoadWork};
 use crate::backend::BackendKind;
 use crate::settings::LoadOptions;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How many requests a load run sends: `--num-requests`, else as many as `--duration` allows at
@@ -73,12 +74,36 @@ struct Item {
     request: LoadRequest,
 }
 
-/// The plan's requests: the turns of its conversations (one job per conversation, replayed in
-/// order by one client), else every prompt of every set after the depth's context, if any.
-fn items(plan: &Plan) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
-    let mut items = Vec::new();
+/// One workload of a load run: the requests of one prompt set (or dataset, or the `--turns`
+/// conversations), run as load points of their own. Different sets are never mixed into one
+/// request stream, so a point's percentiles pool only the requests of one workload.
+struct Workload {
+    /// The set's name.
+    set: String,
+    items: Vec<Item>,
+    work: LoadWork,
+}
+
+impl Workload {
+    fn new(set: &str, items: Vec<Item>, jobs: Vec<std::ops::Range<usize>>) -> Self {
+        let work = LoadWork {
+            requests: items.iter().map(|it| it.request.clone()).collect(),
+            jobs,
+        };
+        Self {
+            set: set.to_string(),
+            items,
+            work,
+        }
+    }
+}
+
+/// The plan's workloads: the turns of its conversations (one job per conversation, replayed in
+/// order by one client), else one per prompt set, every prompt after the depth's context, if any.
+fn workloads(plan: &Plan) -> Vec<Workload> {
     if let Some(t) = &plan.turns {
         let mode = t.modes[0];
+        let mut items = Vec::new();
         let mut jobs: Vec<std::ops::Range<usize>> = Vec::new();
         for (i, c) in t.cases.iter().enumerate() {
             match jobs.last_mut() {
@@ -99,38 +124,49 @@ fn items(plan: &Plan) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
                 },
             });
         }
-        return (items, jobs);
+        return vec![Workload::new(&t.set, items, jobs)];
     }
     let context = plan.contexts.iter().find(|c| c.depth > 0);
-    for s in &plan.sets {
-        for (i, p) in s.prompts.iter().enumerate() {
-            let id = PromptId::new(&s.name, i);
-            items.push(Item {
-                workload: context.map(|c| depth_label("", c.depth)),
-                depth: context.map_or(0, |c| c.depth),
-                turn: None,
-                expected: context.and_then(|c| c.prompt_tokens.get(&id).copied()),
-                request: LoadRequest {
-                    prompt: p.clone(),
-                    max_new_tokens: s.max_new_tokens(i, plan.max_new_tokens),
-                    context: context.map_or(Vec::new(), |c| c.ids.clone()),
-                },
-                id,
-            });
-        }
-    }
-    let jobs = (0..items.len()).map(|i| i..i + 1).collect();
-    (items, jobs)
+    let set_items = |s: &super::prompts::PromptSet| -> Vec<Item> {
+        s.prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = PromptId::new(&s.name, i);
+                Item {
+                    workload: context.map(|c| depth_label("", c.depth)),
+                    depth: context.map_or(0, |c| c.depth),
+                    turn: None,
+                    expected: context.and_then(|c| c.prompt_tokens.get(&id).copied()),
+                    request: LoadRequest {
+                        prompt: p.clone(),
+                        max_new_tokens: s.max_new_tokens(i, plan.max_new_tokens),
+                        context: context.map_or(Vec::new(), |c| c.ids.clone()),
+                    },
+                    id,
+                }
+            })
+            .collect()
+    };
+    plan.sets
+        .iter()
+        .map(|s| {
+            let items = set_items(s);
+            let jobs = (0..items.len()).map(|i| i..i + 1).collect();
+            Workload::new(&s.name, items, jobs)
+        })
+        .collect()
 }
 
-/// The row of request number `i` of `item`.
-fn row(item: &Item, tag: &str, d: LoadDone, plan: &Plan) -> RunRecord {
+/// The row of request number `first + d.i` of `item` (`first`: the rows its tag already has,
+/// from earlier repeats or search probes at the same load).
+fn row(item: &Item, tag: &str, first: usize, d: LoadDone, plan: &Plan) -> RunRecord {
     // The load point's tag, then the workload's: the depth and turns reports read theirs last.
     let point = match &item.workload {
         Some(w) => tagged(tag, w),
         None => tag.to_string(),
     };
-    let (i, r) = (d.i, d.result.map_err(|e| e.to_string()));
+    let (i, r) = (first + d.i, d.result.map_err(|e| e.to_string()));
     let ctx = RunContext {
         prompt: &item.id,
         text: &item.request.prompt,
@@ -153,11 +189,12 @@ fn row(item: &Item, tag: &str, d: LoadDone, plan: &Plan) -> RunRecord {
     }
 }
 
-/// Run every load point of `load` on `api` (one server, in order) over the plan's requests
-/// (round robin; a `--dataset` set's requests with their own `output_tokens`; `--turns`
-/// conversations turn by turn), each after `plan.warmup` untimed requests, handing each request's
-/// row to `sink`. An error (before anything is sent) says why this server cannot run the
-/// workload.
+/// Run every load point of `load` on `api` (one server, in order) for each workload (prompt set)
+/// of the plan: its requests round robin (a `--dataset` set's with their own `output_tokens`;
+/// `--turns` conversations turn by turn), each point after `plan.warmup` untimed requests,
+/// `--repeat` times (the sweep's points interleaved, or the whole search again), handing each
+/// request's row to `sink`. An error (before anything is sent) says why this server cannot run
+/// the workload.
 pub fn run_load(
     api: &ApiBackend,
     plan: &Plan,
@@ -166,52 +203,71 @@ pub fn run_load(
     point: &str,
     sink: &mut (dyn FnMut(&RunRecord) + Send),
 ) -> Result<LoadOutcome, String> {
-    let (items, jobs) = items(plan);
-    let work = LoadWork {
-        requests: items.iter().map(|it| it.request.clone()).collect(),
-        jobs,
-    };
+    let workloads = workloads(plan);
     let clients = load.points.iter().map(|m| match m {
         LoadMode::Closed { concurrency } => *concurrency,
         LoadMode::Open { .. } => 0,
     });
-    if let Some(why) = api.load_refusal(&work, clients.max().unwrap_or(0)) {
+    let clients = clients.max().unwrap_or(0);
+    if let Some(why) = workloads
+        .iter()
+        .find_map(|w| api.load_refusal(&w.work, clients))
+    {
         return Err(why);
     }
-    let sweep = Sweep {
-        api,
-        plan,
-        load,
-        items: &items,
-        work: &work,
-        seed,
-        base: point,
-    };
-    let mut points = Vec::new();
-    let search = match &load.search {
-        Some(opts) => Some(load_search::search(load.points[0], opts, &mut |mode| {
-            if interrupt::requested() {
-                return None;
-            }
-            let r = sweep.point(mode, sink);
-            points.push(r.clone());
-            Some(r)
-        })),
-        None => {
-            for &mode in &load.points {
-                if interrupt::requested() {
-                    break;
-                }
-                points.push(sweep.point(mode, sink));
-            }
-            None
-        }
-    };
-    Ok(LoadOutcome {
+    let mut out = LoadOutcome {
         backend: runner::report(api, point, Default::default()),
-        points,
-        search,
-    })
+        points: Vec::new(),
+        searches: Vec::new(),
+    };
+    let mut rows_of: HashMap<String, usize> = HashMap::new();
+    for w in &workloads {
+        let sweep = Sweep {
+            api,
+            plan,
+            load,
+            w,
+            base: point,
+        };
+        for repeat in 1..=load.repeat {
+            let mut at = Repeat {
+                repeat,
+                seed: seed.wrapping_add(u64::from(repeat - 1)),
+                rows_of: &mut rows_of,
+            };
+            if interrupt::requested() {
+                break;
+            }
+            let Some(opts) = &load.search else {
+                for &mode in &load.points {
+                    if interrupt::requested() {
+                        break;
+                    }
+                    out.points.push(sweep.point(mode, &mut at, sink));
+                }
+                continue;
+            };
+            let mut sr = load_search::search(load.points[0], opts, &mut |mode| {
+                if interrupt::requested() {
+                    return None;
+                }
+                let r = sweep.point(mode, &mut at, sink);
+                out.points.push(r.clone());
+                Some(r)
+            });
+            (sr.settings, sr.set, sr.repeat) = (point.to_string(), w.set.clone(), repeat);
+            out.searches.push(sr);
+        }
+    }
+    Ok(out)
+}
+
+/// Which repetition a load point belongs to, and the rows each row tag already has.
+struct Repeat<'a> {
+    repeat: u32,
+    /// The arrival schedule's seed (each repetition its own).
+    seed: u64,
+    rows_of: &'a mut HashMap<String, usize>,
 }
 
 /// What a load run measured.
@@ -220,8 +276,8 @@ pub struct LoadOutcome {
     pub backend: BackendReport,
     /// Every load point (sweep values or search probes), in order.
     pub points: Vec<LoadReport>,
-    /// `--max-goodput`: the search.
-    pub search: Option<SearchReport>,
+    /// `--max-goodput`: the searches, one per prompt set and repetition.
+    pub searches: Vec<SearchReport>,
 }
 
 /// What every load point of a run shares.
@@ -229,9 +285,7 @@ struct Sweep<'a> {
     api: &'a ApiBackend,
     plan: &'a Plan,
     load: &'a LoadOptions,
-    items: &'a [Item],
-    work: &'a LoadWork,
-    seed: u64,
+    w: &'a Workload,
     /// The settings point's label, before the load point's tag.
     base: &'a str,
 }
@@ -240,26 +294,31 @@ impl Sweep<'_> {
     /// One load point: the warm-up, then the timed requests.
     /// Rows are written by a thread of their own, fed through a channel: the event loop that
     /// stamps every stream's tokens never waits on a file.
-    fn point(&self, mode: LoadMode, sink: &mut (dyn FnMut(&RunRecord) + Send)) -> LoadReport {
+    fn point(
+        &self,
+        mode: LoadMode,
+        at: &mut Repeat<'_>,
+        sink: &mut (dyn FnMut(&RunRecord) + Send),
+    ) -> LoadReport {
         let Sweep {
-            api,
-            plan,
-            load,
-            items,
-            work,
-            seed,
-            ..
+            api, plan, load, w, ..
         } = *self;
+        let (items, work) = (&w.items, &w.work);
         api.warm_up(work, plan.warmup);
         let load_plan = LoadPlan {
             mode,
             requests: request_count(load, mode, work.requests.len(), plan.runs),
             duration: load.duration_s.map(Duration::from_secs_f64),
-            seed,
+            seed: at.seed,
         };
         let label = point_tag(mode);
         let tag = tagged(self.base, &label);
-        let metrics_before = api.metrics_snapshot();
+        let first = at
+            .rows_of
+            .get(&format!("{}\n{tag}", w.set))
+            .copied()
+            .unwrap_or(0);
+        let (metrics_before, slots_before) = (api.metrics_snapshot(), api.slots_snapshot());
         let mut samples = Vec::new();
         let cpu0 = cpu_seconds();
         let (secs, max_in_flight) = std::thread::scope(|scope| {
@@ -269,7 +328,7 @@ impl Sweep<'_> {
                 let item = &items[d.r];
                 let with_context = !item.request.context.is_empty();
                 let (sent_s, done_s) = (d.sent_s, d.done_s);
-                let rec = row(item, &tag, d, plan);
+                let rec = row(item, &tag, first, d, plan);
                 samples.push(sample_of(&rec, with_context, sent_s, done_s));
                 // The writer outlives the run; a send fails only if it panicked.
                 let _ = tx.send(rec);
@@ -280,12 +339,17 @@ impl Sweep<'_> {
             }
             ran
         });
+        at.rows_of
+            .insert(format!("{}\n{tag}", w.set), first + samples.len());
         let client_cpu = cpu0
             .zip(cpu_seconds())
             .map(|(a, b)| (b - a) / secs.max(1e-9));
         let mut report = summarise(
             &samples,
             &RunFacts {
+                settings: self.base.to_string(),
+                set: w.set.clone(),
+                repeat: at.repeat,
                 mode,
                 label,
                 duration_s: secs,
@@ -300,6 +364,11 @@ impl Sweep<'_> {
             metrics_before.as_ref(),
             api.metrics_snapshot().as_ref(),
         );
+        report.server_slots_state =
+            slots::load_point(slots_before.as_ref(), api.slots_snapshot().as_ref());
+        if let Some(n) = slots::busy_before(&report.server_slots_state).filter(|&n| n > 0) {
+            report.warnings.push(format!("{n} server slot(s) were still processing when the point started: its first requests shared the server with work from before"));
+        }
         report
     }
 }

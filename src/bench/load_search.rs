@@ -141,6 +141,12 @@ pub struct Probe {
 /// The outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SearchReport {
+    /// The settings point's label (empty when there is one point).
+    pub settings: String,
+    /// The prompt set it searched with.
+    pub set: String,
+    /// `--repeat`: which repetition of the search (1-based).
+    pub repeat: u32,
     /// What had to hold.
     pub objectives: Vec<Objective>,
     /// "request_rate" or "concurrency".
@@ -186,6 +192,9 @@ pub fn search(
         opts,
         probe,
         rep: SearchReport {
+            settings: String::new(),
+            set: String::new(),
+            repeat: 1,
             objectives: opts.objectives.clone(),
             searched: if closed {
                 "concurrency"
@@ -336,6 +345,25 @@ impl Searcher<'_> {
     }
 }
 
+/// Which search: its settings point, prompt set and repetition.
+fn which(r: &SearchReport) -> String {
+    let mut parts = Vec::new();
+    if !r.settings.is_empty() {
+        parts.push(r.settings.clone());
+    }
+    if !r.set.is_empty() {
+        parts.push(format!("set {}", r.set));
+    }
+    if r.repeat > 1 {
+        parts.push(format!("repeat {}", r.repeat));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
+    }
+}
+
 /// The search as text: every probe, the bracket and the answer.
 pub fn render(r: &SearchReport) -> String {
     let names: Vec<String> = r
@@ -349,7 +377,8 @@ pub fn render(r: &SearchReport) -> String {
         "req/s"
     };
     let mut s = format!(
-        "max goodput search ({}), {} probes:\n",
+        "max goodput search{} ({}), {} probes:\n",
+        which(r),
         names.join(", "),
         r.probes.len()
     );

@@ -17,6 +17,9 @@ fn point(mode: LoadMode, failed: usize) -> LoadReport {
     ];
     samples.extend(vec![LoadSample::default(); failed]);
     let facts = RunFacts {
+        settings: String::new(),
+        set: "short".into(),
+        repeat: 1,
         mode,
         label: String::new(),
         duration_s: 1.0,

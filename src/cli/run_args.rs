@@ -225,6 +225,11 @@ pub struct RunArgs {
     /// --max-goodput: stop bisecting when the bracket is this narrow, relative.
     #[arg(long, value_name = "F", default_value_t = 0.1)]
     pub goodput_tolerance: f64,
+    /// Load: run every load point (or the whole --max-goodput search) R times, interleaved, each
+    /// with its own warm-up and arrival schedule; the report gives each figure's mean with a 95%
+    /// confidence interval over the repeats (and the saturation point's, for a search).
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub repeat: u32,
     /// llama.cpp RPC workers (host:port,...) for the spawned llama-server to offload the model to.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub rpc: Vec<String>,

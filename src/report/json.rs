@@ -30,7 +30,12 @@ pub fn render(report: &Report, env: &Environment, settings: &Value, started_at: 
         // One load point: its summary (as before sweeps); a sweep: null, every point below.
         "load": (report.load.len() == 1).then(|| &report.load[0]),
         "load_points": report.load,
-        "load_search": report.load_search,
+        // One search: it (as before sets and repeats); several: null, every search below.
+        "load_search": (report.load_searches.len() == 1).then(|| &report.load_searches[0]),
+        "load_searches": report.load_searches,
+        // --repeat: each point's figures and the saturation load over the repeats, with CIs.
+        "load_repeats": crate::bench::load_repeat::repeated(&report.load),
+        "load_saturation": crate::bench::load_repeat::saturation(&report.load_searches),
         "first_token_agreement": report.first_token_agreement(),
         "fits": report.fits(),
         "depth_fits": super::depth::fits(report),

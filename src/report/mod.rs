@@ -138,8 +138,8 @@ pub struct Report {
     /// The load points' summaries (`--concurrency` / `--request-rate`, one per listed value or
     /// saturation probe), in the order they ran.
     pub load: Vec<crate::bench::load::LoadReport>,
-    /// `--max-goodput`: the saturation search over those points.
-    pub load_search: Option<crate::bench::load_search::SearchReport>,
+    /// `--max-goodput`: the saturation searches over those points (per set and repetition).
+    pub load_searches: Vec<crate::bench::load_search::SearchReport>,
     /// Peak dense TFLOP/s of the GPU each backend ran on (only for backends on a known GPU).
     pub peak_tflops: BTreeMap<BackendKind, f64>,
     /// This machine's measured roofline, or why there is none.

@@ -1,6 +1,6 @@
 //! A load sweep's plots (two or more load points on one server): TTFT and TPOT percentiles
 //! against the offered load, and TTFT p99 against the throughput achieved, the curve that shows
-//! what latency each throughput costs.
+//! what latency each throughput costs; one set per prompt set, repeats plotted as their mean.
 
 use super::plot::{frame, legend, x_ticks};
 use crate::bench::load::{LoadMode, LoadReport};
@@ -50,8 +50,28 @@ fn xy_chart(title: &str, xlabel: &str, ylabel: &str, lines: &[Line]) -> String {
     s
 }
 
-/// Percentile lines of one latency over the points that have it.
-fn percentiles(points: &[LoadReport], pick: fn(&LoadReport) -> [Option<f64>; 2]) -> Vec<Line> {
+/// The points of one (settings point, set) at each load, in the order they ran: several when
+/// `--repeat` ran the load again (a plotted point is their mean).
+type ByLoad<'a> = Vec<Vec<&'a LoadReport>>;
+
+fn by_load<'a>(points: &[&'a LoadReport]) -> ByLoad<'a> {
+    let mut out: ByLoad<'a> = Vec::new();
+    for &r in points {
+        match out.iter_mut().find(|g| g[0].label == r.label) {
+            Some(g) => g.push(r),
+            None => out.push(vec![r]),
+        }
+    }
+    out
+}
+
+/// The mean of `f` over a load's repeats that have it.
+fn mean_of(g: &[&LoadReport], f: impl Fn(&LoadReport) -> Option<f64>) -> Option<f64> {
+    crate::bench::stats::mean(&g.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+}
+
+/// Percentile lines of one latency over the loads that have it.
+fn percentiles(loads: &ByLoad, pick: fn(&LoadReport) -> [Option<f64>; 2]) -> Vec<Line> {
     ["p50", "p99"]
         .iter()
         .zip(["#1f77b4", "#d62728"])
@@ -59,36 +79,71 @@ fn percentiles(points: &[LoadReport], pick: fn(&LoadReport) -> [Option<f64>; 2])
         .map(|(i, (name, color))| Line {
             label: name.to_string(),
             color,
-            pts: points
+            pts: loads
                 .iter()
-                .filter_map(|r| pick(r)[i].map(|y| (r.mode.offered(), y)))
+                .filter_map(|g| mean_of(g, |r| pick(r)[i]).map(|y| (g[0].mode.offered(), y)))
                 .collect(),
         })
         .collect()
 }
 
-/// The sweep's plots, (file part, SVG); none for a single load point.
+/// A file-name-safe form of a label.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The sweep's plots, (file part, SVG): for each settings point and prompt set that ran two or
+/// more loads (the parts get the set's name when there are several).
 pub fn plots(points: &[LoadReport]) -> Vec<(String, String)> {
-    if points.len() < 2 {
+    let groups = crate::bench::load_text::groups(points);
+    let several = groups.len() > 1;
+    let mut out = Vec::new();
+    for g in &groups {
+        let suffix = match (several, g[0].settings.is_empty()) {
+            (false, _) => String::new(),
+            (true, true) => format!("-{}", safe(&g[0].set)),
+            (true, false) => format!("-{}-{}", safe(&g[0].settings), safe(&g[0].set)),
+        };
+        for (part, svg) in group_plots(&by_load(g)) {
+            out.push((format!("{part}{suffix}"), svg));
+        }
+    }
+    out
+}
+
+/// One set's plots; none for a single load.
+fn group_plots(loads: &ByLoad) -> Vec<(String, String)> {
+    if loads.len() < 2 {
         return Vec::new();
     }
-    let xlabel = match points[0].mode {
+    let xlabel = match loads[0][0].mode {
         LoadMode::Open { .. } => "offered load (requests/s)",
         LoadMode::Closed { .. } => "offered load (concurrent clients)",
     };
-    let ttft = percentiles(points, |r| [r.ttft_ms.p50, r.ttft_ms.p99]);
-    let tpot = percentiles(points, |r| [r.tpot_ms.p50, r.tpot_ms.p99]);
+    let ttft = percentiles(loads, |r| [r.ttft_ms.p50, r.ttft_ms.p99]);
+    let tpot = percentiles(loads, |r| [r.tpot_ms.p50, r.tpot_ms.p99]);
     let pareto = vec![Line {
         label: "TTFT p99".into(),
         color: "#d62728",
-        pts: points
+        pts: loads
             .iter()
-            .filter_map(|r| {
-                let x = r
-                    .steady
-                    .as_ref()
-                    .map_or(r.request_throughput, |w| w.request_throughput);
-                r.ttft_ms.p99.map(|y| (x, y))
+            .filter_map(|g| {
+                let x = mean_of(g, |r| {
+                    Some(
+                        r.steady
+                            .as_ref()
+                            .map_or(r.request_throughput, |w| w.request_throughput),
+                    )
+                })?;
+                mean_of(g, |r| r.ttft_ms.p99).map(|y| (x, y))
             })
             .collect(),
     }];

@@ -124,6 +124,8 @@ pub struct LoadOptions {
     pub points: Vec<LoadMode>,
     /// `--max-goodput`: search the highest load at which the objectives hold.
     pub search: Option<crate::bench::load_search::SearchOptions>,
+    /// `--repeat`: each load point (or the search) this many times, interleaved.
+    pub repeat: u32,
     /// Requests to send; None = prompts × runs (or as many as `duration` allows).
     pub num_requests: Option<usize>,
     /// Stop issuing after this many seconds.

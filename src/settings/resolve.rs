@@ -384,6 +384,9 @@ fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {
             rate: 1.0,
             burstiness: args.burstiness,
         }],
+        ([], []) if args.repeat != 1 => {
+            return Err(invalid("--repeat repeats load points: give --concurrency, --request-rate or --max-goodput (single runs repeat with --runs)"))
+        }
         ([], []) => return Ok(None),
         ([_, ..], [_, ..]) => {
             return Err(invalid(
@@ -413,9 +416,13 @@ fn load_options(args: &RunArgs) -> Result<Option<LoadOptions>, SettingsError> {
     if search.is_some() && points.len() > 1 {
         return Err(invalid("--max-goodput searches from one start: give one --request-rate or --concurrency value (or none: from 1 req/s)"));
     }
+    if args.repeat == 0 {
+        return Err(invalid("--repeat must be at least 1"));
+    }
     Ok(Some(LoadOptions {
         search,
         points,
+        repeat: args.repeat,
         num_requests: args.num_requests,
         duration_s: args.duration,
         slo,
@@ -458,6 +465,24 @@ mod tests {
         assert!(e.contains("one settings point") && e.contains("2"), "{e}");
         a.threads = vec![2];
         assert_eq!(Settings::resolve(&a, &cfg).unwrap().points.len(), 1);
+    }
+
+    #[test]
+    fn repeat_needs_a_load_run_and_at_least_one() {
+        let cfg = LoadedConfig::default();
+        let mut a = args("api");
+        a.repeat = 3;
+        let e = Settings::resolve(&a, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("--repeat repeats load points") && e.contains("--runs"),
+            "{e}"
+        );
+        a.request_rate = vec![1.0, 2.0];
+        let load = Settings::resolve(&a, &cfg).unwrap().load.unwrap();
+        assert_eq!((load.repeat, load.points.len()), (3, 2));
+        a.repeat = 0;
+        let e = Settings::resolve(&a, &cfg).unwrap_err().to_string();
+        assert!(e.contains("--repeat must be at least 1"), "{e}");
     }
 
     #[test]

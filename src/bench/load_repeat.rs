@@ -9,6 +9,7 @@
 use super::load::LoadMode;
 use super::load_report::LoadReport;
 use super::load_search::SearchReport;
+use super::load_text::ordered_groups;
 use super::stats;
 use serde::Serialize;
 
@@ -93,16 +94,9 @@ pub struct RepeatedPoint {
 /// Every load point that ran more than once (same settings point, set and load), in the order
 /// they first ran.
 pub fn repeated(points: &[LoadReport]) -> Vec<RepeatedPoint> {
-    let mut groups: Vec<Vec<&LoadReport>> = Vec::new();
-    for r in points {
-        match groups.iter_mut().find(|g| {
-            let f = g[0];
-            (&f.settings, &f.set, &f.label) == (&r.settings, &r.set, &r.label)
-        }) {
-            Some(g) => g.push(r),
-            None => groups.push(vec![r]),
-        }
-    }
+    let groups = ordered_groups(points, |r| {
+        (r.settings.clone(), r.set.clone(), r.label.clone())
+    });
     groups
         .into_iter()
         .filter(|g| g.len() > 1)
@@ -149,16 +143,7 @@ pub struct Saturation {
 
 /// Each prompt set's saturation load over its repeated searches (sets searched once: none).
 pub fn saturation(searches: &[SearchReport]) -> Vec<Saturation> {
-    let mut groups: Vec<Vec<&SearchReport>> = Vec::new();
-    for s in searches {
-        match groups
-            .iter_mut()
-            .find(|g| (&g[0].settings, &g[0].set) == (&s.settings, &s.set))
-        {
-            Some(g) => g.push(s),
-            None => groups.push(vec![s]),
-        }
-    }
+    let groups = ordered_groups(searches, |s| (s.settings.clone(), s.set.clone()));
     groups
         .into_iter()
         .filter(|g| g.len() > 1)

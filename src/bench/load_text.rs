@@ -162,15 +162,21 @@ pub fn render_sweep(points: &[LoadReport]) -> String {
 
 /// The points of each (settings point, prompt set), in the order they first ran.
 pub fn groups(points: &[LoadReport]) -> Vec<Vec<&LoadReport>> {
-    let mut out: Vec<Vec<&LoadReport>> = Vec::new();
-    for r in points {
-        match out
-            .iter_mut()
-            .find(|g| g[0].settings == r.settings && g[0].set == r.set)
-        {
-            Some(g) => g.push(r),
-            None => out.push(vec![r]),
+    ordered_groups(points, |r| (r.settings.clone(), r.set.clone()))
+}
+
+/// `items` grouped by `key`, groups in the order their first item came, items in order.
+pub fn ordered_groups<'a, T, K: PartialEq>(
+    items: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<Vec<&'a T>> {
+    let mut out: Vec<(K, Vec<&'a T>)> = Vec::new();
+    for it in items {
+        let k = key(it);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, g)) => g.push(it),
+            None => out.push((k, vec![it])),
         }
     }
-    out
+    out.into_iter().map(|(_, g)| g).collect()
 }

@@ -55,14 +55,7 @@ fn xy_chart(title: &str, xlabel: &str, ylabel: &str, lines: &[Line]) -> String {
 type ByLoad<'a> = Vec<Vec<&'a LoadReport>>;
 
 fn by_load<'a>(points: &[&'a LoadReport]) -> ByLoad<'a> {
-    let mut out: ByLoad<'a> = Vec::new();
-    for &r in points {
-        match out.iter_mut().find(|g| g[0].label == r.label) {
-            Some(g) => g.push(r),
-            None => out.push(vec![r]),
-        }
-    }
-    out
+    crate::bench::load_text::ordered_groups(points.iter().copied(), |r| r.label.clone())
 }
 
 /// The mean of `f` over a load's repeats that have it.

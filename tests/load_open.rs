@@ -93,6 +93,17 @@ fn a_rate_sweep_runs_every_point_on_one_server_with_lateness_and_plots() {
         );
         assert!(ids.insert(id), "{r}");
     }
+    // The CSV carries the lateness too, in its last column, for every row (prompts have no commas).
+    let csv = std::fs::read_to_string(only_file(d.path(), "csv")).unwrap();
+    let head = csv.lines().next().unwrap();
+    assert!(head.ends_with(",send_lateness_ms"), "{head}");
+    let late: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(late.len(), runs.len());
+    assert!(late.iter().all(|l| *l >= 0.0), "{late:?}");
     for part in ["load-ttft", "load-tpot", "load-pareto"] {
         let svg = files_with(d.path(), "svg");
         assert!(

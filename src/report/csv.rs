@@ -41,6 +41,7 @@ pub const COLUMNS: &[&str] = &[
     "depth",
     "cached_tokens",
     "turn",
+    "send_lateness_ms",
 ];
 
 /// Characters of generated text kept in `output_preview`.
@@ -129,6 +130,8 @@ pub fn row(r: &RunRecord) -> String {
         r.depth.to_string(),
         opt(m.and_then(|m| m.cached_tokens)),
         opt(r.turn),
+        // Open-loop load runs: how late the send went out (ttft and e2e count from the schedule).
+        ms(m.and_then(|m| m.send_lateness_ms)),
     ];
     fields.join(",") + "\n"
 }
@@ -197,6 +200,7 @@ mod tests {
             output: " Paris, France\n".into(),
             first_token: " Paris".into(),
             first_token_id: Some(7042),
+            send_lateness_ms: Some(0.25),
             ..Measurement::default()
         };
         RunRecord::success(&ctx, 1, m, vec![])
@@ -208,7 +212,7 @@ mod tests {
         assert!(ok.starts_with(
             "short,2,\"Hello, \"\"world\"\"\nbye\",api,\" Paris, France \",1.234500,"
         ));
-        assert!(ok.ends_with(",7042,,,,10,0,,\n"), "{ok}");
+        assert!(ok.ends_with(",7042,,,,10,0,,,0.250\n"), "{ok}");
         let bad = row(&record(false));
         assert!(bad.contains(",-1.0,1,false,HTTP 500: boom,"), "{bad}");
         // A parser that honours quotes sees exactly COLUMNS.len() fields.

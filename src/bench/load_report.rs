@@ -21,6 +21,15 @@ pub struct Dist {
 }
 
 impl Dist {
+    /// The 50th, 90th or (any other value) 99th percentile.
+    pub fn at(&self, percentile: u8) -> Option<f64> {
+        match percentile {
+            50 => self.p50,
+            90 => self.p90,
+            _ => self.p99,
+        }
+    }
+
     /// Summarise a sample.
     pub fn of(xs: &[f64]) -> Self {
         Self {
@@ -53,6 +62,50 @@ pub struct LoadSample {
     pub sent_s: f64,
     /// When it ended, s since the start.
     pub done_s: f64,
+}
+
+/// The successful requests of a point that had the server to themselves: no other request (of
+/// this point, failed ones included) was in flight from their send to their end. Their latencies
+/// are the point's unloaded ones, which no lower load can improve, so the saturation search stops
+/// lowering the load once these already miss an objective.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alone {
+    /// How many requests were alone.
+    pub requests: usize,
+    /// Their TTFT, ms.
+    pub ttft_ms: Dist,
+    /// Their TPOT, ms.
+    pub tpot_ms: Dist,
+    /// Their end-to-end latency, ms.
+    pub e2e_ms: Dist,
+}
+
+impl Alone {
+    /// The alone requests among `samples`, by their [sent_s, done_s] intervals (sorted by send: a
+    /// request overlaps an earlier one when an earlier end is past its send, a later one when the
+    /// next send is before its end).
+    fn of(samples: &[LoadSample]) -> Self {
+        let mut order: Vec<&LoadSample> = samples.iter().collect();
+        order.sort_by(|a, b| a.sent_s.total_cmp(&b.sent_s));
+        let mut alone = Vec::new();
+        let mut latest_end = f64::NEG_INFINITY;
+        for (i, s) in order.iter().enumerate() {
+            let after = order.get(i + 1).is_some_and(|n| n.sent_s < s.done_s);
+            if latest_end <= s.sent_s && !after && s.ttft_ms.is_some() {
+                alone.push(*s);
+            }
+            latest_end = latest_end.max(s.done_s);
+        }
+        let col = |f: fn(&LoadSample) -> Option<f64>| -> Vec<f64> {
+            alone.iter().filter_map(|s| f(s)).collect()
+        };
+        Self {
+            requests: alone.len(),
+            ttft_ms: Dist::of(&col(|s| s.ttft_ms)),
+            tpot_ms: Dist::of(&col(|s| s.tpot_ms)),
+            e2e_ms: Dist::of(&col(|s| s.e2e_ms)),
+        }
+    }
 }
 
 /// What the load loop knows about a point besides its samples.
@@ -171,6 +224,8 @@ pub struct LoadReport {
     pub itl_ms: Dist,
     /// End-to-end latency, ms.
     pub e2e_ms: Dist,
+    /// The requests that had the server to themselves, and their latencies.
+    pub alone: Alone,
     /// The objectives.
     pub slo: Slo,
     /// `--depth` / `--turns` warm: the requests' cache proof (None: no request had a context).
@@ -276,6 +331,7 @@ pub fn summarise(samples: &[LoadSample], facts: &RunFacts) -> LoadReport {
                 .collect::<Vec<_>>(),
         ),
         e2e_ms: Dist::of(&col(&|s| s.e2e_ms)),
+        alone: Alone::of(samples),
         slo: facts.slo,
         context: (!with_context.is_empty()).then(|| ContextProof {
             requests: with_context.len(),
@@ -363,8 +419,32 @@ mod tests {
         assert!((w.request_throughput - 1.0).abs() < 1e-9);
         assert!((r.drain_s.unwrap() - 1.5).abs() < 1e-9);
         assert_eq!(r.ramp_up_s, Some(0.4));
+        // The first two ran alone; the third was alone too (sent after the second ended).
+        assert_eq!(r.alone.requests, 3);
         // Over the whole point the drain lowers the rate: 3 / 3.5 s.
         assert!((r.request_throughput - 3.0 / 3.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn alone_are_the_requests_nothing_else_overlapped() {
+        // [0, 1] overlaps [0.5, 2]; [3, 4] is alone; a failed one at [5, 6] is not counted but
+        // still takes [5.5, 7] out.
+        let mut failed = LoadSample {
+            sent_s: 5.0,
+            done_s: 6.0,
+            ..Default::default()
+        };
+        failed.ttft_ms = None;
+        let samples = [
+            sample(10.0, 0.5, 2.0),
+            sample(20.0, 0.0, 1.0),
+            sample(30.0, 3.0, 4.0),
+            failed,
+            sample(40.0, 5.5, 7.0),
+        ];
+        let a = summarise(&samples, &facts(Slo::default())).alone;
+        assert_eq!(a.requests, 1);
+        assert_eq!((a.ttft_ms.p99, a.e2e_ms.p50), (Some(30.0), Some(80.0)));
     }
 
     #[test]

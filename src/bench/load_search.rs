@@ -7,7 +7,7 @@
 //! The search only sees probes through a closure, so its steps are tested without a server.
 
 use super::load::LoadMode;
-use super::load_report::{Dist, LoadReport};
+use super::load_report::LoadReport;
 use serde::Serialize;
 
 /// A latency the objectives can bound.
@@ -45,7 +45,7 @@ impl Objective {
 
     /// The point's value of this percentile.
     pub fn value(&self, r: &LoadReport) -> Option<f64> {
-        let d: &Dist = match self.metric {
+        let d = match self.metric {
             Metric::Ttft => &r.ttft_ms,
             Metric::Tpot => &r.tpot_ms,
             Metric::Itl => &r.itl_ms,
@@ -59,13 +59,27 @@ impl Objective {
                 };
             }
         };
-        match self.percentile {
-            50 => d.p50,
-            90 => d.p90,
-            _ => d.p99,
-        }
+        d.at(self.percentile)
+    }
+
+    /// This percentile over the point's requests that had the server to themselves (TTFT, TPOT
+    /// and E2E only; None with fewer than [`MIN_ALONE`] of them).
+    fn alone_value(&self, r: &LoadReport) -> Option<f64> {
+        let a = &r.alone;
+        let d = match self.metric {
+            Metric::Ttft => &a.ttft_ms,
+            Metric::Tpot => &a.tpot_ms,
+            Metric::E2e => &a.e2e_ms,
+            Metric::Itl | Metric::Late => return None,
+        };
+        (a.requests >= MIN_ALONE)
+            .then(|| d.at(self.percentile))
+            .flatten()
     }
 }
+
+/// Requests alone at least this often before their percentile says the objectives fail unloaded.
+pub const MIN_ALONE: usize = 3;
 
 /// Parse `ttft_p99=500,tpot_p99=50` (milliseconds).
 pub fn parse_objectives(s: &str) -> Result<Vec<Objective>, String> {
@@ -136,6 +150,10 @@ pub struct Probe {
     pub values: Vec<Option<f64>>,
     /// Requests that failed.
     pub failed: usize,
+    /// An objective the requests that had the server to themselves already missed (so no lower
+    /// load can meet it), e.g. "ttft_p99 2822.1 ms over 5 requests alone".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unloaded_miss: Option<String>,
 }
 
 /// The outcome.
@@ -241,12 +259,21 @@ impl Searcher<'_> {
                 .iter()
                 .zip(&values)
                 .all(|(o, v)| v.is_some_and(|v| v <= o.ms));
+        let unloaded_miss = self.opts.objectives.iter().find_map(|o| {
+            let v = o.alone_value(&r).filter(|v| *v > o.ms)?;
+            Some(format!(
+                "{} {v:.1} ms over {} requests alone",
+                o.name(),
+                r.alone.requests
+            ))
+        });
         self.rep.probes.push(Probe {
             phase,
             load: mode.offered(),
             holds,
             values,
             failed,
+            unloaded_miss,
         });
         Some(holds)
     }
@@ -271,6 +298,9 @@ impl Searcher<'_> {
             },
             Some(false) => {
                 self.rep.high = Some(x);
+                if self.fails_unloaded() {
+                    return false;
+                }
                 for _ in 0..MAX_HALVINGS {
                     x /= 2.0;
                     if self.closed && x < 1.0 {
@@ -278,6 +308,10 @@ impl Searcher<'_> {
                     }
                     match self.run("shrink", x) {
                         None => return false,
+                        Some(false) if self.fails_unloaded() => {
+                            self.rep.high = Some(x);
+                            return false;
+                        }
                         Some(false) if !self.improved() => {
                             self.rep.high = Some(x);
                             self.rep.note = Some(format!(
@@ -296,6 +330,18 @@ impl Searcher<'_> {
                 false
             }
         }
+    }
+
+    /// Whether the last probe failed even for the requests that had the server to themselves
+    /// (then it says so in the note): a lower load would only take longer.
+    fn fails_unloaded(&mut self) -> bool {
+        let Some(miss) = self.rep.probes.last().and_then(|p| p.unloaded_miss.clone()) else {
+            return false;
+        };
+        self.rep.note = Some(format!(
+            "requests that had the server to themselves miss the objectives ({miss}): they fail unloaded, not because of the load (a lower rate would only take longer)"
+        ));
+        true
     }
 
     /// Whether the last probe's values came down by at least 10 % from the one before it on some
@@ -416,7 +462,8 @@ pub fn render(r: &SearchReport) -> String {
             if r.searched == "concurrency" { String::new() } else { format!("; tolerance {:.0}%", r.tolerance * 100.0) }
         ),
         (Some(lo), None) => format!("  holds up to {} {unit}: no probe failed within the probes; raise the start or --num-requests\n", f(Some(lo))),
-        (None, hi) => format!("  fails even at {} {unit}: lower the start\n", f(hi)),
+        // (With a note the objectives fail unloaded: a lower start would not help.)
+        (None, hi) => format!("  fails even at {} {unit}{}\n", f(hi), if r.note.is_none() { ": lower the start" } else { "" }),
     });
     if let Some(n) = &r.note {
         s.push_str(&format!("  {n}\n"));

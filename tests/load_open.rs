@@ -97,13 +97,20 @@ fn a_rate_sweep_runs_every_point_on_one_server_with_lateness_and_plots() {
     let csv = std::fs::read_to_string(only_file(d.path(), "csv")).unwrap();
     let head = csv.lines().next().unwrap();
     assert!(head.ends_with(",send_lateness_ms"), "{head}");
-    let late: Vec<f64> = csv
+    let mut late: Vec<f64> = csv
         .lines()
         .skip(1)
         .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(late.len(), runs.len());
     assert!(late.iter().all(|l| *l >= 0.0), "{late:?}");
+    // The same values as the JSON rows' (the CSV keeps three decimals).
+    let mut json_late: Vec<f64> = runs.iter().map(|r| f(&r["send_lateness_ms"])).collect();
+    late.sort_by(f64::total_cmp);
+    json_late.sort_by(f64::total_cmp);
+    for (c, j) in late.iter().zip(&json_late) {
+        assert!((c - j).abs() <= 0.0005 + 1e-9, "csv {c} vs json {j}");
+    }
     for part in ["load-ttft", "load-tpot", "load-pareto"] {
         let svg = files_with(d.path(), "svg");
         assert!(

@@ -96,16 +96,18 @@ impl Alone {
             }
             latest_end = latest_end.max(s.done_s);
         }
-        let col = |f: fn(&LoadSample) -> Option<f64>| -> Vec<f64> {
-            alone.iter().filter_map(|s| f(s)).collect()
-        };
         Self {
             requests: alone.len(),
-            ttft_ms: Dist::of(&col(|s| s.ttft_ms)),
-            tpot_ms: Dist::of(&col(|s| s.tpot_ms)),
-            e2e_ms: Dist::of(&col(|s| s.e2e_ms)),
+            ttft_ms: Dist::of(&column(&alone, |s| s.ttft_ms)),
+            tpot_ms: Dist::of(&column(&alone, |s| s.tpot_ms)),
+            e2e_ms: Dist::of(&column(&alone, |s| s.e2e_ms)),
         }
     }
+}
+
+/// One latency of the samples that have it.
+fn column(samples: &[&LoadSample], f: fn(&LoadSample) -> Option<f64>) -> Vec<f64> {
+    samples.iter().filter_map(|s| f(s)).collect()
 }
 
 /// What the load loop knows about a point besides its samples.
@@ -298,9 +300,6 @@ fn warnings(late: Option<&Lateness>, cpu: Option<f64>) -> Vec<String> {
 /// Summarise a load point.
 pub fn summarise(samples: &[LoadSample], facts: &RunFacts) -> LoadReport {
     let ok: Vec<&LoadSample> = samples.iter().filter(|s| s.ttft_ms.is_some()).collect();
-    let col = |f: &dyn Fn(&LoadSample) -> Option<f64>| -> Vec<f64> {
-        ok.iter().filter_map(|s| f(s)).collect()
-    };
     let d = facts.duration_s.max(1e-9);
     let with_context: Vec<bool> = samples.iter().filter_map(|s| s.context_held).collect();
     let last_send = samples.iter().map(|s| s.sent_s).reduce(f64::max);
@@ -323,14 +322,14 @@ pub fn summarise(samples: &[LoadSample], facts: &RunFacts) -> LoadReport {
         steady: last_send.and_then(|t| window(&ok, &facts.slo, 0.0, t)),
         ramp_up_s: ok.iter().map(|s| s.done_s).reduce(f64::min),
         drain_s: last_send.map(|t| (facts.duration_s - t).max(0.0)),
-        ttft_ms: Dist::of(&col(&|s| s.ttft_ms)),
-        tpot_ms: Dist::of(&col(&|s| s.tpot_ms)),
+        ttft_ms: Dist::of(&column(&ok, |s| s.ttft_ms)),
+        tpot_ms: Dist::of(&column(&ok, |s| s.tpot_ms)),
         itl_ms: Dist::of(
             &ok.iter()
                 .flat_map(|s| s.itl_ms.iter().copied())
                 .collect::<Vec<_>>(),
         ),
-        e2e_ms: Dist::of(&col(&|s| s.e2e_ms)),
+        e2e_ms: Dist::of(&column(&ok, |s| s.e2e_ms)),
         alone: Alone::of(samples),
         slo: facts.slo,
         context: (!with_context.is_empty()).then(|| ContextProof {
@@ -429,12 +428,11 @@ mod tests {
     fn alone_are_the_requests_nothing_else_overlapped() {
         // [0, 1] overlaps [0.5, 2]; [3, 4] is alone; a failed one at [5, 6] is not counted but
         // still takes [5.5, 7] out.
-        let mut failed = LoadSample {
+        let failed = LoadSample {
             sent_s: 5.0,
             done_s: 6.0,
             ..Default::default()
         };
-        failed.ttft_ms = None;
         let samples = [
             sample(10.0, 0.5, 2.0),
             sample(20.0, 0.0, 1.0),

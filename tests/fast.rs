@@ -82,6 +82,30 @@ fn noisy(base: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// hf in bf16 on a CPU without bf16 GEMM kernels (libtorch falls back to a path many times slower
+/// than f32) is named in one warning; the same run where the CPU has them gets none.
+#[test]
+fn a_dtype_this_cpu_has_no_gemm_kernels_for_is_warned_about() {
+    let p = plan(vec![set("short", &["a"])], 3, 0);
+    let scripts = [("a", Script::ttfts(&noisy(20.0, 3), 5))];
+    let warned = |native: bool| {
+        let (rows, mut rep) = run(BackendKind::Hf, &scripts, &p);
+        rep.info = serde_json::json!({"weight_dtype": "bf16", "native_gemm": native});
+        rep.facts = ttft::bench::backend_report::BackendFacts::of(&rep.info);
+        let w = ttft::report::warnings::warnings(&report(&p, vec![(rows, rep)]));
+        w.into_iter()
+            .filter(|w| w.contains("GEMM kernels"))
+            .collect::<Vec<_>>()
+    };
+    let w = warned(false);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("hf: this CPU has no bf16 GEMM kernels"),
+        "{w:?}"
+    );
+    assert!(warned(true).is_empty());
+}
+
 #[test]
 fn prompts_of_very_different_speed_are_separate_cases() {
     let p = plan(vec![set("long", &["fast", "slow"])], 8, 1);

@@ -329,6 +329,7 @@ impl HfBackend {
             "weight_bytes": loaded.decoder.weight_bytes(),
             // The dtype the weights are read in, by its short name (the roofline's peak).
             "weight_dtype": match kind { Kind::BFloat16 => "bf16", Kind::Half => "f16", _ => "f32" },
+            "native_gemm": device != Device::Cpu || models::onednn::cpu_has_gemm_for(kind),
             "device": s.device,
             "threads": tch::get_num_threads(),
             "libtorch_version": libtorch_version(),

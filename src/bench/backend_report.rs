@@ -54,6 +54,9 @@ pub struct BackendFacts {
     pub weight_bytes: Option<f64>,
     /// hf's dtype (`f32`, `bf16`, `f16`); None for GGUF weights (bound by the best peak).
     pub weight_dtype: Option<String>,
+    /// hf: whether the device has GEMM kernels for that dtype (false: a bf16/f16 model on a CPU
+    /// without the instructions, which libtorch runs through a slow fallback).
+    pub native_gemm: Option<bool>,
 }
 
 impl BackendFacts {
@@ -79,6 +82,7 @@ impl BackendFacts {
                 .and_then(|v| serde_json::from_value(v.clone()).ok()),
             weight_bytes: f("weight_bytes"),
             weight_dtype: s("weight_dtype"),
+            native_gemm: info.get("native_gemm").and_then(|v| v.as_bool()),
         }
     }
 }

@@ -23,7 +23,29 @@ pub fn warnings(report: &Report) -> Vec<String> {
     w.extend(case_warnings(report));
     w.extend(stop_warnings(report));
     w.extend(server_warnings(report));
+    w.extend(dtype_warnings(report));
     w
+}
+
+/// hf in a dtype this CPU has no GEMM kernels for: libtorch's fallback is many times slower
+/// than f32, so those TTFTs say nothing about the dtype on a CPU that has them.
+fn dtype_warnings(report: &Report) -> Vec<String> {
+    report
+        .backends
+        .iter()
+        .filter(|b| b.name == BackendKind::Hf && b.facts.native_gemm == Some(false))
+        .map(|b| {
+            let dtype = b.facts.weight_dtype.as_deref().unwrap_or("this dtype");
+            let who = if b.point.is_empty() {
+                "hf".to_string()
+            } else {
+                format!("hf [{}]", b.point)
+            };
+            format!(
+                "{who}: this CPU has no {dtype} GEMM kernels (oneDNN needs AVX512BW/VL/DQ or AVX-NE-CONVERT, ttft's AVX512_BF16), so libtorch runs {dtype} through a fallback slower than f32: these TTFTs say little about {dtype} on other CPUs"
+            )
+        })
+        .collect()
 }
 
 /// Backends that would not see, or did not pick, the same tokens.

@@ -207,8 +207,9 @@ at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
 // Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
 int ttft_onednn_available() { return at::hasMKLDNN() ? 1 : 0; }
 
-// Whether oneDNN has native kernels for `kind` on this CPU: 15 = bf16 (AVX512_BF16 / AMX, or
-// arm's bf16 dot products), 5 = f16 (AVX512_FP16 / AMX-FP16). f32 (6) is always native.
+// Whether oneDNN has native kernels for `kind` on this CPU, by libtorch's own check (the one
+// _reorder_linear_weight enforces): 15 = bf16 (x86: AVX512BW/VL/DQ or AVX-NE-CONVERT; arm's
+// bf16 dot products), 5 = f16 (AVX512_FP16 / AMX-FP16). f32 (6) is always native.
 int ttft_onednn_native(int kind) {
   try {
     const char *name = kind == 15 ? "mkldnn::_is_mkldnn_bf16_supported"

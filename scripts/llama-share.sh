@@ -21,6 +21,12 @@ for p in json.load(sys.stdin)["packages"]:
 # same_tree A B: every file under A is under B with the same bytes (B may hold more: tools/server).
 same_tree() { [ -d "$1" ] && ! diff -rq "$1" "$2" 2>/dev/null | grep -v "^Only in $2" | grep -q .; }
 
+# ccache_summary DIR: "H hits, M misses" of the ccache in DIR (nothing without ccache).
+ccache_summary() {
+  command -v ccache >/dev/null 2>&1 || return 0
+  CCACHE_DIR=$1 ccache --print-stats 2>/dev/null | awk -F'\t' '$1=="direct_cache_hit"||$1=="preprocessed_cache_hit"{h+=$2} $1=="cache_miss"{m=$2} END{printf "%d hits, %d misses", h, m}'
+}
+
 # drop_define_spec NAME FILE TREE: "NAME:FILE" (TTFT_CC_DROP_DEFINE) when FILE is the only source or
 # header under TREE that mentions NAME, so dropping -DNAME from every other compile changes no
 # object; nothing otherwise.

@@ -408,7 +408,7 @@ build_llama_tools() {
   env "${share[@]}" cmake --build "$build" -j "$JOBS" --target "${TARGETS[@]}" >>"$build_log" 2>&1 \
     || die "llama.cpp build failed, see $build_log"
   if command -v ccache >/dev/null 2>&1; then
-    log "ccache: $(CCACHE_DIR=${CCACHE_DIR:-$CACHE/ccache} ccache --print-stats 2>/dev/null | awk -F'\t' '$1=="direct_cache_hit"||$1=="preprocessed_cache_hit"{h+=$2} $1=="cache_miss"{m=$2} END{printf "%d hits, %d misses so far", h, m}')"
+    log "ccache: $(ccache_summary "${CCACHE_DIR:-$CACHE/ccache}") so far"
   fi
 }
 

@@ -328,7 +328,7 @@ impl HfBackend {
             "layer_kernels": loaded.decoder.layer_kernels(),
             "weight_bytes": loaded.decoder.weight_bytes(),
             // The dtype the weights are read in, by its short name (the roofline's peak).
-            "weight_dtype": match kind { Kind::BFloat16 => "bf16", Kind::Half => "f16", _ => "f32" },
+            "weight_dtype": models::onednn::dtype_name(kind),
             "native_gemm": device != Device::Cpu || models::onednn::cpu_has_gemm_for(kind),
             "device": s.device,
             "threads": tch::get_num_threads(),

@@ -431,7 +431,7 @@ install_llama_tools() {
 step_hf_export() {
   "$VENV/bin/python" "$ROOT/scripts/export_hf.py" "$model" "$ROOT/models/SmolLM2-135M-Instruct-hf" >&2
 }
-# (--tests) The outputs of transformers' own modules that tests/hf_parity.rs compares ours with.
+# (--tests) The outputs of transformers' own modules that tests/suite/hf_parity.rs compares ours with.
 step_parity_fixtures() {
   "$VENV/bin/python" "$ROOT/scripts/make_parity_fixtures.py" "$ROOT/vendor/parity" >&2
 }

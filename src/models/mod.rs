@@ -1,6 +1,6 @@
 //! Transformer architectures written in this project, run on libtorch through tch: one file per
 //! architecture, shared layers in `layers`, RoPE variants in `rope`, checkpoint loading in
-//! `weights`. transformers is the numerical oracle (tests/hf_parity.rs).
+//! `weights`. transformers is the numerical oracle (tests/suite/hf_parity.rs).
 
 pub mod common;
 pub mod dense;

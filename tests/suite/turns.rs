@@ -3,7 +3,7 @@
 //! with the same prompt tokens on every backend; cold rows prefill the whole conversation with
 //! nothing cached. And the one-line refusals of conversations that cannot be replayed.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! `output_tokens`, the too-long rule, and one clear line (exit 2, nothing timed) for every bad
 //! dataset.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! untimed warms a timed run, every timed run is cold or flagged as a cache hit, and the flag
 //! fires when the cache-busting prefix is switched off.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::openai_server::{OpenAiServer, Options, COLD_MS};
 use helpers::*;

@@ -5,7 +5,7 @@
 //! ids at every position plus an 8-token greedy continuation (and the logits of each greedy step,
 //! decoded with the KV cache). Our models must match: max |Δlogit| ≤ 1e-4, identical tokens.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::root;
 use tch::{Device, Kind, Tensor};

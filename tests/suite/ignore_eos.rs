@@ -2,7 +2,7 @@
 //! prompt that normally ends at EOS after a few tokens), and the api backend copes with servers
 //! that reject or ignore the fields (the fault server: no real server here does either on demand).
 
-mod helpers;
+use crate::helpers;
 
 use helpers::fault_server::{Fault, FaultServer};
 use helpers::*;

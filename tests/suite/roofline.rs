@@ -1,7 +1,7 @@
 //! The roofline: `ttft roofline` measures and caches this machine's bandwidth and GEMM peaks, and
 //! a benchmark run reports every local backend's prefill as a fraction of the bound they imply.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{root, serial};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! counted from the schedule, not as a quietly lower rate; and the search for the highest rate
 //! at which an objective holds.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::instant_server::InstantServer;
 use helpers::*;

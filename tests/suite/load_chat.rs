@@ -1,7 +1,7 @@
 //! The api backend for real deployments: chat, the OpenAI flavor and load, against the real
 //! spawned llama-server with the default GGUF.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use std::path::Path;

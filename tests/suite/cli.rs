@@ -1,6 +1,6 @@
 //! The real binary: the main job end to end, and one clear line for every bad input.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use std::path::Path;

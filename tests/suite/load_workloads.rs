@@ -3,7 +3,7 @@
 //! keeps its context on its own slot, and every row proves what it found cached; what cannot be
 //! measured that way is refused in one line before anything is sent.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use serde_json::Value;

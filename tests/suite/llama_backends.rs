@@ -1,6 +1,6 @@
 //! The two llama.cpp backends against the real GGUF and the real spawned llama-server.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use ttft::backend::api::{ApiBackend, Endpoint};
@@ -11,6 +11,7 @@ const FRANCE: &str = "The capital of France is";
 
 #[test]
 fn inproc_and_api_see_the_same_tokens_and_first_token() {
+    let _serial = serial();
     let params = llama_params();
     let mut inproc = InprocBackend::open(&params).expect("load default GGUF in-process");
     let prompts: Vec<String> = data_prompts("short")
@@ -65,6 +66,7 @@ fn inproc_and_api_see_the_same_tokens_and_first_token() {
 
 #[test]
 fn openai_endpoint_streams_and_prompt_cache_is_never_used() {
+    let _serial = serial();
     let params = llama_params();
     let dir = tempfile::tempdir().unwrap();
     let mut api = ApiBackend::open(&params, &api_settings(dir.path(), Endpoint::V1)).unwrap();
@@ -95,6 +97,7 @@ fn openai_endpoint_streams_and_prompt_cache_is_never_used() {
 
 #[test]
 fn non_ascii_first_tokens_agree_between_inproc_and_the_server() {
+    let _serial = serial();
     use ttft::report::agreement::{compare, Seen};
     let params = llama_params();
     let prompts = ["中国的首都是", "Reply with one emoji: 🙂"];
@@ -127,6 +130,7 @@ fn non_ascii_first_tokens_agree_between_inproc_and_the_server() {
 
 #[test]
 fn a_first_token_that_is_part_of_an_emoji_ends_ttft_and_the_emoji_comes_later() {
+    let _serial = serial();
     // SmolLM2 answers this chat prompt with 🌟, which byte-level BPE splits over tokens.
     let mut inproc = InprocBackend::open_with(&llama_params(), true).unwrap();
     let m = inproc.measure("Reply with one emoji: 🙂", 6).unwrap();

@@ -10,8 +10,9 @@ pub mod openai_server;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Tests in one binary run on parallel threads; those that time real work take this lock so
-/// they do not measure each other (test binaries themselves run one after another).
+/// The integration tests are one binary (tests/suite) whose tests run on parallel threads;
+/// those that run a real model take this lock, so that no two of them compete for the cores and
+/// none measures another's work.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,7 +1,7 @@
 //! Truth at the edges, end to end on the three real backends: non-ASCII output (a token can be part
 //! of a UTF-8 character), and the end-of-generation rule (the EOS token is a generated token).
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! cold, and is faster than that cold run. And the CLI's one-line refusals of a depth that does
 //! not fit.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use std::path::Path;

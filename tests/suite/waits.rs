@@ -3,7 +3,7 @@
 //! `--prepare-timeout`, long before the timed runs' `--request-timeout`. No real server can be
 //! made to hang like this, so these use a fake that answers only what it is told to.
 
-mod helpers;
+use crate::helpers;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

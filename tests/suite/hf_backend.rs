@@ -1,6 +1,6 @@
 //! The hf backend on the exported default model: the same answer and the same tokens as llama.cpp.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 use ttft::backend::hf::{HfBackend, HfSettings};

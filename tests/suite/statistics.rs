@@ -1,7 +1,7 @@
 //! Numbers you can defend: exact-length sweeps with fits and plots, the parity gate, the JSON schema
 //! and `ttft compare`.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::*;
 

@@ -2,7 +2,7 @@
 //! measured is lost. Network faults come from the fault-injection server; interrupts and crashes
 //! are tested against the real spawned llama-server.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::fault_server::{Fault, FaultServer, PAUSE};
 use helpers::*;

@@ -2,7 +2,7 @@
 //! says `pre-opened`), inside it with `--fresh-connection`; one connection per request, so
 //! llama-server's close after a streamed answer never races with a reused one.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::fault_server::{Fault, FaultServer, TlsServer};
 use helpers::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ttft::backend::fake::{FakeBackend, Script};
 use ttft::backend::BackendKind;
 use ttft::bench::prompts::PromptSet;
-use ttft::bench::record::RunRecord;
+use ttft::bench::record::{PromptId, RunRecord};
 use ttft::bench::runner::{self, Plan};
 use ttft::report::{Level, Report, SetInfo};
 
@@ -416,6 +416,18 @@ fn each_depth_is_its_own_case_and_a_backend_without_a_cache_fails_its_rows() {
             .as_deref()
             .unwrap()
             .contains("cannot hold a cached context")));
+    // `--skip-too-long` skipped every prompt: no context is set (the fake would refuse it), and
+    // every row says why its prompt was skipped.
+    for i in 0..2 {
+        p.too_long.insert(PromptId::new("s", i), "too long".into());
+    }
+    let script = Script::ttfts(&[10.0], 2);
+    let (rows, _) = run(
+        BackendKind::Inproc,
+        &[("a", script.clone()), ("b", script)],
+        &p,
+    );
+    assert!(rows.len() == 8 && rows.iter().all(|r| r.error.as_deref() == Some("too long")));
 }
 
 #[test]

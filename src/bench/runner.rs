@@ -61,6 +61,16 @@ pub struct Plan {
     pub turns: Option<TurnPlan>,
 }
 
+impl Plan {
+    /// Whether `--skip-too-long` left no prompt to time. Then every row is a failed row at every
+    /// depth, and holding a context (seconds of untimed prefill at a deep one) would serve no run.
+    fn times_nothing(&self) -> bool {
+        self.sets.iter().all(|set| {
+            (0..set.prompts.len()).all(|i| self.too_long.contains_key(&PromptId::new(&set.name, i)))
+        })
+    }
+}
+
 /// `--min-time` never runs a prompt more than this many times `--runs`.
 pub const MAX_EXTRA_FACTOR: u32 = 20;
 
@@ -116,7 +126,12 @@ pub fn run_backend(
     }
     for c in &plan.contexts {
         let label = depth_label(point, c.depth);
-        if let Err(e) = backend.set_context(&c.ids) {
+        let held = if plan.times_nothing() {
+            Ok(())
+        } else {
+            backend.set_context(&c.ids)
+        };
+        if let Err(e) = held {
             // The context could not be held: every run of this depth is a failed row.
             let msg = format!("depth {}: {e}", c.depth);
             rows_failed(backend.kind(), &label, c.depth, &msg, plan, sink);

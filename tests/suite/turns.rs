@@ -43,7 +43,7 @@ fn every_backend_holds_the_earlier_turns_and_prefills_the_same_new_tokens() {
     let d = tempfile::tempdir().unwrap();
     let o = run(
         d.path(),
-        &["--backend", "all", "--turns", "3", "--dataset-sample", "2"],
+        &["--backend", "all", "--turns", "2", "--dataset-sample", "2"],
     );
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let json = json_of(d.path());
@@ -79,7 +79,7 @@ fn every_backend_holds_the_earlier_turns_and_prefills_the_same_new_tokens() {
             .insert(r["runner"].as_str().unwrap().to_string(), row);
     }
     let cases = seen.len() / 2;
-    assert!(cases >= 4, "two conversations of 3 turns: {seen:?}");
+    assert!(cases >= 4, "two conversations of 2 turns: {seen:?}");
     // Cold prompts the hf tokenizer splits differently from llama.cpp's vocabulary (transformers
     // splits "\n\n" before a digit, llama.cpp does not): the parity gate lists them.
     let disagree: Vec<u64> = json["token_disagreements"]
@@ -113,7 +113,7 @@ fn every_backend_holds_the_earlier_turns_and_prefills_the_same_new_tokens() {
         }
     }
     let lines = json["turns"].as_array().unwrap();
-    assert_eq!(lines.len(), 3 * 2 * 3, "backend × cache × turn: {lines:?}");
+    assert_eq!(lines.len(), 3 * 2 * 2, "backend × cache × turn: {lines:?}");
     assert!(stdout(&o).contains("turns: per turn"), "{}", stdout(&o));
 }
 

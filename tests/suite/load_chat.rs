@@ -406,16 +406,9 @@ fn a_second_server_implementation_streams_completions_and_chat() {
     // tokenize a chat prompt nor streams usage, so its prompt counts are unknown (and say so),
     // never read from an untimed generation. (The short prompts: nothing here depends on a
     // prompt's length, and the long ones took 17 of this test's 44 s.)
-    let (_, json) = run(
-        &[
-            "--backend",
-            "inproc,api",
-            "--chat",
-            "--prompts",
-            "data/short_prompts.txt",
-        ],
-        &d.path().join("chat"),
-    );
+    let short = "data/short_prompts.txt";
+    let chat = ["--backend", "inproc,api", "--chat", "--prompts", short];
+    let (_, json) = run(&chat, &d.path().join("chat"));
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(prompt_tokens(runs, "inproc").len(), 5);
     for r in runs.iter().filter(|r| r["runner"] == "api") {

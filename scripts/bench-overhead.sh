@@ -14,7 +14,7 @@ cd "$ROOT"
 RUNS=${RUNS:-5}
 THREADS=${THREADS:-$(nproc)}
 
-./scripts/setup.sh >/dev/null
+./scripts/setup.sh --tools >/dev/null  # llama-bench
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/ttft
 OUT=$(mktemp -d)

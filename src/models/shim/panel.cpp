@@ -38,6 +38,7 @@ void tile(const float *x, int64_t in, const float *p, const float *bias, float *
     a1[m] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < in; i++) {
+    if constexpr (M >= kPrefetchRows) prefetch_step(p + i * kWidth);
     const __m512 w0 = _mm512_loadu_ps(p + i * kWidth);
     const __m512 w1 = _mm512_loadu_ps(p + i * kWidth + 16);
     for (int m = 0; m < M; m++) {

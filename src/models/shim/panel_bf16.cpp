@@ -36,6 +36,7 @@ void tile(const uint16_t *x, int64_t in, const uint16_t *p, const float *bias, u
   for (int m = 0; m < M; m++) a0[m] = a1[m] = _mm512_setzero_ps();
   const int64_t whole = in / 2;
   for (int64_t ip = 0; ip < whole; ip++) {
+    if constexpr (M >= kPrefetchRows) prefetch_step(p + ip * 2 * kWidth);
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(p + ip * 2 * kWidth);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(p + ip * 2 * kWidth + kWidth);
     for (int m = 0; m < M; m++) {

@@ -101,6 +101,7 @@ fn onednn_shim(lib: &str) {
         "src/models/shim/attention.cpp",
         "src/models/shim/norm.cpp",
         "src/models/shim/act.cpp",
+        "src/models/shim/rope.cpp",
     ];
     println!("cargo:rerun-if-changed={src}");
     for k in kernels.iter().chain(&["src/models/shim/simd.h"]) {

@@ -1,6 +1,6 @@
 //! ttft's CPU kernels for the rest of a layer (`shim/attention.cpp`, `shim/norm.cpp`,
-//! `shim/act.cpp`, reached through `shim/onednn.cpp`): causal attention, RMSNorm and
-//! silu(gate)·up on AVX-512 CPUs, in f32 or bf16 with transformers' roundings. libtorch runs
+//! `shim/act.cpp`, `shim/rope.cpp`, reached through `shim/onednn.cpp`): causal attention,
+//! RMSNorm, silu(gate)·up and RoPE on AVX-512 CPUs, in f32 or bf16 with transformers' roundings. libtorch runs
 //! each of them as a chain of small ops (SDPA's blocks through small GEMM calls, a norm as seven
 //! passes); `Decoder::use_kernels` switches them on for every `--hf-kernels` choice but `mkl`.
 
@@ -19,6 +19,13 @@ extern "C" {
         len: usize,
     ) -> *mut C_tensor;
     fn ttft_silu_mul(gu: *const C_tensor, err: *mut c_char, len: usize) -> *mut C_tensor;
+    fn ttft_rope(
+        x: *const C_tensor,
+        cos: *const C_tensor,
+        sin: *const C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut C_tensor;
     fn ttft_attention(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -43,6 +50,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Result<Tens
 pub fn silu_mul(gu: &Tensor) -> Result<Tensor, TchError> {
     // SAFETY: the tensor outlives the call; the shim checks dtype, shape and the CPU.
     shim_call(|err, len| unsafe { ttft_silu_mul(gu.as_ptr(), err, len) })
+}
+
+/// ttft's rotary embedding (`shim/rope.cpp`): `x·cos + rotate_half(x)·sin` of x [b, heads, t,
+/// d] (f32 or bf16, any strides but along d) with cos, sin [t, d] in x's dtype, in one pass with
+/// transformers' roundings; returns a contiguous [b, heads, t, d].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, TchError> {
+    // SAFETY: the tensors outlive the call; the shim checks dtypes, shapes and the CPU.
+    shim_call(|err, len| unsafe { ttft_rope(x.as_ptr(), cos.as_ptr(), sin.as_ptr(), err, len) })
 }
 
 /// Whether [`attention`] runs for a head dimension of `head_dim` on this CPU.
@@ -213,5 +228,34 @@ mod tests {
         }
         let odd = Tensor::randn([3, 7], (Kind::Float, Device::Cpu));
         assert!(silu_mul(&odd).is_err());
+    }
+
+    /// ttft's RoPE against the op chain (`rope::apply`, transformers' `q * cos +
+    /// rotate_half(q) * sin`): bit-identical in f32 and bf16, on the transposed view the
+    /// projection gives, with a half width that leaves a partial 16-lane tail, two batches.
+    #[test]
+    fn rope_matches_the_op_chain_exactly() {
+        if !panel_supported() {
+            return;
+        }
+        tch::manual_seed(0);
+        for (b, t, h, d) in [(1, 7, 3, 64), (2, 5, 2, 40), (1, 1, 4, 2)] {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let x = (Tensor::randn([b, t, h, d], (Kind::Float, Device::Cpu)) * 3.0)
+                    .to_kind(kind)
+                    .transpose(1, 2);
+                let ang = Tensor::randn([t, d], (Kind::Float, Device::Cpu)) * 4.0;
+                let (cos, sin) = (ang.cos().to_kind(kind), ang.sin().to_kind(kind));
+                let want = super::super::rope::apply(&x, &cos, &sin);
+                let got = rope(&x, &cos, &sin).unwrap();
+                assert_eq!((got.kind(), got.size()), (kind, vec![b, h, t, d]));
+                assert!(got.is_contiguous());
+                let diff = (&got - &want).abs().max().double_value(&[]);
+                assert!(got.equal(&want), "{kind:?} b {b} t {t} h {h} d {d}: {diff}");
+            }
+        }
+        let x = Tensor::randn([1, 2, 3, 8], (Kind::Float, Device::Cpu));
+        let short = Tensor::ones([3, 6], (Kind::Float, Device::Cpu));
+        assert!(rope(&x, &short, &short).is_err(), "cos narrower than x");
     }
 }

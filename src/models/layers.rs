@@ -122,7 +122,8 @@ pub struct Attention {
     /// Index into the model's RoPE table; None for learned positions (GPT-2).
     pub rope: Option<usize>,
     /// Run causal attention through ttft's CPU kernel (`onednn::attention`) where no
-    /// soft-cap or active window asks for more; set by [`Decoder::use_kernels`].
+    /// soft-cap or active window asks for more, and a full-width RoPE through
+    /// `layer_ops::rope`; set by [`Decoder::use_kernels`].
     pub fused: bool,
 }
 
@@ -175,8 +176,15 @@ impl Attention {
         let mut q = q.transpose(1, 2);
         let mut k = k.transpose(1, 2);
         if let Some((cos, sin)) = cos_sin {
-            q = rope::apply(&q, cos, sin);
-            k = rope::apply(&k, cos, sin);
+            if self.fused && cos.size()[1] == d {
+                let rope = |x: &Tensor| {
+                    super::layer_ops::rope(x, cos, sin).unwrap_or_else(|e| panic!("rope: {e}"))
+                };
+                (q, k) = (rope(&q), rope(&k));
+            } else {
+                q = rope::apply(&q, cos, sin);
+                k = rope::apply(&k, cos, sin);
+            }
         }
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),

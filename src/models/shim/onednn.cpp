@@ -204,6 +204,41 @@ at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
   });
 }
 
+// rope.cpp: rotary embedding rows (no libtorch inside it).
+void ttft_rope_rows(const void *x, int bf16, int64_t heads, int64_t t, int64_t sb, int64_t sh,
+                    int64_t st, int64_t d, const void *cos, const void *sin, int64_t r0,
+                    int64_t r1, void *y);
+
+// x·cos + rotate_half(x)·sin of x [b, heads, t, d] (f32 or bf16, any strides but along d, such
+// as the transposed view of the q/k projection) with cos, sin [t, d] in x's dtype, with
+// transformers' roundings (rope.cpp); returns a contiguous [b, heads, t, d], the layout the
+// attention kernel reads and the KV cache keeps.
+at::Tensor *ttft_rope(const at::Tensor *x, const at::Tensor *cos, const at::Tensor *sin,
+                      char *err, size_t len) {
+  return guarded(err, len, [&]() -> at::Tensor {
+    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
+    const bool bf16 = x->scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 || x->scalar_type() == at::kFloat, "rope: f32 or bf16 only");
+    TORCH_CHECK(x->dim() == 4 && x->size(3) % 2 == 0, "rope: x ", x->sizes());
+    const int64_t b = x->size(0), h = x->size(1), t = x->size(2), d = x->size(3);
+    TORCH_CHECK(cos->dim() == 2 && cos->size(0) == t && cos->size(1) == d &&
+                    sin->sizes() == cos->sizes(),
+                "rope: cos ", cos->sizes(), ", sin ", sin->sizes(), " do not fit x ", x->sizes());
+    TORCH_CHECK(cos->scalar_type() == x->scalar_type() && sin->scalar_type() == x->scalar_type(),
+                "rope: cos and sin must be in x's dtype");
+    const at::Tensor xs = x->stride(3) == 1 ? *x : x->contiguous();
+    const at::Tensor c = cos->contiguous(), s = sin->contiguous();
+    at::Tensor y = at::empty({b, h, t, d}, x->options());
+    const void *xp = xs.data_ptr(), *cp = c.data_ptr(), *sp = s.data_ptr();
+    void *yp = y.data_ptr();
+    const int64_t sb = xs.stride(0), sh = xs.stride(1), st = xs.stride(2);
+    for_rows(b * h * t, d, [&](int64_t r0, int64_t r1) {
+      ttft_rope_rows(xp, bf16 ? 1 : 0, h, t, sb, sh, st, d, cp, sp, r0, r1, yp);
+    });
+    return y;
+  });
+}
+
 // Whether this libtorch has oneDNN at all (CPU builds on x86 and arm64 do).
 int ttft_onednn_available() { return at::hasMKLDNN() ? 1 : 0; }
 

@@ -106,6 +106,52 @@ fn a_dtype_this_cpu_has_no_gemm_kernels_for_is_warned_about() {
     assert!(warned(true).is_empty());
 }
 
+/// A prefill faster than the roofline's bound (the probe ran in a slower spell of a shared host)
+/// is one warning naming the case and the probe; a probe that saw the machine's speed gives none.
+#[test]
+fn a_prefill_beating_the_roofline_bound_is_warned_about() {
+    let p = plan(vec![set("short", &["a"])], 3, 0);
+    // TTFT 10 ms, so prefill 9 ms (the scripted backend's 90 %).
+    let scripts = [("a", Script::ttfts(&[10.0; 3], 5))];
+    let warned = |read_gbs: f64| {
+        let (rows, mut rep) = run(BackendKind::Hf, &scripts, &p);
+        rep.info = serde_json::json!({"weight_dtype": "f32", "weight_bytes": 540e6,
+            "model_shape": {"d_attn": 576, "d_model": 576, "n_layers": 30,
+                "non_embedding_params": 1.0e8, "tied_lm_head": true, "vocab": 49152}});
+        rep.facts = ttft::bench::backend_report::BackendFacts::of(&rep.info);
+        let mut r = report(&p, vec![(rows, rep)]);
+        r.roofline = Ok(ttft::report::roofline::Roofline {
+            device: "cpu: test".into(),
+            threads: 2,
+            libtorch: "2.13.0".into(),
+            read_gbs,
+            f32_gflops: 500.0,
+            f32_by_kernel: [("avx512".to_string(), 500.0)].into(),
+            bf16_gflops: None,
+            f16_gflops: None,
+            gemm_shape: [512, 2048, 2048],
+            probe_ms: 900.0,
+            steady: true,
+            measured_at: "2026-12-07T15:08:04Z".into(),
+            version: ttft::report::roofline::PROBE_VERSION,
+        });
+        ttft::report::warnings::warnings(&r)
+            .into_iter()
+            .filter(|w| w.starts_with("roofline"))
+            .collect::<Vec<_>>()
+    };
+    // 540 MB at 50 GB/s is a 10.8 ms bound: fraction 1.2.
+    let w = warned(50.0);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("(hf short#0 1.20)"), "{w:?}");
+    assert!(
+        w[0].contains("2026-12-07T15:08:04Z (memory read 50.0 GB/s)"),
+        "{w:?}"
+    );
+    // At 100 GB/s the bound is 5.4 ms: fraction 0.6, nothing to say.
+    assert!(warned(100.0).is_empty());
+}
+
 #[test]
 fn prompts_of_very_different_speed_are_separate_cases() {
     let p = plan(vec![set("long", &["fast", "slow"])], 8, 1);

@@ -46,7 +46,8 @@ fn same_key(a: &Roofline, b: &Roofline) -> bool {
     a.device == b.device && a.threads == b.threads && a.libtorch == b.libtorch
 }
 
-/// The CPU's roofline at `threads`: from the cache, else measured now (`refresh`: always).
+/// The CPU's roofline at `threads`: from the cache, else measured now (`refresh`: always, and
+/// each figure the new probe beats is raised in the cache; none is lowered).
 /// `say` is told when a probe runs, since it takes about a second. Err says why there is none.
 pub fn cpu(threads: u32, refresh: bool, say: &dyn Fn(&str)) -> Result<Roofline, String> {
     imp::cpu(threads, refresh, say)
@@ -65,8 +66,8 @@ mod imp {
                 && c.libtorch == libtorch
                 && c.version == crate::report::roofline::PROBE_VERSION
         });
-        if let (Some(hit), false) = (hit, refresh) {
-            return Ok(hit);
+        if let (Some(hit), false) = (&hit, refresh) {
+            return Ok(hit.clone());
         }
         // About a second: said only if it takes longer than two (the rule for every wait before
         // timing), so a bad input found after it is still the run's only line on stderr.
@@ -77,12 +78,18 @@ mod imp {
             || crate::models::probe::measure(tch::Device::Cpu, threads, &device),
         )
         .map_err(|e| format!("roofline probe: {e}"))?;
-        if r.steady {
-            if let Err(e) = store(&r) {
+        // The cache keeps each figure's best (`Roofline::raised_by`): a refresh in a slow spell
+        // cannot lower the ceiling. A probe with nothing cached is kept only if steady.
+        let best = match &hit {
+            Some(h) => h.raised_by(&r),
+            None => r,
+        };
+        if best.steady && hit.as_ref() != Some(&best) {
+            if let Err(e) = store(&best) {
                 say(&format!("roofline: not cached ({e})"));
             }
         }
-        Ok(r)
+        Ok(best)
     }
 }
 

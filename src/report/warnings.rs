@@ -24,7 +24,35 @@ pub fn warnings(report: &Report) -> Vec<String> {
     w.extend(stop_warnings(report));
     w.extend(server_warnings(report));
     w.extend(dtype_warnings(report));
+    w.extend(roofline_warning(report));
     w
+}
+
+/// Cases whose prefill beat the roofline's bound (a fraction above 1 cannot be): the probe's
+/// figures were measured in a slower spell than the runs (a shared host's memory bandwidth
+/// moves with its neighbours), so every fraction of the report reads high.
+fn roofline_warning(report: &Report) -> Option<String> {
+    let roof = report.roofline.as_ref().ok()?;
+    let over: Vec<String> = report
+        .summaries()
+        .iter()
+        .filter(|s| s.is_case() && s.roofline_fraction.is_some_and(|f| f > 1.0))
+        .map(|s| {
+            format!(
+                "{} {:.2}",
+                case_name(s),
+                s.roofline_fraction.unwrap_or_default()
+            )
+        })
+        .collect();
+    (!over.is_empty()).then(|| {
+        format!(
+            "roofline fraction above 1 ({}): these prefills beat the bound from the probe of {} (memory read {:.1} GB/s), so this machine ran faster than the probe saw and every fraction here reads high; `ttft roofline --refresh` measures again (the cache keeps each figure's best)",
+            over.join(", "),
+            roof.measured_at,
+            roof.read_gbs
+        )
+    })
 }
 
 /// hf in a dtype this CPU has no GEMM kernels for: libtorch's fallback is many times slower

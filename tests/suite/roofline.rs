@@ -67,6 +67,20 @@ fn roofline_measures_every_kernel_and_a_steady_probe_is_cached() {
         ));
         assert!(fresh["f32_by_kernel"].get(&name).is_some(), "{fresh}");
         assert_eq!(fresh["version"], first["version"], "{fresh}");
+        // A refresh raises the figures it beats and keeps the others: the cache is a ceiling.
+        let mut entry = fresh.clone();
+        entry["read_gbs"] = 1e6.into();
+        entry["f32_by_kernel"]["mkl"] = 0.001.into();
+        std::fs::write(&file, serde_json::json!([entry]).to_string()).unwrap();
+        let raised = json_of(&ttft_with_cache(
+            cache.path(),
+            &["roofline", "--threads", "2", "--json", "--refresh"],
+        ));
+        assert_eq!(raised["read_gbs"].as_f64(), Some(1e6), "{raised}");
+        assert!(
+            raised["f32_by_kernel"]["mkl"].as_f64().unwrap() > 0.5,
+            "{raised}"
+        );
     } else {
         assert!(!file.exists(), "an unsteady probe must not be cached");
     }

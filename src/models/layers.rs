@@ -152,6 +152,21 @@ fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
 }
 
 impl Attention {
+    /// RoPE on q and k [b, heads, t, d] (none for learned positions): ttft's one-pass kernel
+    /// where the layer's kernels are ttft's and the rotation is full-width, else the op chain.
+    fn rotate(&self, q: Tensor, k: Tensor, cos_sin: Option<&(Tensor, Tensor)>) -> (Tensor, Tensor) {
+        let Some((cos, sin)) = cos_sin else {
+            return (q, k);
+        };
+        if self.fused && cos.size()[1] == self.head_dim {
+            let rope = |x: &Tensor| {
+                super::layer_ops::rope(x, cos, sin).unwrap_or_else(|e| panic!("rope: {e}"))
+            };
+            return (rope(&q), rope(&k));
+        }
+        (rope::apply(&q, cos, sin), rope::apply(&k, cos, sin))
+    }
+
     /// x [1, t, hidden] → [1, t, hidden], appending this step's keys and values to `cache`.
     pub fn forward(
         &self,
@@ -173,19 +188,7 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k);
         }
-        let mut q = q.transpose(1, 2);
-        let mut k = k.transpose(1, 2);
-        if let Some((cos, sin)) = cos_sin {
-            if self.fused && cos.size()[1] == d {
-                let rope = |x: &Tensor| {
-                    super::layer_ops::rope(x, cos, sin).unwrap_or_else(|e| panic!("rope: {e}"))
-                };
-                (q, k) = (rope(&q), rope(&k));
-            } else {
-                q = rope::apply(&q, cos, sin);
-                k = rope::apply(&k, cos, sin);
-            }
-        }
+        let (q, k) = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos_sin);
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
             None => (k, v),

@@ -70,7 +70,7 @@ impl Roofline {
     /// This roofline with each figure raised to `newer`'s where that is higher, `newer`'s date
     /// if it raised any. Why: a roofline is a ceiling, and on a shared host the memory read rate
     /// a probe sees varies with the neighbours (on the 2-core Zen 5 of this session's note it
-    /// read 48-51 GB/s for minutes, then 78-84); a cached low reading makes every memory-bound
+    /// read 48-51 GB/s for minutes, then 78-88); a cached low reading makes every memory-bound
     /// fraction read high, even above 1. Keeping each figure's best errs the other way, never
     /// overstating how close a prefill came to the machine's limit.
     pub fn raised_by(&self, newer: &Roofline) -> Roofline {

@@ -30,6 +30,15 @@ fn best_s(reps: usize, device: Device, mut f: impl FnMut() -> Tensor) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Memory read bandwidth on `device`, GB/s: the best of 5 sums over a buffer far larger than
+/// any cache (on the CPU with libtorch's current intra-op threads), about 30 ms at 80 GB/s.
+pub fn read_gbs(device: Device) -> Result<f64, TchError> {
+    let _g = tch::no_grad_guard();
+    let buf = Tensor::f_ones([READ_ELEMENTS], (Kind::Float, device))?;
+    let bytes = (READ_ELEMENTS * 4) as f64;
+    Ok(bytes / best_s(5, device, || buf.sum(Kind::Float)) / 1e9)
+}
+
 /// GFLOP/s of `x · W` in `kind` with `kernels` (None when the dtype cannot run here).
 fn gemm_gflops(
     device: Device,
@@ -112,10 +121,7 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
     if device == Device::Cpu {
         tch::set_num_threads(threads as i32);
     }
-    let buf = Tensor::f_ones([READ_ELEMENTS], (Kind::Float, device))?;
-    let bytes = (READ_ELEMENTS * 4) as f64;
-    let read_gbs = bytes / best_s(5, device, || buf.sum(Kind::Float)) / 1e9;
-    drop(buf);
+    let read_gbs = read_gbs(device)?;
     // Large enough to be compute-bound on a CPU; a GPU needs a bigger product to reach its peak.
     let shape = if device == Device::Cpu {
         [512, 2048, 2048]

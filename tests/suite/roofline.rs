@@ -15,6 +15,19 @@ fn ttft_with_cache(cache: &std::path::Path, args: &[&str]) -> Output {
         .expect("run ttft")
 }
 
+/// A benchmark run of `backends` on the short prompts, `runs` each, into `out`.
+fn short_run(cache: &std::path::Path, backends: &str, runs: &str, out: &std::path::Path) -> Output {
+    let out = out.to_str().unwrap();
+    let args = [
+        "--backend",
+        backends,
+        "--prompts",
+        "short=data/short_prompts.txt",
+    ];
+    let more = ["--runs", runs, "--no-progress", "--out", out];
+    ttft_with_cache(cache, &[&args[..], &more[..]].concat())
+}
+
 fn json_of(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).expect("roofline --json prints JSON")
@@ -97,20 +110,7 @@ fn a_run_reports_the_roofline_and_each_local_backends_fraction() {
     let _s = serial();
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o = ttft_with_cache(
-        cache.path(),
-        &[
-            "--backend",
-            "hf,inproc,api",
-            "--prompts",
-            "short=data/short_prompts.txt",
-            "--runs",
-            "2",
-            "--no-progress",
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    let o = short_run(cache.path(), "hf,inproc,api", "2", out.path());
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -140,5 +140,21 @@ fn a_run_reports_the_roofline_and_each_local_backends_fraction() {
         let f = s["roofline_fraction"].as_f64().unwrap_or(-1.0);
         // The bound is a least time: a fraction above 1 would mean the bound is wrong.
         assert!(f > 0.0 && f <= 1.2, "{runner}: roofline fraction {f}");
+    }
+    // A cached read rate far below this machine's (a probe from a slow spell) is raised by the
+    // read measured after the timed runs, in the report and in the cache.
+    let file = cache.path().join("roofline.json");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let mut cached: serde_json::Value = serde_json::from_str(&text).unwrap();
+        cached[0]["read_gbs"] = 0.01.into();
+        std::fs::write(&file, cached.to_string()).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        let o = short_run(cache.path(), "hf", "1", again.path());
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{stdout}");
+        assert!(!stdout.contains("memory read 0.0 GB/s"), "{stdout}");
+        let raised: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert!(raised[0]["read_gbs"].as_f64().unwrap() > 0.5, "{raised}");
     }
 }

@@ -19,30 +19,31 @@ fn case_name(s: &CaseSummary) -> String {
 
 /// Things a reader must know before trusting the table.
 pub fn warnings(report: &Report) -> Vec<String> {
+    // The per-case rows, computed once (each bootstraps its CI) for every warning that reads them.
+    let cases: Vec<CaseSummary> = report
+        .summaries()
+        .into_iter()
+        .filter(CaseSummary::is_case)
+        .collect();
     let mut w = token_warnings(report);
-    w.extend(case_warnings(report));
-    w.extend(stop_warnings(report));
+    w.extend(case_warnings(report, &cases));
+    w.extend(stop_warnings(report, &cases));
     w.extend(server_warnings(report));
     w.extend(dtype_warnings(report));
-    w.extend(roofline_warning(report));
+    w.extend(roofline_warning(report, &cases));
     w
 }
 
 /// Cases whose prefill beat the roofline's bound (a fraction above 1 cannot be): the probe's
 /// figures were measured in a slower spell than the runs (a shared host's memory bandwidth
 /// moves with its neighbours), so every fraction of the report reads high.
-fn roofline_warning(report: &Report) -> Option<String> {
+fn roofline_warning(report: &Report, cases: &[CaseSummary]) -> Option<String> {
     let roof = report.roofline.as_ref().ok()?;
-    let over: Vec<String> = report
-        .summaries()
+    let over: Vec<String> = cases
         .iter()
-        .filter(|s| s.is_case() && s.roofline_fraction.is_some_and(|f| f > 1.0))
-        .map(|s| {
-            format!(
-                "{} {:.2}",
-                case_name(s),
-                s.roofline_fraction.unwrap_or_default()
-            )
+        .filter_map(|s| {
+            let f = s.roofline_fraction.filter(|&f| f > 1.0)?;
+            Some(format!("{} {f:.2}", case_name(s)))
         })
         .collect();
     (!over.is_empty()).then(|| {
@@ -136,16 +137,13 @@ fn first_token_warning(a: &FirstTokenAgreement) -> String {
 /// Outliers and cold first runs, per case only: a set row would compare different prompts. Not
 /// for load runs: a prompt's requests there overlap with others and queue, so their spread is
 /// the load's, which the load summary reports (and a cold start is what `--warmup` sends).
-fn case_warnings(report: &Report) -> Vec<String> {
+fn case_warnings(report: &Report, cases: &[CaseSummary]) -> Vec<String> {
     let mut w = Vec::new();
     if !report.load.is_empty() {
         return w;
     }
-    for s in report.summaries() {
-        if !s.is_case() {
-            continue;
-        }
-        let case = case_name(&s);
+    for s in cases {
+        let case = case_name(s);
         if !s.outliers.is_empty() {
             w.push(format!(
                 "{case}: {} statistical outlier(s) among {} runs (median/MAD); consider more --runs or a quieter machine",
@@ -163,15 +161,10 @@ fn case_warnings(report: &Report) -> Vec<String> {
 
 /// Backends that generated different lengths for one prompt (their TPOT and E2E are over unequal
 /// work), and `--ignore-eos` runs that still stopped early.
-fn stop_warnings(report: &Report) -> Vec<String> {
+fn stop_warnings(report: &Report, cases: &[CaseSummary]) -> Vec<String> {
     let mut w = Vec::new();
-    let cases: Vec<CaseSummary> = report
-        .summaries()
-        .into_iter()
-        .filter(CaseSummary::is_case)
-        .collect();
     let mut prompts: Vec<(&str, Option<usize>)> = Vec::new();
-    for c in &cases {
+    for c in cases {
         let k = (c.prompt_type.as_str(), c.prompt_idx);
         if !prompts.contains(&k) {
             prompts.push(k);

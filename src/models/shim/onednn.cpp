@@ -46,6 +46,15 @@ at::Tensor *guarded(char *err, size_t len, F f) {
   }
 }
 
+// Whether x is bf16 (else f32; any other dtype is an error naming `what`): the dtypes ttft's
+// layer kernels (norm, activation, RoPE) run.
+bool layer_bf16(const at::Tensor &x, const char *what) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || x.scalar_type() == at::kFloat, what, ": f32 or bf16 only, not ",
+              x.scalar_type());
+  return bf16;
+}
+
 // Rows [0, rows) of `width` elements each, split across libtorch's threads in chunks of at
 // least 16k elements (a smaller tensor runs on the calling thread).
 template <typename F>
@@ -161,8 +170,7 @@ at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, 
                           char *err, size_t len) {
   return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
-    const bool bf16 = x->scalar_type() == at::kBFloat16;
-    TORCH_CHECK(bf16 || x->scalar_type() == at::kFloat, "rms norm: x must be f32 or bf16");
+    const bool bf16 = layer_bf16(*x, "rms norm");
     const int64_t n = x->size(-1);
     TORCH_CHECK(w->numel() == n, "rms norm: weight ", w->sizes(), " does not fit x ", x->sizes());
     const at::Tensor xc = x->contiguous();
@@ -187,8 +195,7 @@ void ttft_silu_mul_rows(const void *gu, int bf16, int64_t inter, int64_t r0, int
 at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
   return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
-    const bool bf16 = gu->scalar_type() == at::kBFloat16;
-    TORCH_CHECK(bf16 || gu->scalar_type() == at::kFloat, "silu·up: f32 or bf16 only");
+    const bool bf16 = layer_bf16(*gu, "silu·up");
     TORCH_CHECK(gu->dim() >= 1 && gu->size(-1) % 2 == 0, "silu·up: odd width ", gu->sizes());
     const at::Tensor x = gu->contiguous();
     const int64_t inter = x.size(-1) / 2, rows = inter == 0 ? 0 : x.numel() / (2 * inter);
@@ -217,8 +224,7 @@ at::Tensor *ttft_rope(const at::Tensor *x, const at::Tensor *cos, const at::Tens
                       char *err, size_t len) {
   return guarded(err, len, [&]() -> at::Tensor {
     TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
-    const bool bf16 = x->scalar_type() == at::kBFloat16;
-    TORCH_CHECK(bf16 || x->scalar_type() == at::kFloat, "rope: f32 or bf16 only");
+    const bool bf16 = layer_bf16(*x, "rope");
     TORCH_CHECK(x->dim() == 4 && x->size(3) % 2 == 0, "rope: x ", x->sizes());
     const int64_t b = x->size(0), h = x->size(1), t = x->size(2), d = x->size(3);
     TORCH_CHECK(cos->dim() == 2 && cos->size(0) == t && cos->size(1) == d &&

@@ -78,7 +78,7 @@ mod imp {
         }
         let mut newer = r.clone();
         newer.read_gbs = now;
-        newer.measured_at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        newer.measured_at = crate::report::roofline::measured_now();
         let best = r.raised_by(&newer);
         if best.steady {
             let _ = store(&best);

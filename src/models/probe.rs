@@ -168,6 +168,6 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
         probe_ms: t0.elapsed().as_secs_f64() * 1e3,
         steady: true,
         version: crate::report::roofline::PROBE_VERSION,
-        measured_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        measured_at: crate::report::roofline::measured_now(),
     })
 }

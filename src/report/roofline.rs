@@ -49,6 +49,11 @@ pub struct Roofline {
 /// AVX512_BF16 panels.
 pub const PROBE_VERSION: u32 = 2;
 
+/// Now, as a probe's `measured_at` (UTC, RFC 3339, to the second).
+pub fn measured_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 impl Roofline {
     /// The compute peak that bounds a model whose weights are in `dtype`: its own peak for f32,
     /// bf16 and f16 (falling back to f32 where the 16-bit probe did not run), the best measured
@@ -69,7 +74,7 @@ impl Roofline {
 
     /// This roofline with each figure raised to `newer`'s where that is higher, `newer`'s date
     /// if it raised any. Why: a roofline is a ceiling, and on a shared host the memory read rate
-    /// a probe sees varies with the neighbours (on the 2-core Zen 5 of this session's note it
+    /// a probe sees varies with the neighbours (measured on a 2-core Zen 5, it
     /// read 48-51 GB/s for minutes, then 78-88); a cached low reading makes every memory-bound
     /// fraction read high, even above 1. Keeping each figure's best errs the other way, never
     /// overstating how close a prefill came to the machine's limit.

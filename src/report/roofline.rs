@@ -73,7 +73,7 @@ impl Roofline {
     }
 
     /// This roofline with each figure raised to `newer`'s where that is higher, `newer`'s date
-    /// if it raised any. Why: a roofline is a ceiling, and on a shared host the memory read rate
+    /// if it raised any (also how a probe combines its two rounds). Why: a roofline is a ceiling, and on a shared host the memory read rate
     /// a probe sees varies with the neighbours (measured on a 2-core Zen 5, it
     /// read 48-51 GB/s for minutes, then 78-88); a cached low reading makes every memory-bound
     /// fraction read high, even above 1. Keeping each figure's best errs the other way, never
@@ -85,12 +85,8 @@ impl Roofline {
             *a = a.max(b);
             raised
         };
-        let up_opt = |a: &mut Option<f64>, b: Option<f64>| match (*a, b) {
-            (Some(x), Some(y)) if y > x => {
-                *a = Some(y);
-                true
-            }
-            (None, Some(_)) => {
+        let up_opt = |a: &mut Option<f64>, b: Option<f64>| match b {
+            Some(y) if a.is_none_or(|x| y > x) => {
                 *a = b;
                 true
             }

@@ -1,8 +1,9 @@
 //! ttft's CPU kernels for the rest of a layer (`shim/attention.cpp`, `shim/norm.cpp`,
 //! `shim/act.cpp`, `shim/rope.cpp`, reached through `shim/onednn.cpp`): causal attention,
-//! RMSNorm, silu(gate)·up and RoPE on AVX-512 CPUs, in f32 or bf16 with transformers' roundings. libtorch runs
-//! each of them as a chain of small ops (SDPA's blocks through small GEMM calls, a norm as seven
-//! passes); `Decoder::use_kernels` switches them on for every `--hf-kernels` choice but `mkl`.
+//! RMSNorm, silu(gate)·up and RoPE on AVX-512 CPUs, in f32 or bf16 with transformers'
+//! roundings. libtorch runs each of them as a chain of small ops (SDPA's blocks through small
+//! GEMM calls, a norm as seven passes, RoPE as five); `Decoder::use_kernels` switches them on
+//! for every `--hf-kernels` choice but `mkl`.
 
 use super::onednn::{panel_supported, shim_call};
 use std::ffi::{c_char, c_int};

@@ -113,7 +113,7 @@ fn a_prefill_beating_the_roofline_bound_is_warned_about() {
     let p = plan(vec![set("short", &["a"])], 3, 0);
     // TTFT 10 ms, so prefill 9 ms (the scripted backend's 90 %).
     let scripts = [("a", Script::ttfts(&[10.0; 3], 5))];
-    let warned = |read_gbs: f64| {
+    let warned = |read_gbs: f64, read_at_end_gbs: Option<f64>| {
         let (rows, mut rep) = run(BackendKind::Hf, &scripts, &p);
         rep.info = serde_json::json!({"weight_dtype": "f32", "weight_bytes": 540e6,
             "model_shape": {"d_attn": 576, "d_model": 576, "n_layers": 30,
@@ -134,14 +134,15 @@ fn a_prefill_beating_the_roofline_bound_is_warned_about() {
             steady: true,
             measured_at: "2026-12-07T15:08:04Z".into(),
             version: ttft::report::roofline::PROBE_VERSION,
+            read_at_end_gbs,
         });
         ttft::report::warnings::warnings(&r)
             .into_iter()
-            .filter(|w| w.starts_with("roofline"))
+            .filter(|w| w.starts_with("roofline") || w.starts_with("memory read"))
             .collect::<Vec<_>>()
     };
     // 540 MB at 50 GB/s is a 10.8 ms bound: fraction 1.2.
-    let w = warned(50.0);
+    let w = warned(50.0, None);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("(hf short#0 1.20)"), "{w:?}");
     assert!(
@@ -149,7 +150,15 @@ fn a_prefill_beating_the_roofline_bound_is_warned_about() {
         "{w:?}"
     );
     // At 100 GB/s the bound is 5.4 ms: fraction 0.6, nothing to say.
-    assert!(warned(100.0).is_empty());
+    assert!(warned(100.0, None).is_empty());
+    assert!(warned(100.0, Some(85.0)).is_empty());
+    // A run whose own end read 45 GB/s met a slow spell: its fractions read low, and it says so.
+    let w = warned(100.0, Some(45.0));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("memory read 45.0 GB/s after the timed runs, 0.45 of this machine's ceiling (100.0 GB/s"),
+        "{w:?}"
+    );
 }
 
 #[test]

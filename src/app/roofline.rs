@@ -32,7 +32,11 @@ fn store(r: &Roofline) -> std::io::Result<PathBuf> {
     let path = cache_path().ok_or_else(|| std::io::Error::other("no HOME for the cache"))?;
     let mut all = cached();
     all.retain(|c| !same_key(c, r));
-    all.push(r.clone());
+    // A run's own end reading describes that run, not the machine.
+    all.push(Roofline {
+        read_at_end_gbs: None,
+        ..r.clone()
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -53,8 +57,8 @@ pub fn cpu(threads: u32, refresh: bool, say: &dyn Fn(&str)) -> Result<Roofline, 
     imp::cpu(threads, refresh, say)
 }
 
-/// `r` with its memory read rate raised to what this machine reads now, if that is higher (and
-/// the cache raised with it). Called after every timed run, so a run that meets a faster spell
+/// `r` with what this machine reads now as its `read_at_end_gbs`, and its memory read rate
+/// raised to that if it is higher (and the cache raised with it). Called after every timed run, so a run that meets a faster spell
 /// of a shared host than its probe did lifts the ceiling its own fractions are measured
 /// against; about 40 ms, outside every clock.
 pub fn read_rechecked(r: Roofline) -> Roofline {
@@ -73,16 +77,17 @@ mod imp {
         let Ok(now) = crate::models::probe::read_gbs(tch::Device::Cpu) else {
             return r;
         };
-        if now <= r.read_gbs {
-            return r;
+        let mut best = r.clone();
+        if now > r.read_gbs {
+            let mut newer = r.clone();
+            newer.read_gbs = now;
+            newer.measured_at = crate::report::roofline::measured_now();
+            best = r.raised_by(&newer);
+            if best.steady {
+                let _ = store(&best);
+            }
         }
-        let mut newer = r.clone();
-        newer.read_gbs = now;
-        newer.measured_at = crate::report::roofline::measured_now();
-        let best = r.raised_by(&newer);
-        if best.steady {
-            let _ = store(&best);
-        }
+        best.read_at_end_gbs = Some(now);
         best
     }
 

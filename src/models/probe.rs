@@ -157,5 +157,6 @@ fn round(device: Device, threads: u32, device_name: &str) -> Result<Roofline, Tc
         steady: true,
         version: crate::report::roofline::PROBE_VERSION,
         measured_at: crate::report::roofline::measured_now(),
+        read_at_end_gbs: None,
     })
 }

@@ -42,6 +42,12 @@ pub struct Roofline {
     /// version is measured again (0: made before versions were recorded).
     #[serde(default)]
     pub version: u32,
+    /// The memory read rate this run measured after its timed runs, GB/s (never cached: it
+    /// describes the run, not the machine). Why: a shared host's bandwidth moves with its
+    /// neighbours, and a run in a slow spell is far below the ceiling whatever it runs; this
+    /// says so next to its fractions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at_end_gbs: Option<f64>,
 }
 
 /// The probe's version: raised whenever it measures something new (a kernel, a dtype), so
@@ -127,6 +133,9 @@ impl Roofline {
             .collect();
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
         let [m, k, n] = self.gemm_shape;
+        let at_end = self
+            .read_at_end_gbs
+            .map_or(String::new(), |g| format!(" (this run's end: {g:.1})"));
         let unsteady = if self.steady {
             ""
         } else {
@@ -138,7 +147,7 @@ impl Roofline {
                 self.device, self.threads, self.libtorch, self.measured_at
             ),
             format!(
-                "  memory read {:.1} GB/s; GEMM [{m}x{k}]·[{k}x{n}] GFLOP/s: f32 {:.0} ({}), bf16 {}, f16 {}",
+                "  memory read {:.1} GB/s{at_end}; GEMM [{m}x{k}]·[{k}x{n}] GFLOP/s: f32 {:.0} ({}), bf16 {}, f16 {}",
                 self.read_gbs,
                 self.f32_gflops,
                 kernels.join(", "),
@@ -169,6 +178,7 @@ mod tests {
             steady: true,
             measured_at: "2026-12-02T00:00:00Z".into(),
             version: PROBE_VERSION,
+            read_at_end_gbs: None,
         }
     }
 

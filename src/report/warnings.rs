@@ -31,8 +31,28 @@ pub fn warnings(report: &Report) -> Vec<String> {
     w.extend(server_warnings(report));
     w.extend(dtype_warnings(report));
     w.extend(roofline_warning(report, &cases));
+    w.extend(slow_memory_warning(report));
     w
 }
+
+/// A run whose own memory read (after its timed runs) fell well below the machine's ceiling:
+/// the host was in a slow spell (a shared host's bandwidth moves with its neighbours), so every
+/// memory-bound prefill here was slower than this machine can go and its fraction reads low.
+fn slow_memory_warning(report: &Report) -> Option<String> {
+    let roof = report.roofline.as_ref().ok()?;
+    let now = roof.read_at_end_gbs?;
+    let share = now / roof.read_gbs;
+    (share < SLOW_MEMORY).then(|| {
+        format!(
+            "memory read {now:.1} GB/s after the timed runs, {share:.2} of this machine's ceiling ({:.1} GB/s, {}): the host was slower than its best (neighbours on a shared host?), so memory-bound roofline fractions here read low, by up to that factor; rerun when it is quiet to compare against the ceiling",
+            roof.read_gbs, roof.measured_at
+        )
+    })
+}
+
+/// Below this share of the ceiling a run's own memory read is worth a warning (the probe's
+/// rounds count as steady within 15 %; a fifth is beyond that noise).
+const SLOW_MEMORY: f64 = 0.8;
 
 /// Cases whose prefill beat the roofline's bound (a fraction above 1 cannot be): the probe's
 /// figures were measured in a slower spell than the runs (a shared host's memory bandwidth

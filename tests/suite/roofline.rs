@@ -127,6 +127,9 @@ fn a_run_reports_the_roofline_and_each_local_backends_fraction() {
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let roof = &doc["environment"]["roofline"];
     assert!(roof["read_gbs"].as_f64().unwrap() > 0.5, "{roof}");
+    // The run's own read after its timed runs is reported beside the ceiling, never cached.
+    assert!(roof["read_at_end_gbs"].as_f64().unwrap() > 0.5, "{roof}");
+    assert!(stdout.contains("(this run's end: "), "{stdout}");
     for b in doc["backends"].as_array().unwrap() {
         assert!(b["facts"]["weight_bytes"].as_f64().unwrap() > 1e7, "{b}");
     }
@@ -156,5 +159,6 @@ fn a_run_reports_the_roofline_and_each_local_backends_fraction() {
         let raised: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         assert!(raised[0]["read_gbs"].as_f64().unwrap() > 0.5, "{raised}");
+        assert!(raised[0].get("read_at_end_gbs").is_none(), "{raised}");
     }
 }

@@ -82,14 +82,21 @@ mod tests {
 
     /// ttft's attention against softmax(q·kᵀ·scale + causal mask)·v in f64, with GQA, a cache
     /// before the queries (past > 0), head dims that leave a partial 64-column chunk, query
-    /// counts that leave partial 4-row tiles and 16-row blocks, and bf16 inputs.
+    /// counts that leave partial 4-row tiles and 16-row blocks, strided k and v, bf16 inputs,
+    /// and both the serial (small) and the threaded (100 queries × 6 heads) paths.
     #[test]
     fn attention_matches_masked_softmax() {
         if !attention_supported(16) {
             return;
         }
         tch::manual_seed(0);
-        for (h, kv, d, t, past) in [(6, 2, 64, 37, 0), (4, 4, 80, 5, 11), (3, 1, 16, 1, 40)] {
+        let cases = [
+            (6, 2, 64, 37, 0),
+            (6, 2, 64, 100, 0),
+            (4, 4, 80, 5, 11),
+            (3, 1, 16, 1, 40),
+        ];
+        for (h, kv, d, t, past) in cases {
             let s = past + t;
             let q = Tensor::randn([h, t, d], (Kind::Float, Device::Cpu));
             let k = Tensor::randn([kv, s, d], (Kind::Float, Device::Cpu));
@@ -117,6 +124,11 @@ mod tests {
                 .max()
                 .double_value(&[]);
             assert!(diff < 1e-5, "h {h} kv {kv} d {d} t {t} past {past}: {diff}");
+            // k and v as the q/k/v projection leaves them: strided views, keys `kv · d` apart.
+            let view = |x: &Tensor| x.transpose(0, 1).contiguous().transpose(0, 1);
+            let strided = attention(&q, &view(&k), &view(&v), scale).unwrap();
+            assert!(kv == 1 || !view(&k).is_contiguous());
+            assert_eq!(strided, got, "strided k, v: same bits as contiguous ones");
             let bf = |x: &Tensor| x.to_kind(Kind::BFloat16);
             let got16 = attention(&bf(&q), &bf(&k), &bf(&v), scale).unwrap();
             assert_eq!(got16.kind(), Kind::BFloat16);

@@ -67,16 +67,17 @@ float softmax_row(float *s, int64_t n, int64_t padded) {
   return _mm512_reduce_add_ps(sum);
 }
 
-// o[r][c0 .. c0 + 16W) += Σ_j p[r][j] · v[j][c0 ..], for `rows` rows and keys [0, keys).
+// o[r][c0 .. c0 + 16W) += Σ_j p[r][j] · v[j][c0 ..], for `rows` rows and keys [0, keys); key
+// j's row starts at v + j · v_stride.
 template <int W>
-void pv(const float *p, int rows, int64_t p_stride, const float *v, int64_t d, int64_t keys,
-        const float *inv_sum, float *o, int64_t o_stride) {
+void pv(const float *p, int rows, int64_t p_stride, const float *v, int64_t v_stride,
+        int64_t keys, const float *inv_sum, float *o, int64_t o_stride) {
   __m512 a[kRows][W];
   for (int r = 0; r < kRows; r++)
     for (int w = 0; w < W; w++) a[r][w] = _mm512_setzero_ps();
   for (int64_t j = 0; j < keys; j++) {
     __m512 vv[W];
-    for (int w = 0; w < W; w++) vv[w] = _mm512_loadu_ps(v + j * d + w * 16);
+    for (int w = 0; w < W; w++) vv[w] = _mm512_loadu_ps(v + j * v_stride + w * 16);
     for (int r = 0; r < rows; r++) {
       const __m512 b = _mm512_set1_ps(p[r * p_stride + j]);
       for (int w = 0; w < W; w++) a[r][w] = _mm512_fmadd_ps(b, vv[w], a[r][w]);
@@ -92,12 +93,12 @@ void pv(const float *p, int rows, int64_t p_stride, const float *v, int64_t d, i
 
 extern "C" {
 
-// Query rows [i0, i1) of one head: q [t][d] (this head's rows), kt [d][stride], v [keys][d],
-// row i sees keys [0, past + i]; output rows o + i * o_stride. `scratch` holds
-// kRows * stride floats. d must be a multiple of 16.
+// Query rows [i0, i1) of one head: q [t][d] (this head's rows), kt [d][stride], v [keys][d]
+// with key j's row at v + j * v_stride, row i sees keys [0, past + i]; output rows
+// o + i * o_stride. `scratch` holds kRows * stride floats. d must be a multiple of 16.
 void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, const float *v,
-                    int64_t past, int64_t i0, int64_t i1, float scale, float *o, int64_t o_stride,
-                    float *scratch) {
+                    int64_t v_stride, int64_t past, int64_t i0, int64_t i1, float scale, float *o,
+                    int64_t o_stride, float *scratch) {
   for (int64_t i = i0; i < i1; i += kRows) {
     const int rows = (int)(i1 - i < kRows ? i1 - i : kRows);
     const int64_t keys = past + i + rows;  // the last row's count; earlier rows see fewer
@@ -109,10 +110,10 @@ void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, 
       const int64_t w = (d - c < 64 ? d - c : 64) / 16;
       float *oc = o + i * o_stride + c;
       const float *vc = v + c;
-      if (w == 4) pv<4>(scratch, rows, stride, vc, d, keys, inv, oc, o_stride);
-      else if (w == 3) pv<3>(scratch, rows, stride, vc, d, keys, inv, oc, o_stride);
-      else if (w == 2) pv<2>(scratch, rows, stride, vc, d, keys, inv, oc, o_stride);
-      else pv<1>(scratch, rows, stride, vc, d, keys, inv, oc, o_stride);
+      if (w == 4) pv<4>(scratch, rows, stride, vc, v_stride, keys, inv, oc, o_stride);
+      else if (w == 3) pv<3>(scratch, rows, stride, vc, v_stride, keys, inv, oc, o_stride);
+      else if (w == 2) pv<2>(scratch, rows, stride, vc, v_stride, keys, inv, oc, o_stride);
+      else pv<1>(scratch, rows, stride, vc, v_stride, keys, inv, oc, o_stride);
     }
   }
 }
@@ -124,7 +125,7 @@ void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, 
 
 extern "C" {
 void ttft_attn_rows(const float *, int64_t, const float *, int64_t, const float *, int64_t,
-                    int64_t, int64_t, float, float *, int64_t, float *) {}
+                    int64_t, int64_t, int64_t, float, float *, int64_t, float *) {}
 }
 
 #endif

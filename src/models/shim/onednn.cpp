@@ -129,13 +129,44 @@ constexpr int64_t kSerialScores = 1 << 15;
 // Up to this many keys attention reads a strided v where it lies.
 constexpr int64_t kInPlaceKeys = 64;
 
+// kt [kv][d][stride] = k [kv][s][d] (f32 or bf16, any strides) transposed, widened to f32, zero
+// past s. In blocks of 16 keys: each block's 16 rows stay in L1 while every output row gets one
+// whole cache line (a key-by-key loop wrote 64 lines `stride` floats apart, which share a few
+// L1 sets: 512 tokens took 1.7 ms per layer instead of 1.3).
+static void transpose_keys(const at::Tensor &k, int64_t s, int64_t stride, float *kt) {
+  TORCH_CHECK(k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16,
+              "attention: f32 or bf16 keys only, not ", k.scalar_type());
+  const bool bf16 = k.scalar_type() == at::kBFloat16;
+  const int64_t kv = k.size(0), d = k.size(2);
+  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
+  const float *f = bf16 ? nullptr : k.data_ptr<float>();
+  const uint16_t *b = bf16 ? (const uint16_t *)k.data_ptr() : nullptr;
+  auto at = [&](int64_t i) {
+    if (!bf16) return f[i];
+    const uint32_t u = (uint32_t)b[i] << 16;
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+  };
+  for (int64_t g = 0; g < kv; g++) {
+    for (int64_t j0 = 0; j0 < stride; j0 += 16) {
+      const int64_t n = s - j0 < 16 ? (s - j0 > 0 ? s - j0 : 0) : 16;
+      float *dst = kt + g * d * stride + j0;
+      for (int64_t c = 0; c < d; c++) {
+        for (int64_t j = 0; j < n; j++) dst[c * stride + j] = at(g * k0 + (j0 + j) * k1 + c * k2);
+        for (int64_t j = n; j < 16; j++) dst[c * stride + j] = 0.0f;
+      }
+    }
+  }
+}
+
 // Causal attention of q [heads, t, d] against the cache k, v [kv_heads, s, d] (s >= t: the
 // last t keys are the queries' own; query i sees keys 0..s-t+i), GQA when heads is a multiple of
 // kv_heads. Computed in f32 whatever the dtype; the result is [t, heads, d] in q's dtype, the
 // layout the output projection reads. Work items are (head, 16 query rows), split across
-// libtorch's intra-op threads. k and v may be strided views (the q/k/v projection's columns): k
-// is transposed here into keys-contiguous rows and v is read in place, with no other copy of
-// either in f32.
+// libtorch's intra-op threads, or run on the calling thread when few. k and v may be strided
+// views (the q/k/v projection's columns): k is transposed here into keys-contiguous rows, and
+// a short prompt's v is read in place.
 at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
                            double scale, char *err, size_t len) {
   return guarded(err, len, [&]() -> at::Tensor {
@@ -148,30 +179,13 @@ at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::T
                 "attention: q ", q->sizes(), " does not fit k ", k->sizes());
     const int64_t past = s - t, rep = h / kv, stride = (s + 31) / 32 * 32;
     const at::Tensor qf = q->to(at::kFloat).contiguous();
-    const at::Tensor kf = k->to(at::kFloat);
     // v in place for a few keys; past that it is copied, since every 4-query tile reads all
-    // of v again and strided rows (SmolLM2: 64 of every 960 floats) then miss the caches
-    // (512 tokens: 1.7 ms per layer in place, 1.3 with the copy).
+    // of v again and strided rows (SmolLM2: 64 of every 960 floats) use caches poorly.
     at::Tensor vf = v->to(at::kFloat);
     if (vf.stride(2) != 1 || (s > kInPlaceKeys && vf.stride(1) != d)) vf = vf.contiguous();
     at::Tensor kt = at::empty({kv, d, stride}, qf.options());
     float *ktp = kt.data_ptr<float>();
-    const float *kp = kf.data_ptr<float>();
-    const int64_t k0 = kf.stride(0), k1 = kf.stride(1), k2 = kf.stride(2);
-    // In blocks of 16 keys: each block's 16 rows stay in L1 while every output row gets one
-    // whole cache line (a key-by-key loop wrote 64 lines `stride` floats apart, which share
-    // a few L1 sets: 512 tokens took 1.7 ms per layer instead of 1.3).
-    for (int64_t g = 0; g < kv; g++) {
-      for (int64_t j0 = 0; j0 < stride; j0 += 16) {
-        const int64_t n = s - j0 < 16 ? (s - j0 > 0 ? s - j0 : 0) : 16;
-        const float *rows = kp + g * k0 + j0 * k1;
-        float *dst = ktp + g * d * stride + j0;
-        for (int64_t c = 0; c < d; c++) {
-          for (int64_t j = 0; j < n; j++) dst[c * stride + j] = rows[j * k1 + c * k2];
-          for (int64_t j = n; j < 16; j++) dst[c * stride + j] = 0.0f;
-        }
-      }
-    }
+    transpose_keys(*k, s, stride, ktp);
     at::Tensor o = at::empty({t, h, d}, qf.options());
     const float *qp = qf.data_ptr<float>(), *vp = vf.data_ptr<float>();
     const int64_t v0 = vf.stride(0), v1 = vf.stride(1);

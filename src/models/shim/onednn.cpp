@@ -13,11 +13,18 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace {
 
@@ -288,6 +295,48 @@ at::Tensor *ttft_rope(const at::Tensor *x, const at::Tensor *cos, const at::Tens
       ttft_rope_rows(xp, bf16 ? 1 : 0, h, t, sb, sh, st, d, cp, sp, r0, r1, yp);
     });
     return y;
+  });
+}
+
+// A contiguous copy of `src` (any strides) in memory the kernel is asked to back with
+// transparent huge pages (madvise MADV_HUGEPAGE; advice only, 4 KiB pages where it is not
+// granted), for weights the panel GEMMs stream: on 4 KiB pages that stream takes a TLB miss
+// every 4 KiB and the hardware prefetchers stop at each page. Under 2 MiB, or off Linux, a plain
+// contiguous copy. Only the weights: libtorch's own allocations stay where they are (its
+// THP_MEM_ALLOC_ENABLE would put every large temporary there too; it was no faster).
+at::Tensor *ttft_huge_copy(const at::Tensor *src, char *err, size_t len) {
+  return guarded(err, len, [&]() -> at::Tensor {
+    const size_t bytes = (size_t)src->numel() * src->element_size();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    constexpr size_t kHuge = (size_t)2 << 20;
+    if (bytes >= kHuge && src->device().is_cpu()) {
+#if defined(__GLIBC__)
+      // The weights packed before this one were freed into malloc's heap, where nothing will
+      // reuse them now that packed weights live here: give those pages back every 64 MiB, or
+      // the load's peak RSS holds every weight twice (SmolLM2: 1.84-1.97 GB instead of
+      // 1.44-1.6; trimming at every weight re-faulted the heap's reused pages, 2.5 s of sys).
+      static size_t since_trim = 0;
+      since_trim += bytes;
+      if (since_trim >= ((size_t)64 << 20)) {
+        malloc_trim(0);
+        since_trim = 0;
+      }
+#endif
+      // One huge page more than asked, so a 2 MiB-aligned start fits inside the mapping.
+      const size_t span = bytes + kHuge;
+      void *base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      TORCH_CHECK(base != MAP_FAILED, "huge-page copy: mmap of ", span, " bytes failed");
+      char *start = (char *)(((uintptr_t)base + kHuge - 1) & ~(uintptr_t)(kHuge - 1));
+      madvise(start, bytes, MADV_HUGEPAGE);
+      at::Tensor dst = at::from_blob(
+          start, src->sizes(), [base, span](void *) { munmap(base, span); },
+          at::TensorOptions().dtype(src->scalar_type()).device(at::kCPU));
+      dst.copy_(*src);
+      return dst;
+    }
+#endif
+    (void)bytes;
+    return src->contiguous();
   });
 }
 

@@ -312,12 +312,12 @@ fn main_job_writes_table_csv_json_and_leaves_no_server() {
         "llama-server {pid} still running after ttft exited"
     );
     // No fairness warning (token or first-token mismatch, cache hit, different ggml flags);
-    // statistical ones (outliers on a busy machine) may appear.
+    // ones about the machine (outliers on a busy machine, a shared host's slow memory) may.
     let warnings = json["settings"]["warnings"].as_array().unwrap();
     assert!(
         warnings.iter().all(|w| {
             let w = w.as_str().unwrap();
-            w.contains("outlier") || w.contains("first timed run")
+            w.contains("outlier") || w.contains("first timed run") || w.starts_with("memory read")
         }),
         "{warnings:?}"
     );

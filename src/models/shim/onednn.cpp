@@ -15,6 +15,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -315,11 +316,10 @@ at::Tensor *ttft_huge_copy(const at::Tensor *src, char *err, size_t len) {
       // reuse them now that packed weights live here: give those pages back every 64 MiB, or
       // the load's peak RSS holds every weight twice (SmolLM2: 1.84-1.97 GB instead of
       // 1.44-1.6; trimming at every weight re-faulted the heap's reused pages, 2.5 s of sys).
-      static size_t since_trim = 0;
-      since_trim += bytes;
-      if (since_trim >= ((size_t)64 << 20)) {
-        malloc_trim(0);
+      static std::atomic<size_t> since_trim{0};
+      if (since_trim.fetch_add(bytes) + bytes >= ((size_t)64 << 20)) {
         since_trim = 0;
+        malloc_trim(0);
       }
 #endif
       // One huge page more than asked, so a 2 MiB-aligned start fits inside the mapping.

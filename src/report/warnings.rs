@@ -31,14 +31,16 @@ pub fn warnings(report: &Report) -> Vec<String> {
     w.extend(server_warnings(report));
     w.extend(dtype_warnings(report));
     w.extend(roofline_warning(report, &cases));
-    w.extend(slow_memory_warning(report));
+    w.extend(slow_memory_warning(report, &cases));
     w
 }
 
 /// A run whose own memory read (after its timed runs) fell well below the machine's ceiling:
 /// the host was in a slow spell (a shared host's bandwidth moves with its neighbours), so every
 /// memory-bound prefill here was slower than this machine can go and its fraction reads low.
-fn slow_memory_warning(report: &Report) -> Option<String> {
+/// Only where some case has a fraction to read low: a run that measured nothing says nothing.
+fn slow_memory_warning(report: &Report, cases: &[CaseSummary]) -> Option<String> {
+    cases.iter().find_map(|s| s.roofline_fraction)?;
     let roof = report.roofline.as_ref().ok()?;
     let now = roof.read_at_end_gbs?;
     let share = now / roof.read_gbs;

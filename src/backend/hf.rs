@@ -329,7 +329,7 @@ impl HfBackend {
             "weight_bytes": loaded.decoder.weight_bytes(),
             // How much of the process the kernel put on transparent huge pages after the load
             // (`models::prefer_huge_pages`): the weights' stream runs faster there.
-            "weights_on_huge_pages_mib": models::huge_pages_mib(),
+            "weights_on_huge_pages_mib": crate::report::env::huge_pages_mib(),
             // The dtype the weights are read in, by its short name (the roofline's peak).
             "weight_dtype": models::onednn::dtype_name(kind),
             "native_gemm": device != Device::Cpu || models::onednn::cpu_has_gemm_for(kind),

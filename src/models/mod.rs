@@ -28,21 +28,6 @@ use tch::{Device, Kind};
 use thiserror::Error;
 use weights::Weights;
 
-/// This process's anonymous memory on transparent huge pages, MiB (Linux; None elsewhere):
-/// after a load, mostly the panel weights ([`onednn::huge_copy`]).
-pub fn huge_pages_mib() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// `model_type` values this project implements.
 pub const SUPPORTED: &[&str] = &[
     "llama",

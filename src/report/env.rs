@@ -37,10 +37,21 @@ pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_string(),
     };
+    proc_mib(&path, "VmHWM:")
+}
+
+/// This process's anonymous memory on transparent huge pages, MiB (Linux; None elsewhere):
+/// after an hf load, mostly the panel weights (`models::onednn::huge_copy`).
+pub fn huge_pages_mib() -> Option<f64> {
+    proc_mib("/proc/self/smaps_rollup", "AnonHugePages:")
+}
+
+/// A `/proc` file's `field` line (`Name:   1234 kB`), in MiB.
+fn proc_mib(path: &str, field: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let kb: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -94,7 +94,8 @@ fn main() {
 /// compiled against the same libtorch headers and C++ ABI as torch-sys' own wrapper.
 fn onednn_shim(lib: &str) {
     let root = std::path::Path::new(lib).join("..");
-    let src = "src/models/shim/onednn.cpp";
+    // The files that use libtorch's headers; the kernels below do not.
+    let srcs = ["src/models/shim/onednn.cpp", "src/models/shim/layer.cpp"];
     let kernels = [
         "src/models/shim/panel.cpp",
         "src/models/shim/panel_bf16.cpp",
@@ -103,15 +104,15 @@ fn onednn_shim(lib: &str) {
         "src/models/shim/act.cpp",
         "src/models/shim/rope.cpp",
     ];
-    println!("cargo:rerun-if-changed={src}");
-    for k in kernels.iter().chain(&["src/models/shim/simd.h"]) {
+    let headers = ["src/models/shim/simd.h", "src/models/shim/shim.h"];
+    for k in srcs.iter().chain(&kernels).chain(&headers) {
         println!("cargo:rerun-if-changed={k}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
-        .file(src)
+        .files(srcs)
         .files(kernels)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))

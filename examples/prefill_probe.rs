@@ -62,6 +62,10 @@ fn main() {
     let mut m = ttft::models::load(&dir, Device::Cpu, kind).unwrap();
     let kernels = Kernels::resolve(flag, Device::Cpu, kind).unwrap();
     m.decoder.use_kernels(kernels).unwrap();
+    // LAYERS=split: every layer op by op, for comparison with whole-layer calls.
+    if std::env::var("LAYERS").is_ok_and(|v| v == "split") {
+        m.decoder.whole_layers = false;
+    }
     let ids = Tensor::arange_start(100, 100 + n, (Kind::Int64, Device::Cpu));
     let (med, min) = median_ms(reps, || {
         let mut cache = m.decoder.new_cache();

@@ -185,6 +185,7 @@ pub fn build(cfg: &Value, c: &LlamaLike, w: &Weights) -> Result<Decoder, ModelEr
         final_softcap: c.final_softcap,
         ropes,
         kind: w.kind(),
+        whole_layers: false,
     })
 }
 

@@ -103,6 +103,17 @@ impl Dense {
         }
     }
 
+    /// The f32 panel weight and its f32 bias, when the weight is laid out for ttft's f32 kernel
+    /// (what `shim/layer.cpp` runs a whole layer on).
+    pub fn f32_panels(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        match &self.w {
+            Weight::Panels { w, b32, .. } if w.kind() == tch::Kind::Float => {
+                Some((w, b32.as_ref()))
+            }
+            _ => None,
+        }
+    }
+
     /// The weight [out, in] in dense form, whatever the layout (a view where it can be).
     fn out_in_weight(&self) -> Option<Tensor> {
         match &self.w {

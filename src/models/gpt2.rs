@@ -123,6 +123,7 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
         final_softcap: None,
         ropes: Vec::new(),
         kind: w.kind(),
+        whole_layers: false,
     })
 }
 

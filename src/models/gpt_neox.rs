@@ -93,6 +93,7 @@ pub fn build(cfg: &Value, w: &Weights) -> Result<Decoder, ModelError> {
         final_softcap: None,
         ropes: vec![rope],
         kind: w.kind(),
+        whole_layers: false,
     })
 }
 

@@ -4,6 +4,7 @@
 //! needs it, which also names the transformers function it mirrors.
 
 pub use super::dense::{Dense, Linear};
+use super::fused_layer;
 pub use super::norm::Norm;
 use super::rope::{self, Rope};
 use tch::{Kind, Tensor};
@@ -351,6 +352,9 @@ pub struct Decoder {
     pub ropes: Vec<Rope>,
     /// Compute dtype.
     pub kind: Kind,
+    /// Run each layer that allows it as one call into ttft's kernels ([`super::fused_layer`]);
+    /// set by [`Decoder::use_kernels`] wherever ttft's layer kernels run.
+    pub whole_layers: bool,
 }
 
 impl Decoder {
@@ -362,6 +366,7 @@ impl Decoder {
             && self.embed.device() == tch::Device::Cpu
             && matches!(self.kind, Kind::Float | Kind::BFloat16);
         let norms = fused && super::onednn::panel_supported();
+        self.whole_layers = norms;
         self.final_norm.use_fused(norms);
         for b in &mut self.blocks {
             b.attn.fused = fused && super::layer_ops::attention_supported(b.attn.head_dim);
@@ -455,7 +460,14 @@ impl Decoder {
             .collect();
         for (i, block) in self.blocks.iter().enumerate() {
             let c = block.attn.rope.map(|r| &cs[r]);
-            x = block.forward(&x, c, &mut cache.layers[i], past);
+            let layer = &mut cache.layers[i];
+            let whole = self
+                .whole_layers
+                .then(|| fused_layer::forward(block, &x, c, layer, past));
+            x = match whole.flatten() {
+                Some(y) => y,
+                None => block.forward(&x, c, layer, past),
+            };
         }
         cache.len += t;
         let x = if all_logits { x } else { x.narrow(1, t - 1, 1) };

@@ -4,6 +4,7 @@
 
 pub mod common;
 pub mod dense;
+pub mod fused_layer;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;

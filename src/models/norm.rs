@@ -68,6 +68,24 @@ impl Norm {
         }
     }
 
+    /// The f32 weight, epsilon and Gemma flag (`1 + w` already in the weight) of an RMS norm
+    /// that runs through ttft's kernel; None for any other norm.
+    pub fn fused_rms(&self) -> Option<(&Tensor, f64, bool)> {
+        match self {
+            Norm::Rms {
+                fused: Some(wf),
+                eps,
+                ..
+            } => Some((wf, *eps, false)),
+            Norm::RmsOnePlus {
+                w1,
+                eps,
+                fused: true,
+            } => Some((w1, *eps, true)),
+            _ => None,
+        }
+    }
+
     /// Run RMS norms through ttft's one-pass kernel (`onednn::rms_norm`) or libtorch's ops.
     /// LayerNorm is one libtorch op already.
     pub fn use_fused(&mut self, on: bool) {

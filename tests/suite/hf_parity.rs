@@ -126,6 +126,55 @@ fn every_architecture_matches_transformers_in_f32() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Logits of a prefill at every position, then of three greedy steps through the KV cache.
+fn prefill_and_steps(d: &models::layers::Decoder, ids: &Tensor) -> Vec<Tensor> {
+    let mut cache = d.new_cache();
+    let mut out = vec![d.forward(ids, &mut cache, true)];
+    for _ in 0..3 {
+        let tok = out
+            .last()
+            .unwrap()
+            .get(-1)
+            .argmax(-1, false)
+            .int64_value(&[]);
+        out.push(d.forward(&Tensor::from_slice(&[tok]), &mut cache, false));
+    }
+    out
+}
+
+/// A layer run as one call into ttft's kernels (`models::fused_layer`) gives exactly the logits
+/// of the same layer run op by op, prefill and decode steps, in every fixture that takes it
+/// (and the Llama-shaped ones must take it); the others fall back whole.
+#[test]
+fn whole_layer_calls_match_the_op_by_op_layers_bit_for_bit() {
+    if !onednn::panel_supported() {
+        eprintln!("this CPU has no AVX-512F: no layer runs whole here");
+        return;
+    }
+    let _g = tch::no_grad_guard();
+    let mut whole = Vec::new();
+    for name in fixtures() {
+        let dir = root().join("vendor/parity").join(&name);
+        let mut model = models::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        model.decoder.use_kernels(Kernels::Avx512).unwrap();
+        assert!(model.decoder.whole_layers, "{name}");
+        let blocks = &model.decoder.blocks;
+        if blocks.iter().any(models::fused_layer::runs_whole) {
+            whole.push(name.clone());
+        }
+        let ids = &reference(&dir)["input_ids"];
+        let a = prefill_and_steps(&model.decoder, ids);
+        model.decoder.whole_layers = false;
+        let b = prefill_and_steps(&model.decoder, ids);
+        for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(max_abs_diff(x, y), 0.0, "{name}: step {step}");
+        }
+    }
+    for arch in ["llama", "qwen2"] {
+        assert!(whole.iter().any(|n| n.contains(arch)), "{arch}: {whole:?}");
+    }
+}
+
 /// The same bound with ttft's AVX-512 kernel (`--hf-kernels avx512`, the f32 default on CPUs
 /// that have it). On a CPU without AVX-512F there is nothing to check: `auto` never picks it.
 #[test]

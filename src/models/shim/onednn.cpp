@@ -20,6 +20,8 @@
 #include <exception>
 #include <string>
 #include <vector>
+
+#include "shim.h"
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -27,61 +29,49 @@
 #include <malloc.h>
 #endif
 
-namespace {
+using ttft::for_rows;
+using ttft::guarded;
+using ttft::layer_bf16;
 
-void fail(const std::exception &e, char *err, size_t len) {
-  if (len == 0) return;
-  std::string msg = e.what();
-  auto nl = msg.find('\n');
-  if (nl != std::string::npos) msg.resize(nl);
-  std::strncpy(err, msg.c_str(), len - 1);
-  err[len - 1] = '\0';
-}
+namespace {
 
 c10::OperatorHandle op(const char *name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
-// Run `f` (which returns a tensor) for the Rust side: a new heap tensor, or null with the
-// exception's first line in `err`.
-template <typename F>
-at::Tensor *guarded(char *err, size_t len, F f) {
-  try {
-    return new at::Tensor(f());
-  } catch (const std::exception &e) {
-    fail(e, err, len);
-    return nullptr;
+}  // namespace
+
+namespace ttft {
+
+void panels_into(const void *x, int64_t rows, int64_t in, const at::Tensor &w, const float *b,
+                 int64_t out, void *y) {
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 ? ttft_panel_bf16_supported() : ttft_panel_supported(),
+              "this CPU has no AVX-512F", bf16 ? " with AVX512_BF16" : "",
+              "; use --hf-kernels onednn or mkl");
+  const int64_t panels = w.size(0);
+  const bool fits = bf16 ? w.dim() == 4 && w.size(1) == (in + 1) / 2 && w.size(2) == 32 &&
+                               w.size(3) == 2
+                         : w.scalar_type() == at::kFloat && w.dim() == 3 && w.size(1) == in &&
+                               w.size(2) == 32;
+  TORCH_CHECK(fits && panels * 32 >= out && w.is_contiguous(), "panel linear: weight ",
+              w.sizes(), " does not fit [", rows, ", ", in, "] -> ", out);
+  if (bf16) {
+    const auto *xp = (const uint16_t *)x, *wp = (const uint16_t *)w.data_ptr();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      ttft_panel_rows_bf16(xp, rows, in, wp, p0, p1, b, (uint16_t *)y, out);
+    });
+  } else {
+    const auto *xp = (const float *)x, *wp = w.data_ptr<float>();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      ttft_panel_rows(xp, rows, in, wp, p0, p1, b, (float *)y, out);
+    });
   }
 }
 
-// Whether x is bf16 (else f32; any other dtype is an error naming `what`): the dtypes ttft's
-// layer kernels (norm, activation, RoPE) run.
-bool layer_bf16(const at::Tensor &x, const char *what) {
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(bf16 || x.scalar_type() == at::kFloat, what, ": f32 or bf16 only, not ",
-              x.scalar_type());
-  return bf16;
-}
-
-// Rows [0, rows) of `width` elements each, split across libtorch's threads in chunks of at
-// least 16k elements (a smaller tensor runs on the calling thread).
-template <typename F>
-void for_rows(int64_t rows, int64_t width, F f) {
-  at::parallel_for(0, rows, 16384 / (width > 0 ? width : 1) + 1, f);
-}
-
-}  // namespace
+}  // namespace ttft
 
 extern "C" {
-
-// panel.cpp: the AVX-512 small-M kernel (no libtorch inside it).
-int ttft_panel_supported();
-void ttft_panel_rows(const float *x, int64_t rows, int64_t in, const float *packed, int64_t p0,
-                     int64_t p1, const float *bias, float *y, int64_t out);
-// panel_bf16.cpp: the same for bf16 (AVX512_BF16 pairs).
-int ttft_panel_bf16_supported();
-void ttft_panel_rows_bf16(const uint16_t *x, int64_t rows, int64_t in, const uint16_t *packed,
-                          int64_t p0, int64_t p1, const float *bias, uint16_t *y, int64_t out);
 
 // y = x·Wᵀ + b with W in panel.cpp's layout [panels][in][32] (f32) or panel_bf16.cpp's
 // [panels][ceil(in / 2)][32][2] (bf16); x [rows, in] contiguous in W's dtype, b f32 [out] or
@@ -90,46 +80,22 @@ void ttft_panel_rows_bf16(const uint16_t *x, int64_t rows, int64_t in, const uin
 at::Tensor *ttft_panel_linear(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
                               int64_t out, char *err, size_t len) {
   return guarded(err, len, [&]() -> at::Tensor {
-    const bool bf16 = x->scalar_type() == at::kBFloat16;
-    TORCH_CHECK(bf16 ? ttft_panel_bf16_supported() : ttft_panel_supported(),
-                "this CPU has no AVX-512F", bf16 ? " with AVX512_BF16" : "",
-                "; use --hf-kernels onednn or mkl");
-    TORCH_CHECK(x->dim() == 2 && (bf16 || x->scalar_type() == at::kFloat) &&
+    TORCH_CHECK(x->dim() == 2 &&
+                    (x->scalar_type() == at::kFloat || x->scalar_type() == at::kBFloat16) &&
                     x->is_contiguous() && w->scalar_type() == x->scalar_type(),
                 "panel linear: x must be a contiguous 2-D f32 or bf16 tensor, as the weight");
-    const int64_t rows = x->size(0), in = x->size(1), panels = w->size(0);
-    const bool fits = bf16 ? w->dim() == 4 && w->size(1) == (in + 1) / 2 && w->size(2) == 32 &&
-                                 w->size(3) == 2
-                           : w->dim() == 3 && w->size(1) == in && w->size(2) == 32;
-    TORCH_CHECK(fits && panels * 32 >= out && w->is_contiguous(), "panel linear: weight ",
-                w->sizes(), " does not fit x ", x->sizes());
     // The bias is f32 (widened at load): it is added before the one rounding.
     TORCH_CHECK(b == nullptr || (b->numel() == out && b->is_contiguous() &&
                                  b->scalar_type() == at::kFloat),
                 "panel linear: bias must be f32 [", out, "]");
-    const float *bp = b != nullptr ? b->data_ptr<float>() : nullptr;
-    at::Tensor y = at::empty({rows, out}, x->options());
-    if (bf16) {
-      const auto *xp = (const uint16_t *)x->data_ptr(), *wp = (const uint16_t *)w->data_ptr();
-      auto *yp = (uint16_t *)y.data_ptr();
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        ttft_panel_rows_bf16(xp, rows, in, wp, p0, p1, bp, yp, out);
-      });
-    } else {
-      const float *xp = x->data_ptr<float>(), *wp = w->data_ptr<float>();
-      float *yp = y.data_ptr<float>();
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        ttft_panel_rows(xp, rows, in, wp, p0, p1, bp, yp, out);
-      });
-    }
+    at::Tensor y = at::empty({x->size(0), out}, x->options());
+    ttft::panels_into(x->data_ptr(), x->size(0), x->size(1), *w,
+                      b != nullptr ? b->data_ptr<float>() : nullptr, out, y.data_ptr());
     return y;
   });
 }
 
-// attention.cpp: causal attention rows of one head (no libtorch inside it).
-void ttft_attn_rows(const float *q, int64_t d, const float *kt, int64_t stride, const float *v,
-                    int64_t v_stride, int64_t past, int64_t i0, int64_t i1, float scale, float *o,
-                    int64_t o_stride, float *scratch);
+}  // extern "C"
 
 // Below this many score entries (heads × queries × keys) attention runs on the calling thread:
 // a short prompt's (SmolLM2, 8 tokens: 576) is microseconds of work, less than waking the pool.
@@ -168,6 +134,8 @@ static void transpose_keys(const at::Tensor &k, int64_t s, int64_t stride, float
   }
 }
 
+namespace ttft {
+
 // Causal attention of q [heads, t, d] against the cache k, v [kv_heads, s, d] (s >= t: the
 // last t keys are the queries' own; query i sees keys 0..s-t+i), GQA when heads is a multiple of
 // kv_heads. Computed in f32 whatever the dtype; the result is [t, heads, d] in q's dtype, the
@@ -175,48 +143,50 @@ static void transpose_keys(const at::Tensor &k, int64_t s, int64_t stride, float
 // libtorch's intra-op threads, or run on the calling thread when few. k and v may be strided
 // views (the q/k/v projection's columns): k is transposed here into keys-contiguous rows, and
 // a short prompt's v is read in place.
-at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
-                           double scale, char *err, size_t len) {
-  return guarded(err, len, [&]() -> at::Tensor {
-    TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
-    TORCH_CHECK(q->dim() == 3 && k->dim() == 3 && k->sizes() == v->sizes(),
-                "attention: q ", q->sizes(), ", k ", k->sizes(), ", v ", v->sizes());
-    const int64_t h = q->size(0), t = q->size(1), d = q->size(2);
-    const int64_t kv = k->size(0), s = k->size(1);
-    TORCH_CHECK(d % 16 == 0 && k->size(2) == d && h % kv == 0 && s >= t,
-                "attention: q ", q->sizes(), " does not fit k ", k->sizes());
-    const int64_t past = s - t, rep = h / kv, stride = (s + 31) / 32 * 32;
-    const at::Tensor qf = q->to(at::kFloat).contiguous();
-    // v in place for a few keys; past that it is copied, since every 4-query tile reads all
-    // of v again and strided rows (SmolLM2: 64 of every 960 floats) use caches poorly.
-    at::Tensor vf = v->to(at::kFloat);
-    if (vf.stride(2) != 1 || (s > kInPlaceKeys && vf.stride(1) != d)) vf = vf.contiguous();
-    at::Tensor kt = at::empty({kv, d, stride}, qf.options());
-    float *ktp = kt.data_ptr<float>();
-    transpose_keys(*k, s, stride, ktp);
-    at::Tensor o = at::empty({t, h, d}, qf.options());
-    const float *qp = qf.data_ptr<float>(), *vp = vf.data_ptr<float>();
-    const int64_t v0 = vf.stride(0), v1 = vf.stride(1);
-    float *op = o.data_ptr<float>();
-    const int64_t blocks = (t + 15) / 16;
-    auto heads = [&](int64_t a, int64_t b) {
-      std::vector<float> scratch(4 * stride);
-      for (int64_t task = a; task < b; task++) {
-        const int64_t head = task / blocks, i0 = task % blocks * 16;
-        const int64_t i1 = i0 + 16 < t ? i0 + 16 : t, g = head / rep;
-        ttft_attn_rows(qp + head * t * d, d, ktp + g * d * stride, stride, vp + g * v0, v1, past,
-                       i0, i1, (float)scale, op + head * d, h * d, scratch.data());
-      }
-    };
-    if (h * t * s < kSerialScores) heads(0, h * blocks);
-    else at::parallel_for(0, h * blocks, 1, heads);
-    return o.to(q->scalar_type());
-  });
+at::Tensor attend(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, double scale) {
+  TORCH_CHECK(ttft_panel_supported(), "this CPU has no AVX-512F");
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && k.sizes() == v.sizes(),
+              "attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  const int64_t h = q.size(0), t = q.size(1), d = q.size(2);
+  const int64_t kv = k.size(0), s = k.size(1);
+  TORCH_CHECK(d % 16 == 0 && k.size(2) == d && h % kv == 0 && s >= t,
+              "attention: q ", q.sizes(), " does not fit k ", k.sizes());
+  const int64_t past = s - t, rep = h / kv, stride = (s + 31) / 32 * 32;
+  const at::Tensor qf = q.to(at::kFloat).contiguous();
+  // v in place for a few keys; past that it is copied, since every 4-query tile reads all
+  // of v again and strided rows (SmolLM2: 64 of every 960 floats) use caches poorly.
+  at::Tensor vf = v.to(at::kFloat);
+  if (vf.stride(2) != 1 || (s > kInPlaceKeys && vf.stride(1) != d)) vf = vf.contiguous();
+  at::Tensor kt = at::empty({kv, d, stride}, qf.options());
+  float *ktp = kt.data_ptr<float>();
+  transpose_keys(k, s, stride, ktp);
+  at::Tensor o = at::empty({t, h, d}, qf.options());
+  const float *qp = qf.data_ptr<float>(), *vp = vf.data_ptr<float>();
+  const int64_t v0 = vf.stride(0), v1 = vf.stride(1);
+  float *op = o.data_ptr<float>();
+  const int64_t blocks = (t + 15) / 16;
+  auto heads = [&](int64_t a, int64_t b) {
+    std::vector<float> scratch(4 * stride);
+    for (int64_t task = a; task < b; task++) {
+      const int64_t head = task / blocks, i0 = task % blocks * 16;
+      const int64_t i1 = i0 + 16 < t ? i0 + 16 : t, g = head / rep;
+      ttft_attn_rows(qp + head * t * d, d, ktp + g * d * stride, stride, vp + g * v0, v1, past,
+                     i0, i1, (float)scale, op + head * d, h * d, scratch.data());
+    }
+  };
+  if (h * t * s < kSerialScores) heads(0, h * blocks);
+  else at::parallel_for(0, h * blocks, 1, heads);
+  return o.to(q.scalar_type());
 }
 
-// norm.cpp: RMSNorm rows (no libtorch inside it).
-void ttft_rms_rows(const void *x, int bf16, int64_t n, int64_t r0, int64_t r1, const float *w,
-                   float eps, int one_plus, void *y);
+}  // namespace ttft
+
+extern "C" {
+
+at::Tensor *ttft_attention(const at::Tensor *q, const at::Tensor *k, const at::Tensor *v,
+                           double scale, char *err, size_t len) {
+  return guarded(err, len, [&]() -> at::Tensor { return ttft::attend(*q, *k, *v, scale); });
+}
 
 // RMSNorm over the last axis of x (f32 or bf16) with transformers' roundings (norm.cpp); w [n]
 // in any float dtype (widened to f32 exactly). Rows are split across libtorch's threads.
@@ -241,9 +211,6 @@ at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, 
   });
 }
 
-// act.cpp: silu(gate) · up rows (no libtorch inside it).
-void ttft_silu_mul_rows(const void *gu, int bf16, int64_t inter, int64_t r0, int64_t r1, void *y);
-
 // silu(gate) · up of the fused gate/up output gu [..., 2 · inter] (f32 or bf16; per row the gate
 // half, then the up half) with transformers' roundings (act.cpp); returns [..., inter].
 at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
@@ -264,11 +231,6 @@ at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
     return y;
   });
 }
-
-// rope.cpp: rotary embedding rows (no libtorch inside it).
-void ttft_rope_rows(const void *x, int bf16, int64_t heads, int64_t t, int64_t sb, int64_t sh,
-                    int64_t st, int64_t d, const void *cos, const void *sin, int64_t r0,
-                    int64_t r1, void *y);
 
 // x·cos + rotate_half(x)·sin of x [b, heads, t, d] (f32 or bf16, any strides but along d, such
 // as the transposed view of the q/k projection) with cos, sin [t, d] in x's dtype, with

@@ -3,8 +3,9 @@
 //! gate/up panels, full-width RoPE, plain causal attention, SiLU. The same kernels as the
 //! layer-by-layer path in the same order, so the output is bit-identical to it (the test
 //! below checks); what goes is the libtorch dispatch between them (an 8-token SmolLM2 f32
-//! forward here: 9.11 -> 8.83 ms, `shim/layer.cpp` says how measured). Anything else (bf16, soft-caps, windows that bite, q/k norms, post
-//! norms, parallel residuals, GPT-2's learned positions) keeps the layer-by-layer path.
+//! forward here: 9.11 -> 8.83 ms, `shim/layer.cpp` says how measured). Anything else (bf16,
+//! soft-caps, windows that bite, q/k norms, post norms, parallel residuals, GPT-2's learned
+//! positions) keeps the layer-by-layer path.
 
 use super::layers::{Block, LayerCache, Mlp};
 use super::onednn::shim_call;

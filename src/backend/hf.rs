@@ -326,6 +326,8 @@ impl HfBackend {
             // What runs the rest of a layer: ttft's CPU kernels (attention, RMSNorm, silu·up)
             // or libtorch's ops (SDPA and op chains).
             "layer_kernels": loaded.decoder.layer_kernels(),
+            // How many layers run as one call into those kernels (`models::fused_layer`).
+            "whole_layers": loaded.decoder.whole_layer_count(),
             "weight_bytes": loaded.decoder.weight_bytes(),
             // How much of the process the kernel put on transparent huge pages after the load
             // (`models::prefer_huge_pages`): the weights' stream runs faster there.

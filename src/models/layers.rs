@@ -415,6 +415,19 @@ impl Decoder {
         }
     }
 
+    /// How many layers run as one call into ttft's kernels ([`fused_layer::runs_whole`]) on a
+    /// short prompt.
+    pub fn whole_layer_count(&self) -> usize {
+        match self.whole_layers {
+            true => self
+                .blocks
+                .iter()
+                .filter(|b| fused_layer::runs_whole(b))
+                .count(),
+            false => 0,
+        }
+    }
+
     /// Bytes a prefill must read at least once: every projection and the LM head (the
     /// embedding lookup reads only the prompt's rows; norms are negligible and left out).
     pub fn weight_bytes(&self) -> f64 {

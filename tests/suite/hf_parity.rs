@@ -160,6 +160,7 @@ fn whole_layer_calls_match_the_op_by_op_layers_bit_for_bit() {
         assert!(model.decoder.whole_layers, "{name}");
         let blocks = &model.decoder.blocks;
         if blocks.iter().any(models::fused_layer::runs_whole) {
+            assert_eq!(model.decoder.whole_layer_count(), blocks.len(), "{name}");
             whole.push(name.clone());
         }
         let ids = &reference(&dir)["input_ids"];

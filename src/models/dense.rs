@@ -103,13 +103,11 @@ impl Dense {
         }
     }
 
-    /// The f32 panel weight and its f32 bias, when the weight is laid out for ttft's f32 kernel
-    /// (what `shim/layer.cpp` runs a whole layer on).
-    pub fn f32_panels(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+    /// The panel weight (f32 or bf16), its f32 bias and its output count, when the weight is
+    /// laid out for ttft's kernels (what `shim/layer.cpp` runs a whole layer on).
+    pub fn panels(&self) -> Option<(&Tensor, Option<&Tensor>, i64)> {
         match &self.w {
-            Weight::Panels { w, b32, .. } if w.kind() == tch::Kind::Float => {
-                Some((w, b32.as_ref()))
-            }
+            Weight::Panels { w, b32, out } => Some((w, b32.as_ref(), *out)),
             _ => None,
         }
     }

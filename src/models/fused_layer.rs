@@ -1,11 +1,11 @@
 //! A whole decoder layer in one shim call (`shim/layer.cpp`) where the layer is Llama-shaped
-//! and every part of it already runs on ttft's f32 CPU kernels: RMS norms, fused q/k/v and
-//! gate/up panels, full-width RoPE, plain causal attention, SiLU. The same kernels as the
-//! layer-by-layer path in the same order, so the output is bit-identical to it (the test
-//! below checks); what goes is the libtorch dispatch between them (an 8-token SmolLM2 f32
-//! forward here: 9.11 -> 8.83 ms, `shim/layer.cpp` says how measured). Anything else (bf16,
-//! soft-caps, windows that bite, q/k norms, post norms, parallel residuals, GPT-2's learned
-//! positions) keeps the layer-by-layer path.
+//! and every part of it already runs on ttft's CPU kernels (f32 or bf16): RMS norms, fused
+//! q/k/v and gate/up panels, full-width RoPE, plain causal attention, SiLU. The same kernels as
+//! the layer-by-layer path in the same order, so the output is bit-identical to it (the test
+//! over every parity fixture checks); what goes is the libtorch dispatch between them (an
+//! 8-token SmolLM2 f32 forward here: 9.11 -> 8.83 ms, `shim/layer.cpp` says how measured).
+//! Anything else (f16, soft-caps, windows that bite, q/k norms, post norms, parallel
+//! residuals, GPT-2's learned positions) keeps the layer-by-layer path.
 
 use super::layers::{Block, LayerCache, Mlp};
 use super::onednn::shim_call;
@@ -78,8 +78,8 @@ fn args(b: &Block, s: i64) -> Option<LayerArgs> {
     };
     let (n1, attn_eps, one_plus) = b.attn_norm.fused_rms()?;
     let (n2, mlp_eps, one_plus2) = b.mlp_norm.fused_rms()?;
-    let ((qkv, qkv_b), (o, o_b)) = (a.qkv.f32_panels()?, a.o.f32_panels()?);
-    let ((gu, gu_b), (dn, dn_b)) = (gate_up.f32_panels()?, down.f32_panels()?);
+    let ((qkv, qkv_b, _), (o, o_b, _)) = (a.qkv.panels()?, a.o.panels()?);
+    let ((gu, gu_b, gu_out), (dn, dn_b, _)) = (gate_up.panels()?, down.panels()?);
     if one_plus != one_plus2 {
         return None;
     }
@@ -100,8 +100,7 @@ fn args(b: &Block, s: i64) -> Option<LayerArgs> {
         heads: a.n_heads,
         kv_heads: a.n_kv,
         head_dim: a.head_dim,
-        // The down projection's panels are [panels, inter, 32].
-        inter: dn.size()[1],
+        inter: gu_out / 2,
         one_plus: i32::from(one_plus),
     })
 }
@@ -119,7 +118,8 @@ pub fn forward(
     let (cos, sin) = cos_sin?;
     let size = x.size();
     let full_rope = cos.size().get(1) == Some(&b.attn.head_dim);
-    if size.len() != 3 || size[0] != 1 || x.kind() != Kind::Float || !full_rope {
+    let dtype = matches!(x.kind(), Kind::Float | Kind::BFloat16);
+    if size.len() != 3 || size[0] != 1 || !dtype || !full_rope {
         return None;
     }
     let l = args(b, past + size[1])?;

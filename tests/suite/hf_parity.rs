@@ -144,7 +144,8 @@ fn prefill_and_steps(d: &models::layers::Decoder, ids: &Tensor) -> Vec<Tensor> {
 
 /// A layer run as one call into ttft's kernels (`models::fused_layer`) gives exactly the logits
 /// of the same layer run op by op, prefill and decode steps, in every fixture that takes it
-/// (and the Llama-shaped ones must take it); the others fall back whole.
+/// (and the Llama-shaped ones must take it), f32 and, where the CPU has AVX512_BF16, bf16; the
+/// others run op by op.
 #[test]
 fn whole_layer_calls_match_the_op_by_op_layers_bit_for_bit() {
     if !onednn::panel_supported() {
@@ -153,9 +154,12 @@ fn whole_layer_calls_match_the_op_by_op_layers_bit_for_bit() {
     }
     let _g = tch::no_grad_guard();
     let mut whole = Vec::new();
-    for name in fixtures() {
+    let kinds = [Kind::Float, Kind::BFloat16];
+    let kinds = kinds.iter().filter(|&&k| onednn::panel_supported_for(k));
+    for (kind, name) in kinds.flat_map(|&k| fixtures().into_iter().map(move |n| (k, n))) {
         let dir = root().join("vendor/parity").join(&name);
-        let mut model = models::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let name = format!("{name} ({kind:?})");
+        let mut model = models::load(&dir, Device::Cpu, kind).unwrap();
         model.decoder.use_kernels(Kernels::Avx512).unwrap();
         assert!(model.decoder.whole_layers, "{name}");
         let blocks = &model.decoder.blocks;
@@ -171,8 +175,14 @@ fn whole_layer_calls_match_the_op_by_op_layers_bit_for_bit() {
             assert_eq!(max_abs_diff(x, y), 0.0, "{name}: step {step}");
         }
     }
-    for arch in ["llama", "qwen2"] {
+    for arch in ["llama (Float)", "qwen2 (Float)"] {
         assert!(whole.iter().any(|n| n.contains(arch)), "{arch}: {whole:?}");
+    }
+    if onednn::panel_supported_for(Kind::BFloat16) {
+        assert!(
+            whole.iter().any(|n| n.contains("llama (BFloat16)")),
+            "{whole:?}"
+        );
     }
 }
 

@@ -404,10 +404,7 @@ impl Decoder {
     /// Which kernels run attention, norms and activations after [`Decoder::use_kernels`]:
     /// "ttft" (its CPU kernels, in every layer that allows them) or "libtorch".
     pub fn layer_kernels(&self) -> &'static str {
-        let norm = matches!(
-            self.final_norm,
-            Norm::Rms { fused: Some(_), .. } | Norm::RmsOnePlus { fused: true, .. }
-        );
+        let norm = self.final_norm.fused_rms().is_some();
         if norm || self.blocks.iter().any(|b| b.attn.fused) {
             "ttft"
         } else {

@@ -40,17 +40,11 @@ pub enum Norm {
 impl Norm {
     /// Normalise over the last axis.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some((w, eps, one_plus)) = self.fused_rms() {
+            return super::layer_ops::rms_norm(x, w, eps, one_plus)
+                .unwrap_or_else(|e| panic!("rms norm: {e}"));
+        }
         match self {
-            Norm::Rms {
-                fused: Some(wf),
-                eps,
-                ..
-            } => fused_rms(x, wf, *eps, false),
-            Norm::RmsOnePlus {
-                w1,
-                eps,
-                fused: true,
-            } => fused_rms(x, w1, *eps, true),
             Norm::Rms { w, eps, .. } => {
                 let xf = x.to_kind(Kind::Float);
                 let var = xf.square().mean_dim(-1, true, Kind::Float);
@@ -95,8 +89,4 @@ impl Norm {
             Norm::Layer { .. } => {}
         }
     }
-}
-
-fn fused_rms(x: &Tensor, w: &Tensor, eps: f64, one_plus: bool) -> Tensor {
-    super::layer_ops::rms_norm(x, w, eps, one_plus).unwrap_or_else(|e| panic!("rms norm: {e}"))
 }

@@ -73,25 +73,6 @@ void add(const void *a, const void *b, int64_t n, bool bf16, void *y) {
   }
 }
 
-void rms(const void *x, bool bf16, int64_t t, int64_t n, const at::Tensor &w, double eps,
-         int one_plus, void *y) {
-  const float *wp = w.data_ptr<float>();
-  ttft::for_rows(t, n, [&](int64_t r0, int64_t r1) {
-    ttft_rms_rows(x, bf16 ? 1 : 0, n, r0, r1, wp, (float)eps, one_plus, y);
-  });
-}
-
-// Rows [0, heads · t) of the q/k/v projection's columns [col, col + heads · d), rotated into
-// y [heads][t][d].
-void rope(const char *qkv, bool bf16, int64_t width, int64_t col, int64_t heads, int64_t t,
-          int64_t d, const at::Tensor &cos, const at::Tensor &sin, void *y) {
-  const char *x = qkv + col * (bf16 ? 2 : 4);
-  ttft::for_rows(heads * t, d, [&](int64_t r0, int64_t r1) {
-    ttft_rope_rows(x, bf16 ? 1 : 0, heads, t, 0, d, width, d, cos.data_ptr(), sin.data_ptr(),
-                   r0, r1, y);
-  });
-}
-
 }  // namespace
 
 extern "C" {
@@ -137,11 +118,15 @@ at::Tensor *ttft_dense_layer(const TtftLayer *l, const at::Tensor *x, const at::
     char *h1 = normed + t * hidden * es, *qkv = h1 + t * hidden * es;
     char *q = qkv + n_qkv * es, *gu = q + t * h * d * es, *act = gu + n_act * es;
 
-    rms(xp, bf16, t, hidden, *l->attn_norm, l->attn_eps, l->one_plus, normed);
+    const float *norm1 = l->attn_norm->data_ptr<float>(), *norm2 = l->mlp_norm->data_ptr<float>();
+    ttft::rms_into(xp, bf16, t, hidden, norm1, l->attn_eps, l->one_plus, normed);
     ttft::panels_into(normed, t, hidden, *l->qkv, bias(l->qkv_bias), width, qkv);
-    rope(qkv, bf16, width, 0, h, t, d, *cos, *sin, q);
+    // q and k rotated out of the projection's columns ([t][width], heads d apart) into
+    // [heads][t][d].
+    const void *cp = cos->data_ptr(), *sp = sin->data_ptr();
+    ttft::rope_into(qkv, bf16, 1, h, t, 0, d, width, d, cp, sp, q);
     at::Tensor k = at::empty({1, kv, t, d}, x->options());
-    rope(qkv, bf16, width, h * d, kv, t, d, *cos, *sin, k.data_ptr());
+    ttft::rope_into(qkv + h * d * es, bf16, 1, kv, t, 0, d, width, d, cp, sp, k.data_ptr());
     at::Tensor v = at::empty({1, kv, t, d}, x->options());
     char *vp = (char *)v.data_ptr();
     for (int64_t g = 0; g < kv; g++)
@@ -157,11 +142,9 @@ at::Tensor *ttft_dense_layer(const TtftLayer *l, const at::Tensor *x, const at::
     // h1 = x + o(att), the residual stream after attention.
     ttft::panels_into(att.data_ptr(), t, h * d, *l->o, bias(l->o_bias), hidden, h1);
     add(xp, h1, t * hidden, bf16, h1);
-    rms(h1, bf16, t, hidden, *l->mlp_norm, l->mlp_eps, l->one_plus, normed);
+    ttft::rms_into(h1, bf16, t, hidden, norm2, l->mlp_eps, l->one_plus, normed);
     ttft::panels_into(normed, t, hidden, *l->gate_up, bias(l->gate_up_bias), 2 * inter, gu);
-    ttft::for_rows(t, 2 * inter, [&](int64_t r0, int64_t r1) {
-      ttft_silu_mul_rows(gu, bf16 ? 1 : 0, inter, r0, r1, act);
-    });
+    ttft::silu_mul_into(gu, bf16, t, inter, act);
     at::Tensor y = at::empty({1, t, hidden}, x->options());
     ttft::panels_into(act, t, inter, *l->down, bias(l->down_bias), hidden, y.data_ptr());
     add(h1, y.data_ptr(), t * hidden, bf16, y.data_ptr());

@@ -29,7 +29,6 @@
 #include <malloc.h>
 #endif
 
-using ttft::for_rows;
 using ttft::guarded;
 using ttft::layer_bf16;
 
@@ -201,12 +200,8 @@ at::Tensor *ttft_rms_norm(const at::Tensor *x, const at::Tensor *w, double eps, 
     const at::Tensor wf = w->to(at::kFloat).contiguous();
     at::Tensor y = at::empty_like(xc);
     const int64_t rows = n == 0 ? 0 : xc.numel() / n;
-    const void *xp = xc.data_ptr();
-    void *yp = y.data_ptr();
-    const float *wp = wf.data_ptr<float>();
-    for_rows(rows, n, [&](int64_t r0, int64_t r1) {
-      ttft_rms_rows(xp, bf16 ? 1 : 0, n, r0, r1, wp, (float)eps, one_plus, yp);
-    });
+    ttft::rms_into(xc.data_ptr(), bf16, rows, n, wf.data_ptr<float>(), eps, one_plus,
+                   y.data_ptr());
     return y;
   });
 }
@@ -223,11 +218,7 @@ at::Tensor *ttft_silu_mul(const at::Tensor *gu, char *err, size_t len) {
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = inter;
     at::Tensor y = at::empty(shape, x.options());
-    const void *xp = x.data_ptr();
-    void *yp = y.data_ptr();
-    for_rows(rows, 2 * inter, [&](int64_t r0, int64_t r1) {
-      ttft_silu_mul_rows(xp, bf16 ? 1 : 0, inter, r0, r1, yp);
-    });
+    ttft::silu_mul_into(x.data_ptr(), bf16, rows, inter, y.data_ptr());
     return y;
   });
 }
@@ -251,12 +242,8 @@ at::Tensor *ttft_rope(const at::Tensor *x, const at::Tensor *cos, const at::Tens
     const at::Tensor xs = x->stride(3) == 1 ? *x : x->contiguous();
     const at::Tensor c = cos->contiguous(), s = sin->contiguous();
     at::Tensor y = at::empty({b, h, t, d}, x->options());
-    const void *xp = xs.data_ptr(), *cp = c.data_ptr(), *sp = s.data_ptr();
-    void *yp = y.data_ptr();
-    const int64_t sb = xs.stride(0), sh = xs.stride(1), st = xs.stride(2);
-    for_rows(b * h * t, d, [&](int64_t r0, int64_t r1) {
-      ttft_rope_rows(xp, bf16 ? 1 : 0, h, t, sb, sh, st, d, cp, sp, r0, r1, yp);
-    });
+    ttft::rope_into(xs.data_ptr(), bf16, b, h, t, xs.stride(0), xs.stride(1), xs.stride(2), d,
+                    c.data_ptr(), s.data_ptr(), y.data_ptr());
     return y;
   });
 }

@@ -74,8 +74,34 @@ void for_rows(int64_t rows, int64_t width, F f) {
   at::parallel_for(0, rows, 16384 / (width > 0 ? width : 1) + 1, f);
 }
 
-// y [rows, out] = x [rows, in] · Wᵀ + b for a panel weight `w` (checked against x's shape and
-// dtype), y and x contiguous in w's dtype, b f32 [out] or null; the panels split across
+// The row kernels over a whole tensor, split across libtorch's threads; every buffer contiguous
+// unless strides say otherwise. RMSNorm of x [rows][n] (w f32 [n]) into y:
+inline void rms_into(const void *x, bool bf16, int64_t rows, int64_t n, const float *w,
+                     double eps, int one_plus, void *y) {
+  for_rows(rows, n, [&](int64_t r0, int64_t r1) {
+    ttft_rms_rows(x, bf16 ? 1 : 0, n, r0, r1, w, (float)eps, one_plus, y);
+  });
+}
+
+// silu(gate) · up of gu [rows][2 · inter] into y [rows][inter]:
+inline void silu_mul_into(const void *gu, bool bf16, int64_t rows, int64_t inter, void *y) {
+  for_rows(rows, 2 * inter, [&](int64_t r0, int64_t r1) {
+    ttft_silu_mul_rows(gu, bf16 ? 1 : 0, inter, r0, r1, y);
+  });
+}
+
+// RoPE of x [b][heads][t][d] (element strides sb, sh, st; unit along d) with cos, sin [t][d]
+// into y [b][heads][t][d]:
+inline void rope_into(const void *x, bool bf16, int64_t b, int64_t heads, int64_t t, int64_t sb,
+                      int64_t sh, int64_t st, int64_t d, const void *cos, const void *sin,
+                      void *y) {
+  for_rows(b * heads * t, d, [&](int64_t r0, int64_t r1) {
+    ttft_rope_rows(x, bf16 ? 1 : 0, heads, t, sb, sh, st, d, cos, sin, r0, r1, y);
+  });
+}
+
+// y [rows, out] = x [rows, in] · Wᵀ + b for a panel weight `w` (its layout checked against `in`
+// and `out`), y and x contiguous in w's dtype, b f32 [out] or null; the panels split across
 // libtorch's threads.
 void panels_into(const void *x, int64_t rows, int64_t in, const at::Tensor &w, const float *b,
                  int64_t out, void *y);
